@@ -1,0 +1,37 @@
+"""tailguard: deadlines, admission control, task tracing and chaos for ASGI services.
+
+>>> import tailguard
+>>> tailguard.remaining()
+inf
+"""
+
+from tailguard.deadlines import (
+    Deadline,
+    DeadlineExceeded,
+    current_deadline,
+    deadline,
+    remaining,
+)
+from tailguard.guard import Tailguard
+from tailguard.middleware.asgi import TailguardMiddleware
+from tailguard.policy import RoutePolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Deadline",
+    "DeadlineExceeded",
+    "RoutePolicy",
+    "Tailguard",
+    "TailguardMiddleware",
+    "__version__",
+    "current_deadline",
+    "deadline",
+    "remaining",
+]
+
+# Public objects report the package as their home, as httpx does, so tracebacks
+# and reprs read ``tailguard.DeadlineExceeded`` rather than a private module.
+for _public in (Deadline, DeadlineExceeded, RoutePolicy, Tailguard, TailguardMiddleware, deadline):
+    _public.__module__ = "tailguard"
+del _public

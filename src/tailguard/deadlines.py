@@ -1,0 +1,251 @@
+"""Request deadlines: a time budget in a ContextVar, and scopes that only tighten it.
+
+Every request handled by tailguard carries a :class:`Deadline`. Code anywhere in
+the request (and in tasks it spawns, which copy the context) can ask how much
+time is left with :func:`remaining`, and can run a block under a tighter budget
+with :func:`deadline`. When a scope's own deadline passes, the work inside it is
+cancelled and :class:`DeadlineExceeded` is raised *by that scope only*; an outer
+scope's expiry passes through inner scopes as ordinary cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final
+
+__all__ = [
+    "Deadline",
+    "DeadlineExceeded",
+    "current_deadline",
+    "deadline",
+    "remaining",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """An absolute point in time (``time.monotonic()`` clock) by which work must end.
+
+    >>> d = Deadline.after(0.5, source="route")
+    >>> 0 < d.remaining() <= 0.5
+    True
+    """
+
+    at: float
+    """Monotonic time at which the budget runs out."""
+    budget: float
+    """The budget in seconds this deadline was created with."""
+    source: str
+    """Where the budget came from: ``route``, ``scope`` or the inbound header's name."""
+
+    @classmethod
+    def after(cls, seconds: float, *, source: str) -> Deadline:
+        """A deadline ``seconds`` from now."""
+        return cls(time.monotonic() + seconds, seconds, source)
+
+    def remaining(self) -> float:
+        """Seconds left; negative once the deadline has passed."""
+        return self.at - time.monotonic()
+
+    def expired(self) -> bool:
+        """Whether the deadline has passed."""
+        return time.monotonic() >= self.at
+
+
+class DeadlineExceeded(TimeoutError):
+    """The deadline of a tailguard scope passed before the work inside it finished.
+
+    Raised only by the scope whose own deadline fired, so ``except
+    DeadlineExceeded`` around an inner ``tailguard.deadline(...)`` block never
+    catches the expiry of the request's outer budget. It subclasses
+    :class:`TimeoutError`, so generic timeout handling still applies.
+
+    >>> try:
+    ...     raise DeadlineExceeded(Deadline.after(0.1, source="scope"))
+    ... except TimeoutError as exc:
+    ...     exc.deadline.source
+    'scope'
+    """
+
+    def __init__(self, deadline: Deadline | None, message: str | None = None) -> None:
+        self.deadline = deadline
+        if message is None:
+            budget = f"{deadline.budget:.3f}s " if deadline is not None else ""
+            source = f" ({deadline.source})" if deadline is not None else ""
+            message = f"deadline exceeded: {budget}budget ran out{source}"
+        super().__init__(message)
+
+
+_current: Final[ContextVar[Deadline | None]] = ContextVar("tailguard_deadline", default=None)
+
+
+def current_deadline() -> Deadline | None:
+    """The innermost (tightest) deadline in force here, or ``None``.
+
+    >>> current_deadline() is None
+    True
+    """
+    return _current.get()
+
+
+def remaining() -> float:
+    """Seconds left in the current budget; ``math.inf`` when there is none.
+
+    >>> remaining()
+    inf
+    """
+    current = _current.get()
+    if current is None:
+        return math.inf
+    return current.at - time.monotonic()
+
+
+class CancelScope:
+    """Cancels the current asyncio task when ``at`` passes, and reports whether it did.
+
+    The tailguard analogue of ``asyncio.Timeout``, usable with a plain ``with``.
+    It counts cancellation requests the way ``asyncio.timeout`` does
+    (``Task.cancelling``/``uncancel``), so it only absorbs the cancellation it
+    caused itself: a cancel from outside, or from an outer scope, propagates.
+    """
+
+    __slots__ = ("_cancelling", "_handle", "_task", "at", "fired")
+
+    def __init__(self, at: float | None) -> None:
+        self.at = at
+        self.fired = False
+        self._task: asyncio.Task[object] | None = None
+        self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._cancelling = 0
+
+    def __enter__(self) -> CancelScope:
+        task = asyncio.current_task()
+        if task is not None:
+            self._task = task
+            self._cancelling = task.cancelling()
+            if self.at is not None:
+                loop = task.get_loop()
+                # Deadlines are on the monotonic clock; asyncio's loop.time() is too,
+                # but convert through the difference so a custom loop clock still works.
+                when = loop.time() + (self.at - time.monotonic())
+                self._handle = loop.call_at(when, self._fire)
+        return self
+
+    def cancel_now(self) -> None:
+        """Fire the scope immediately (used for client disconnects)."""
+        if self._task is not None and not self.fired:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._task.get_loop().call_soon(self._fire)
+
+    def disarm(self) -> None:
+        """Stop the timer; the scope will not fire any more."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if not self.fired:
+            self._task = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._task is not None and not self.fired:
+            self.fired = True
+            self._task.cancel()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self.fired and self._task is not None:
+            # Only this scope's own cancel request is absorbed; if someone else
+            # also asked to cancel the task, the CancelledError keeps going.
+            task, self._task = self._task, None
+            if task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                return True
+        self._task = None
+        return False
+
+
+class deadline:  # lowercase: used like a function, ``with tailguard.deadline(0.05):``
+    """Run a block under a budget of ``seconds``; it can only tighten the current one.
+
+    Inside the block :func:`remaining` reports the tighter of the two budgets.
+    When this block's own budget runs out, the task is cancelled and
+    :class:`DeadlineExceeded` is raised here; if an enclosing (tighter) deadline
+    fires first, its cancellation passes through untouched. Outside of an
+    asyncio task (for example in a worker thread) the block only narrows what
+    :func:`remaining` reports, for outbound calls to read.
+
+    >>> import asyncio, tailguard
+    >>> async def main():
+    ...     with tailguard.deadline(0.01):
+    ...         await asyncio.sleep(10)
+    >>> asyncio.run(main())
+    Traceback (most recent call last):
+    ...
+    tailguard.DeadlineExceeded: deadline exceeded: 0.010s budget ran out (scope)
+    """
+
+    __slots__ = ("_deadline", "_scope", "_seconds", "_token")
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"seconds must be a number, not {type(seconds).__name__}")
+        if math.isnan(seconds) or seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+        self._seconds = float(seconds)
+        self._deadline: Deadline | None = None
+        self._scope: CancelScope | None = None
+        self._token: Token[Deadline | None] | None = None
+
+    def __enter__(self) -> Deadline:
+        own = self._deadline = Deadline.after(self._seconds, source="scope")
+        outer = _current.get()
+        effective = own if outer is None or own.at < outer.at else outer
+        self._token = _current.set(effective)
+        # Only arm a timer when this scope is the one that can fire first.
+        self._scope = CancelScope(own.at if effective is own and own.at != math.inf else None)
+        self._scope.__enter__()
+        return effective
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._scope is not None
+        assert self._token is not None
+        _current.reset(self._token)
+        if self._scope.__exit__(exc_type, exc, tb):
+            raise DeadlineExceeded(self._deadline) from exc
+
+    async def __aenter__(self) -> Deadline:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _enter_request(value: Deadline | None) -> Token[Deadline | None]:
+    """Install the request's deadline (middleware use)."""
+    return _current.set(value)
+
+
+def _exit_request(token: Token[Deadline | None]) -> None:
+    _current.reset(token)

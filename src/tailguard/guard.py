@@ -1,0 +1,67 @@
+"""The ``Tailguard`` object: one place that holds a service's policies and wiring."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+from tailguard.middleware.inbound import InboundDeadlines
+from tailguard.middleware.routing import RouteTable
+from tailguard.policy import RoutePolicy
+
+__all__ = ["Tailguard"]
+
+_App = TypeVar("_App")
+
+
+class Tailguard:
+    """Policies for a service, and the wiring that enforces them.
+
+    >>> from starlette.applications import Starlette
+    >>> from tailguard import RoutePolicy, Tailguard
+    >>> guard = Tailguard(
+    ...     default=RoutePolicy(deadline=1.0),
+    ...     routes={"GET /items/{item_id}": RoutePolicy(deadline=0.1)},
+    ... )
+    >>> app = guard.install(Starlette())
+
+    ``default`` applies to routes no key matches (and to 404s). Route keys are
+    the framework's route templates, optionally prefixed by a method, optionally
+    ending in ``*`` to cover a prefix; the most specific key wins.
+
+    Inbound deadline headers (``deadline_header``, ``grpc-timeout`` and
+    ``x-envoy-expected-rq-timeout-ms``) can only shrink a route's budget;
+    set ``inbound_deadlines=False`` to ignore them, for example on a service
+    exposed directly to untrusted clients.
+    """
+
+    def __init__(
+        self,
+        *,
+        default: RoutePolicy | None = None,
+        routes: Mapping[str, RoutePolicy] | None = None,
+        deadline_header: str = "x-request-timeout-ms",
+        inbound_deadlines: bool = True,
+    ) -> None:
+        if routes is not None and not isinstance(routes, Mapping):
+            raise TypeError(f"routes must be a mapping of route key to RoutePolicy, got {routes!r}")
+        self.routes = RouteTable(routes or {}, default if default is not None else RoutePolicy())
+        self.inbound = InboundDeadlines(deadline_header) if inbound_deadlines else None
+        self.deadline_header = deadline_header
+
+    def install(self, app: _App) -> _App:
+        """Add tailguard's middleware to a Starlette or FastAPI ``app`` and return it.
+
+        For any other ASGI app, wrap it instead:
+        ``app = TailguardMiddleware(app, guard=guard)``.
+        """
+        from tailguard.middleware.asgi import TailguardMiddleware
+
+        add_middleware = getattr(app, "add_middleware", None)
+        if add_middleware is None:
+            raise TypeError(
+                f"install() needs a Starlette or FastAPI application, got {type(app).__name__}; "
+                "for another ASGI app use TailguardMiddleware(app, guard=guard)"
+            )
+        add_middleware(TailguardMiddleware, guard=self)
+        return app

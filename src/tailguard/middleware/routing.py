@@ -1,0 +1,159 @@
+"""Route resolution: from a request scope to its route template and policy.
+
+The middleware runs before the framework's router, so it asks the same routes
+the router will ask (``route.matches(scope)``), walking into ``Mount`` and
+``Host`` sub-routers, and returns the *template* (``/items/{item_id}``), never
+the raw path. Templates are bounded by the application's code, which is what
+keeps policies cached and metric labels bounded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from starlette.routing import BaseRoute, Host, Match, Mount
+from starlette.types import Scope
+
+from tailguard.policy import RoutePolicy
+
+__all__ = ["ResolvedRoute", "RouteTable", "route_template"]
+
+STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+_KEY = re.compile(r"^(?:(?P<method>[A-Z]+) +)?(?P<path>/[^\s*]*)(?P<star>\*)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedRoute:
+    """The outcome of resolving one request: its template and the policy that applies."""
+
+    template: str | None
+    """Route template such as ``/items/{item_id}``; ``None`` when no route matched."""
+    key: str | None
+    """The configured route key that supplied the policy; ``None`` for the default."""
+    policy: RoutePolicy
+
+
+def route_template(scope: Scope) -> str | None:
+    """The template of the route that will handle ``scope``, or ``None`` (a 404).
+
+    Works on any Starlette or FastAPI application, including ``APIRouter``
+    prefixes (FastAPI flattens them into the app's routes) and mounted
+    sub-applications, whose templates are joined to the mount's path.
+    """
+    routes = getattr(scope.get("app"), "routes", None)
+    if routes is None:
+        return None
+    return _match(routes, scope, "")
+
+
+def _match(routes: Iterable[BaseRoute], scope: Scope, prefix: str) -> str | None:
+    partial: str | None = None
+    for route in routes:
+        match, child = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        if isinstance(route, Mount | Host):
+            mount_prefix = prefix + route.path if isinstance(route, Mount) else prefix
+            inner = _match(route.routes, {**scope, **child}, mount_prefix)
+            template = inner if inner is not None else mount_prefix + "/{path}"
+        else:
+            template = prefix + str(getattr(route, "path_format", getattr(route, "path", "")))
+        if match is Match.FULL:
+            return template
+        if partial is None:
+            partial = template
+    return partial
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    text: str
+    method: str | None
+    path: str
+    prefix: bool
+
+
+def _parse_key(text: object) -> _Key:
+    if not isinstance(text, str):
+        raise TypeError(f"route keys must be strings, got {type(text).__name__}: {text!r}")
+    found = _KEY.match(text.strip())
+    if found is None:
+        raise ValueError(
+            f"invalid route key {text!r}: expected '[METHOD ]/path/{{param}}' "
+            "optionally ending in '*' for a prefix, e.g. 'GET /items/{item_id}' or '/admin/*'"
+        )
+    return _Key(text, found["method"], found["path"], found["star"] is not None)
+
+
+class RouteTable:
+    """Maps ``(method, template)`` to the most specific configured :class:`RoutePolicy`.
+
+    Specificity, from most to least: exact template with method, exact template,
+    the longest matching prefix (with a method before without), the default.
+
+    >>> table = RouteTable({"/items/*": RoutePolicy(deadline=1.0),
+    ...                     "GET /items/{id}": RoutePolicy(deadline=0.1)}, RoutePolicy())
+    >>> table.lookup("GET", "/items/{id}").key
+    'GET /items/{id}'
+    >>> table.lookup("PUT", "/items/{id}").key
+    '/items/*'
+    """
+
+    def __init__(self, routes: Mapping[str, RoutePolicy], default: RoutePolicy) -> None:
+        if not isinstance(default, RoutePolicy):
+            raise TypeError(f"default must be a RoutePolicy, got {type(default).__name__}")
+        self.default = default
+        self._exact: dict[tuple[str | None, str], tuple[str, RoutePolicy]] = {}
+        prefixes: list[tuple[_Key, RoutePolicy]] = []
+        for text, policy in routes.items():
+            key = _parse_key(text)
+            if not isinstance(policy, RoutePolicy):
+                raise TypeError(
+                    f"routes[{text!r}] must be a RoutePolicy, got {type(policy).__name__}"
+                )
+            slot = (key.method, key.path)
+            if key.prefix:
+                if any((k.method, k.path) == slot for k, _ in prefixes):
+                    raise ValueError(f"duplicate route key {text!r}")
+                prefixes.append((key, policy))
+            else:
+                if slot in self._exact:
+                    raise ValueError(f"duplicate route key {text!r}")
+                self._exact[slot] = (text, policy)
+        # Longest prefix first; at equal length a method-qualified key wins.
+        prefixes.sort(key=lambda kp: (-len(kp[0].path), kp[0].method is None))
+        self._prefixes: Sequence[tuple[_Key, RoutePolicy]] = prefixes
+        self._cache: dict[tuple[str, str | None], ResolvedRoute] = {}
+
+    def lookup(self, method: str, template: str | None) -> ResolvedRoute:
+        """The policy for a request with ``method`` whose route template is ``template``."""
+        cache_key = (method, template)
+        cached = self._cache.get(cache_key)
+        if cached is not None:
+            return cached
+        resolved = self._resolve(method, template)
+        # Templates are bounded by the app; methods come from clients, so only
+        # standard ones are cached to keep this dict bounded.
+        if method in STANDARD_METHODS:
+            self._cache[cache_key] = resolved
+        return resolved
+
+    def _resolve(self, method: str, template: str | None) -> ResolvedRoute:
+        if template is None:
+            return ResolvedRoute(None, None, self.default)
+        for slot in ((method, template), (None, template)):
+            exact = self._exact.get(slot)
+            if exact is not None:
+                return ResolvedRoute(template, exact[0], exact[1])
+        for key, policy in self._prefixes:
+            if (key.method is None or key.method == method) and template.startswith(key.path):
+                return ResolvedRoute(template, key.text, policy)
+        return ResolvedRoute(template, None, self.default)
+
+    def keys(self) -> list[str]:
+        """Every configured route key, for diagnostics."""
+        return [text for text, _ in self._exact.values()] + [k.text for k, _ in self._prefixes]
