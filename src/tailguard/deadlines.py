@@ -124,7 +124,10 @@ class CancelScope:
         self._cancelling = 0
 
     def __enter__(self) -> CancelScope:
-        task = asyncio.current_task()
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no running loop: a worker thread, plain sync code
+            task = None
         if task is not None:
             self._task = task
             self._cancelling = task.cancelling()
@@ -240,12 +243,3 @@ class deadline:  # lowercase: used like a function, ``with tailguard.deadline(0.
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
-
-
-def _enter_request(value: Deadline | None) -> Token[Deadline | None]:
-    """Install the request's deadline (middleware use)."""
-    return _current.set(value)
-
-
-def _exit_request(token: Token[Deadline | None]) -> None:
-    _current.reset(token)

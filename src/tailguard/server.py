@@ -49,14 +49,23 @@ def serve_in_thread(
     uvicorn = _uvicorn()
     config.setdefault("log_level", "warning")
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **config))
-    thread = threading.Thread(target=server.run, name="tailguard-uvicorn", daemon=True)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run()
+        except BaseException as exc:  # uvicorn calls sys.exit(1) when it cannot bind
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="tailguard-uvicorn", daemon=True)
     thread.start()
     give_up = time.monotonic() + startup_timeout
     while not server.started:
         if not thread.is_alive() or time.monotonic() > give_up:
             server.should_exit = True
             thread.join(5)
-            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+            cause = failure[0] if failure else None
+            raise RuntimeError(f"uvicorn did not start on {host}:{port}") from cause
         time.sleep(0.01)
     bound = server.servers[0].sockets[0].getsockname()[1]
     try:

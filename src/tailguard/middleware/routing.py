@@ -10,7 +10,7 @@ keeps policies cached and metric labels bounded.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from starlette.routing import BaseRoute, Host, Match, Mount
@@ -50,9 +50,25 @@ def route_template(scope: Scope) -> str | None:
     return _match(routes, scope, "")
 
 
+def _effective(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """Flatten FastAPI's lazily included routers into matchable routes.
+
+    FastAPI >= 0.116 keeps ``include_router`` results as an internal route
+    that does not expose its children through ``matches``; it does expose
+    ``effective_route_contexts()``, whose items carry the fully prefixed path.
+    """
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if contexts is None:
+            yield route
+            continue
+        for context in contexts():
+            yield getattr(context, "starlette_route", None) or context
+
+
 def _match(routes: Iterable[BaseRoute], scope: Scope, prefix: str) -> str | None:
     partial: str | None = None
-    for route in routes:
+    for route in _effective(routes):
         match, child = route.matches(scope)
         if match is Match.NONE:
             continue
