@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from tailguard import _context
 from tailguard.telemetry import tasks as registry
 
 pytestmark = pytest.mark.anyio
@@ -18,7 +19,7 @@ async def test_tasks_are_attributed_to_the_bound_request_including_nested() -> N
     loop = asyncio.get_running_loop()
     registry.ensure_task_factory(loop)
     owned = registry.RequestTasks()
-    token = registry.bind(owned)
+    token = _context.current.set(_context.Frame(None, owned))
     try:
         assert registry.current_request_tasks() is owned
 
@@ -28,7 +29,7 @@ async def test_tasks_are_attributed_to_the_bound_request_including_nested() -> N
         outer = asyncio.create_task(parent())
         inner = await outer
     finally:
-        registry.unbind(token)
+        _context.current.reset(token)
     unrelated = asyncio.create_task(_sleep_forever())
     assert set(owned.pending()) == {inner}
     assert owned.cancel_pending() == 1
@@ -46,11 +47,11 @@ async def test_explicit_context_decides_the_owner() -> None:
     loop = asyncio.get_running_loop()
     registry.ensure_task_factory(loop)
     owned = registry.RequestTasks()
-    token = registry.bind(owned)
+    token = _context.current.set(_context.Frame(None, owned))
     try:
         detached = loop.create_task(_sleep_forever(), context=contextvars.Context())
     finally:
-        registry.unbind(token)
+        _context.current.reset(token)
     assert owned.pending() == []
     detached.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -74,11 +75,11 @@ async def test_a_factory_installed_earlier_still_runs_and_is_chained_once() -> N
         assert factory is not None
         assert factory.tailguard_inner is counting_factory  # type: ignore[attr-defined]
         owned = registry.RequestTasks()
-        token = registry.bind(owned)
+        token = _context.current.set(_context.Frame(None, owned))
         try:
             task = asyncio.create_task(_sleep_forever())
         finally:
-            registry.unbind(token)
+            _context.current.reset(token)
         assert built == ["_sleep_forever"]
         assert owned.pending() == [task]
         owned.cancel_pending()

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from contextvars import Token
 from types import TracebackType
-from typing import Final
+from typing import NamedTuple
+
+from tailguard import _context
 
 __all__ = [
     "Deadline",
@@ -27,9 +28,10 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Deadline:
+class Deadline(NamedTuple):
     """An absolute point in time (``time.monotonic()`` clock) by which work must end.
+
+    Immutable and cheap to create: one is made for every request.
 
     >>> d = Deadline.after(0.5, source="route")
     >>> 0 < d.remaining() <= 0.5
@@ -81,16 +83,14 @@ class DeadlineExceeded(TimeoutError):
         super().__init__(message)
 
 
-_current: Final[ContextVar[Deadline | None]] = ContextVar("tailguard_deadline", default=None)
-
-
 def current_deadline() -> Deadline | None:
     """The innermost (tightest) deadline in force here, or ``None``.
 
     >>> current_deadline() is None
     True
     """
-    return _current.get()
+    frame = _context.current.get()
+    return None if frame is None else frame.deadline
 
 
 def remaining() -> float:
@@ -99,10 +99,10 @@ def remaining() -> float:
     >>> remaining()
     inf
     """
-    current = _current.get()
-    if current is None:
+    frame = _context.current.get()
+    if frame is None or frame.deadline is None:
         return math.inf
-    return current.at - time.monotonic()
+    return frame.deadline.at - time.monotonic()
 
 
 class CancelScope:
@@ -209,13 +209,15 @@ class deadline:  # lowercase: used like a function, ``with tailguard.deadline(0.
         self._seconds = float(seconds)
         self._deadline: Deadline | None = None
         self._scope: CancelScope | None = None
-        self._token: Token[Deadline | None] | None = None
+        self._token: Token[_context.Frame | None] | None = None
 
     def __enter__(self) -> Deadline:
         own = self._deadline = Deadline.after(self._seconds, source="scope")
-        outer = _current.get()
+        frame = _context.current.get()
+        outer = frame.deadline if frame is not None else None
         effective = own if outer is None or own.at < outer.at else outer
-        self._token = _current.set(effective)
+        owner = frame.owner if frame is not None else None
+        self._token = _context.current.set(_context.Frame(effective, owner))
         # Only arm a timer when this scope is the one that can fire first.
         self._scope = CancelScope(own.at if effective is own and own.at != math.inf else None)
         self._scope.__enter__()
@@ -229,7 +231,7 @@ class deadline:  # lowercase: used like a function, ``with tailguard.deadline(0.
     ) -> None:
         assert self._scope is not None
         assert self._token is not None
-        _current.reset(self._token)
+        _context.current.reset(self._token)
         if self._scope.__exit__(exc_type, exc, tb):
             raise DeadlineExceeded(self._deadline) from exc
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tailguard.deadlines import CancelScope, Deadline, DeadlineExceeded, _current
+from tailguard import _context
+from tailguard.deadlines import Deadline, DeadlineExceeded
 from tailguard.middleware.disconnect import Inbox
+from tailguard.middleware.expiry import ExpiryQueue
 from tailguard.middleware.responses import deadline_response
-from tailguard.middleware.routing import route_template
+from tailguard.middleware.routing import RouteMatcher, route_template
 from tailguard.policy import RoutePolicy
 from tailguard.telemetry import tasks as task_registry
 
@@ -66,13 +69,21 @@ class TailguardMiddleware:
             raise TypeError("pass either guard= or routes=/default=/options, not both")
         self.app = app
         self.guard = guard
+        # Per app and per event loop, never per request: compiled routes and the
+        # loop's expiry queue.
+        self._matched_app: object = None
+        self._matcher: RouteMatcher | None = None
+        self._clock: ExpiryQueue | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                task_registry.ensure_task_factory(asyncio.get_running_loop())
             await self.app(scope, receive, send)
             return
         guard = self.guard
-        resolved = guard.routes.lookup(scope["method"], route_template(scope))
+        resolved = guard.routes.lookup(scope["method"], self._template(scope))
         budget = resolved.policy.deadline
         source = "route"
         inbound = guard.inbound
@@ -80,64 +91,132 @@ class TailguardMiddleware:
             found = inbound.budget(scope["headers"])
             if found is not None and (budget is None or found[0] < budget):
                 budget, source = found
-        deadline = Deadline.after(budget, source=source) if budget is not None else None
-        await _Exchange(send, deadline).run(self.app, scope, receive)
+        task = asyncio.current_task()
+        assert task is not None
+        clock = self._clock
+        if clock is None or clock.loop is not task.get_loop():
+            clock = self._clock = _new_clock(task.get_loop())
+        now = monotonic()
+        if budget is None:
+            deadline = None
+            clock.add(now + DISCONNECT_GRACE, exchange := _Exchange(task, send, None))
+        else:
+            # tuple.__new__ skips NamedTuple's Python-level __new__: this is per request.
+            deadline = tuple.__new__(Deadline, (now + budget, budget, source))
+            exchange = _Exchange(task, send, deadline)
+            clock.add(min(now + DISCONNECT_GRACE, deadline.at), exchange)
+        inbox = exchange.inbox = Inbox(receive, exchange.cancel)
+        token = _context.current.set(_context.Frame(deadline, exchange))
+        error: DeadlineExceeded | None = None
+        try:
+            await self.app(scope, inbox.receive, exchange.send)
+        except DeadlineExceeded as exc:  # an inner scope or an outbound call ran out
+            error = exc
+        except asyncio.CancelledError:
+            # Absorb only the cancellation this request asked for; one from
+            # outside (server shutdown) also counts and keeps propagating.
+            if not exchange.fired or task.uncancel() > exchange.cancelling:
+                raise
+        else:
+            if exchange.fired:
+                task.uncancel()  # the app swallowed our cancellation
+        finally:
+            exchange.finished = True
+            inbox.close()
+            _context.current.reset(token)
+        if exchange.fired or error is not None:
+            await exchange.settle(scope, error)
+
+    def _template(self, scope: Scope) -> str | None:
+        app = scope.get("app")
+        matcher = self._matcher
+        if app is not self._matched_app:
+            self._matched_app = app
+            matcher = None
+        matcher = self._matcher = RouteMatcher.for_routes(getattr(app, "routes", None), matcher)
+        return matcher.template(scope) if matcher is not None else route_template(scope)
 
 
-class _Exchange:
-    """Everything about one request that the middleware tracks. Never shared."""
+def _new_clock(loop: asyncio.AbstractEventLoop) -> ExpiryQueue:
+    task_registry.ensure_task_factory(loop)
+    return ExpiryQueue(loop)
 
-    __slots__ = ("_send", "complete", "deadline", "scope", "started")
 
-    def __init__(self, send: Send, deadline: Deadline | None) -> None:
+class _Exchange(task_registry.RequestTasks):
+    """One request as the middleware sees it: its deadline, its response, its tasks.
+
+    Created per request and never shared. It owns the tasks the request spawns
+    (the task factory adds them here), and the loop's :class:`ExpiryQueue`
+    calls :meth:`expire` on it twice at most: once after ``DISCONNECT_GRACE``
+    to start watching for a client disconnect, and once when its deadline
+    passes. Requests that end sooner cost one heap push and nothing else.
+    """
+
+    __slots__ = (
+        "_send",
+        "_task",
+        "cancelling",
+        "complete",
+        "deadline",
+        "finished",
+        "fired",
+        "inbox",
+        "started",
+    )
+
+    def __init__(self, task: asyncio.Task[Any], send: Send, deadline: Deadline | None) -> None:
+        self._live = None  # RequestTasks' only field, set inline: this runs per request
+        self._task = task
+        self.cancelling = task.cancelling()
         self._send = send
+        self.inbox: Inbox | None = None
         self.deadline = deadline
         self.started = False
         self.complete = False
-        self.scope = CancelScope(deadline.at if deadline is not None else None)
+        self.fired = False
+        self.finished = False
+
+    def expire(self) -> float | None:
+        """Called by the expiry queue; returns when to be called again, if ever."""
+        deadline = self.deadline
+        if deadline is not None and deadline.at <= monotonic():
+            self.cancel()
+            return None
+        inbox = self.inbox
+        if inbox is not None:
+            inbox.start_watching()
+        return deadline.at if deadline is not None else None
+
+    def cancel(self) -> None:
+        """Cancel the request's task: its deadline passed or its client left."""
+        if not self.finished and not self.fired:
+            self.fired = True
+            self._task.cancel()
 
     async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
+        if message["type"] == "http.response.start":
             self.started = True
-        elif kind == "http.response.body" and not message.get("more_body", False):
+        elif not message.get("more_body", False):
             self.complete = True
             # The deadline bounds the response. Work after it (Starlette's
             # background tasks) is not cut off by a budget the client no
             # longer waits on.
-            self.scope.disarm()
-            _current.set(None)
+            self.finished = True
+            _context.current.set(None)
         await self._send(message)
 
-    async def run(self, app: ASGIApp, scope: Scope, receive: Receive) -> None:
-        loop = asyncio.get_running_loop()
-        task_registry.ensure_task_factory(loop)
-        spawned = task_registry.RequestTasks()
-        cancel_scope = self.scope
-        inbox = Inbox(receive, cancel_scope.cancel_now)
-        watch = loop.call_later(DISCONNECT_GRACE, inbox.start_watching)
-        deadline_token = _current.set(self.deadline)
-        tasks_token = task_registry.bind(spawned)
-        error: DeadlineExceeded | None = None
-        try:
-            with cancel_scope:
-                await app(scope, inbox.receive, self.send)
-        except DeadlineExceeded as exc:  # an inner scope or outbound call ran out
-            error = exc
-        finally:
-            watch.cancel()
-            inbox.close()
-            task_registry.unbind(tasks_token)
-            _current.reset(deadline_token)
-        if cancel_scope.fired:
-            if inbox.disconnected and not self.complete:
-                spawned.cancel_pending()
+    async def settle(self, scope: Scope, error: DeadlineExceeded | None) -> None:
+        """Finish a request that was cancelled or ran out of time."""
+        inbox = self.inbox
+        if self.fired:
+            if inbox is not None and inbox.disconnected and not self.complete:
+                self.cancel_pending()
                 logger.debug("client disconnected; cancelled %s %s", scope["method"], scope["path"])
                 return
             error = DeadlineExceeded(self.deadline)
         if error is None or self.complete:
             return
-        spawned.cancel_pending()
+        self.cancel_pending()
         if self.started:
             # Never a second http.response.start: abort, so the server drops the
             # connection and the client sees a truncated response, not a short one.

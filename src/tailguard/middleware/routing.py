@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from starlette.routing import BaseRoute, Host, Match, Mount
+from starlette.routing import BaseRoute, Host, Match, Mount, compile_path
 from starlette.types import Scope
 
 from tailguard.policy import RoutePolicy
 
-__all__ = ["ResolvedRoute", "RouteTable", "route_template"]
+__all__ = ["ResolvedRoute", "RouteMatcher", "RouteTable", "route_template"]
 
 STANDARD_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -41,13 +42,134 @@ def route_template(scope: Scope) -> str | None:
     """The template of the route that will handle ``scope``, or ``None`` (a 404).
 
     Works on any Starlette or FastAPI application, including ``APIRouter``
-    prefixes (FastAPI flattens them into the app's routes) and mounted
-    sub-applications, whose templates are joined to the mount's path.
+    prefixes and mounted sub-applications, whose templates are joined to the
+    mount's path. This is the reference implementation: it asks every route's
+    own ``matches``. :class:`RouteMatcher` gives the same answers faster.
     """
     routes = getattr(scope.get("app"), "routes", None)
     if routes is None:
         return None
     return _match(routes, scope, "")
+
+
+class _Leaf(NamedTuple):
+    regex: re.Pattern[str]
+    template: str
+    methods: frozenset[str] | None
+
+
+_NAMED_GROUP = re.compile(r"\(\?P<[^>]+>")
+
+
+class RouteMatcher:
+    """Resolves templates for one app with a single compiled regular expression.
+
+    Starlette's own ``route.matches`` builds a child scope per route tried,
+    which costs more than the rest of tailguard's per-request work together.
+    This flattens the app's routes (through mounts and FastAPI's included
+    routers) into leaves in the router's order, and matches the path against
+    one alternation of their patterns; the router's first-match semantics,
+    including 405s, are kept. Apps whose routes cannot be flattened (``Host``
+    routes, custom route classes) fall back to :func:`route_template`.
+
+    The matcher notices routes added to the app's top level; routes added
+    inside an already-mounted router after the first request are not seen.
+    """
+
+    __slots__ = ("_by_group", "_combined", "_count", "_leaves", "_routes")
+
+    def __init__(self, routes: list[BaseRoute]) -> None:
+        self._routes = routes
+        self._count = len(routes)
+        leaves = _flatten(routes, "", "")
+        self._leaves = leaves
+        self._combined: re.Pattern[str] | None = None
+        self._by_group: dict[int, int] = {}
+        if leaves:
+            alternatives = "|".join(
+                f"(?P<r{i}>{_NAMED_GROUP.sub('(?:', leaf.regex.pattern[1:-1])})"
+                for i, leaf in enumerate(leaves)
+            )
+            self._combined = combined = re.compile(f"^(?:{alternatives})$")
+            # A leaf's own group encloses its converters' groups, so it closes
+            # last and is what ``Match.lastindex`` reports.
+            self._by_group = {combined.groupindex[f"r{i}"]: i for i in range(len(leaves))}
+
+    @classmethod
+    def for_routes(cls, routes: object, current: RouteMatcher | None) -> RouteMatcher | None:
+        """A matcher for ``routes``, reusing ``current`` while the routes are unchanged."""
+        if not isinstance(routes, list):
+            return None
+        if current is not None and current._routes is routes and current._count == len(routes):
+            return current
+        matcher = cls(routes)
+        return matcher if matcher._leaves is not None else None
+
+    def template(self, scope: Scope) -> str | None:
+        """The template for ``scope``; same answer as :func:`route_template`."""
+        combined = self._combined
+        if combined is None:
+            return None
+        path = _route_path(scope)
+        found = combined.match(path)
+        if found is None:
+            return None
+        leaves = self._leaves
+        assert leaves is not None
+        index = self._by_group[found.lastindex or 0]
+        leaf = leaves[index]
+        method = scope["method"]
+        if leaf.methods is None or method in leaf.methods:
+            return leaf.template
+        for later in leaves[index + 1 :]:  # a 405 here may be a 200 further down
+            if (later.methods is None or method in later.methods) and later.regex.match(path):
+                return later.template
+        return leaf.template
+
+
+def _flatten(routes: Iterable[BaseRoute], path: str, template: str) -> list[_Leaf] | None:
+    leaves: list[_Leaf] = []
+    for route in _effective(routes):
+        if isinstance(route, Mount):
+            mount_path = path + route.path
+            mount_template = template + compile_path(route.path)[1]
+            inner = _flatten(route.routes, mount_path, mount_template) if route.routes else []
+            if inner is None:
+                return None
+            leaves.extend(inner)
+            # Starlette hands everything under a mount to the mount, so its
+            # catch-all comes right after its own routes.
+            leaves.append(_leaf(mount_path + "/{path:path}", mount_template + "/{path}", None))
+            continue
+        route_path = getattr(route, "path", None)
+        if isinstance(route, Host) or not isinstance(route_path, str):
+            return None
+        methods = _methods(getattr(route, "methods", None))
+        path_format = str(getattr(route, "path_format", route_path))
+        regex = getattr(route, "path_regex", None)
+        if path or regex is None:
+            regex = compile_path(path + route_path)[0]
+        leaves.append(_Leaf(regex, template + path_format, methods))
+    return leaves
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: ``scope["path"]`` less ``root_path`` (as Starlette does)."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    return path[len(root_path) :] if path[len(root_path)] == "/" else path
+
+
+def _leaf(path: str, template: str, methods: frozenset[str] | None) -> _Leaf:
+    return _Leaf(compile_path(path)[0], template, methods)
+
+
+def _methods(methods: object) -> frozenset[str] | None:
+    return frozenset(methods) if methods else None  # type: ignore[call-overload]
 
 
 def _effective(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:

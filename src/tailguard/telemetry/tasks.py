@@ -12,15 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, Final
+from typing import Any
+
+from tailguard import _context
 
 __all__ = ["RequestTasks", "current_request_tasks", "ensure_task_factory"]
 
 _TaskFactory = Callable[..., "asyncio.Future[Any]"]
-
-_current: Final[contextvars.ContextVar[RequestTasks | None]] = contextvars.ContextVar(
-    "tailguard_request_tasks", default=None
-)
 
 
 class RequestTasks:
@@ -60,16 +58,9 @@ class RequestTasks:
 
 def current_request_tasks() -> RequestTasks | None:
     """The task registry of the request being handled here, if any."""
-    return _current.get()
-
-
-def bind(tasks: RequestTasks | None) -> contextvars.Token[RequestTasks | None]:
-    """Make ``tasks`` the registry for tasks created from this context."""
-    return _current.set(tasks)
-
-
-def unbind(token: contextvars.Token[RequestTasks | None]) -> None:
-    _current.reset(token)
+    frame = _context.current.get()
+    owner = frame.owner if frame is not None else None
+    return owner if isinstance(owner, RequestTasks) else None
 
 
 def _chain(inner: _TaskFactory | None) -> _TaskFactory:
@@ -83,9 +74,9 @@ def _chain(inner: _TaskFactory | None) -> _TaskFactory:
         else:
             task = inner(loop, coro, **kwargs)
         context: contextvars.Context | None = kwargs.get("context")
-        owner = _current.get() if context is None else context.get(_current)
-        if owner is not None:
-            owner.add(task)
+        frame = _context.current.get() if context is None else context.get(_context.current)
+        if frame is not None and frame.owner is not None:
+            frame.owner.add(task)
         return task
 
     tailguard_task_factory.tailguard_inner = inner  # type: ignore[attr-defined]
