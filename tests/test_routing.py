@@ -9,7 +9,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Host, Mount, Route, Router
 
 from tailguard import RoutePolicy
-from tailguard.middleware.routing import RouteTable, route_template
+from tailguard.middleware.routing import RouteMatcher, RouteTable, route_template
 from tests.asgi import http_scope
 
 
@@ -57,7 +57,14 @@ def _starlette_app() -> Starlette:
 )
 def test_starlette_templates(method: str, path: str, template: str | None) -> None:
     app = _starlette_app()
-    assert route_template(http_scope(path, method, app=app)) == template
+    scope = http_scope(path, method, app=app)
+    assert route_template(scope) == template
+    # Host routes cannot be compiled into one pattern: the matcher declines them.
+    assert RouteMatcher.for_routes(app.routes, None) is None
+    without_host = Starlette(routes=[r for r in app.routes if not isinstance(r, Host)])
+    matcher = RouteMatcher.for_routes(without_host.routes, None)
+    assert matcher is not None
+    assert matcher.template(http_scope(path, method, app=without_host)) == template
 
 
 def test_host_routes() -> None:
@@ -102,7 +109,58 @@ def _fastapi_app() -> FastAPI:
     ],
 )
 def test_fastapi_templates(method: str, path: str, template: str | None) -> None:
-    assert route_template(http_scope(path, method, app=_fastapi_app())) == template
+    app = _fastapi_app()
+    scope = http_scope(path, method, app=app)
+    assert route_template(scope) == template
+    matcher = RouteMatcher.for_routes(app.routes, None)
+    assert matcher is not None
+    assert matcher.template(scope) == template
+
+
+def test_matcher_prefers_a_later_route_that_allows_the_method() -> None:
+    app = Starlette(
+        routes=[
+            Route("/things/{a}", _ok, methods=["GET"]),
+            Route("/things/{b:int}", _ok, methods=["POST"]),
+            Route("/floats/{x:float}", _ok),
+            Route("/root", _ok),
+        ]
+    )
+    matcher = RouteMatcher.for_routes(app.routes, None)
+    assert matcher is not None
+    for method, path in [("POST", "/things/1"), ("PUT", "/things/1"), ("GET", "/floats/1.5")]:
+        scope = http_scope(path, method, app=app)
+        assert matcher.template(scope) == route_template(scope)
+    assert matcher.template(http_scope("/things/1", "POST")) == "/things/{b}"
+    assert matcher.template(http_scope("/things/1", "PUT")) == "/things/{a}"  # 405
+
+
+def test_matcher_respects_root_path_and_is_reused_until_routes_change() -> None:
+    app = Starlette(routes=[Route("/items/{item_id}", _ok)])
+    matcher = RouteMatcher.for_routes(app.routes, None)
+    assert matcher is not None
+    assert RouteMatcher.for_routes(app.routes, matcher) is matcher
+    for path, root in [("/svc/items/1", "/svc"), ("/items/1", "/svc"), ("/svc", "/svc")]:
+        scope = {**http_scope(path, app=app), "root_path": root}
+        assert matcher.template(scope) == route_template(scope)
+    app.add_route("/more", _ok)
+    rebuilt = RouteMatcher.for_routes(app.routes, matcher)
+    assert rebuilt is not matcher
+    assert rebuilt is not None
+    assert rebuilt.template(http_scope("/more", app=app)) == "/more"
+    assert RouteMatcher.for_routes(None, matcher) is None
+    empty = RouteMatcher.for_routes([], None)
+    assert empty is not None
+    assert empty.template(http_scope("/x")) is None
+
+
+def test_matcher_declines_custom_route_classes() -> None:
+    from starlette.routing import BaseRoute
+
+    class Custom(BaseRoute):
+        pass
+
+    assert RouteMatcher.for_routes([Custom()], None) is None
 
 
 def test_no_app_in_scope() -> None:
