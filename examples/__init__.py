@@ -1,0 +1,1 @@
+"""Runnable example apps for tailguard (``tailguard demo`` drives ``examples.shop``)."""
