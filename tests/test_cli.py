@@ -207,3 +207,18 @@ def test_console_script_entry_point() -> None:
 
     (script,) = entry_points(group="console_scripts", name="tailguard")
     assert script.load() is cli.main
+
+
+def test_python_dash_m_runs_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    import runpy
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["tailguard", "--version"]
+    try:
+        with pytest.raises(SystemExit) as info:
+            runpy.run_module("tailguard", run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert info.value.code == 0
+    assert "tailguard" in capsys.readouterr().out

@@ -240,3 +240,9 @@ def test_keys_lists_everything() -> None:
     assert sorted(_table().keys()) == sorted(
         ["/items/*", "GET /items/*", "/items/{id}/reviews", "GET /items/{id}", "/items/{id}", "/*"]
     )
+
+
+def test_matcher_declines_a_mount_holding_host_routes() -> None:
+    inner = Host("internal.example", app=Router(routes=[Route("/stats", _ok)]))
+    app = Starlette(routes=[Mount("/admin", routes=[inner])])
+    assert RouteMatcher.for_routes(app.routes, None) is None

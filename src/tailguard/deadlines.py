@@ -139,21 +139,6 @@ class CancelScope:
                 self._handle = loop.call_at(when, self._fire)
         return self
 
-    def cancel_now(self) -> None:
-        """Fire the scope immediately (used for client disconnects)."""
-        if self._task is not None and not self.fired:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._handle = self._task.get_loop().call_soon(self._fire)
-
-    def disarm(self) -> None:
-        """Stop the timer; the scope will not fire any more."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        if not self.fired:
-            self._task = None
-
     def _fire(self) -> None:
         self._handle = None
         if self._task is not None and not self.fired:

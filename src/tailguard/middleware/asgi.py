@@ -115,11 +115,10 @@ class TailguardMiddleware:
         except asyncio.CancelledError:
             # Absorb only the cancellation this request asked for; one from
             # outside (server shutdown) also counts and keeps propagating.
-            if not exchange.fired or task.uncancel() > exchange.cancelling:
+            if not exchange.withdraw_cancel():
                 raise
         else:
-            if exchange.fired:
-                task.uncancel()  # the app swallowed our cancellation
+            exchange.withdraw_cancel()  # in case the app swallowed our cancellation
         finally:
             exchange.finished = True
             inbox.close()
@@ -192,6 +191,16 @@ class _Exchange(task_registry.RequestTasks):
         if not self.finished and not self.fired:
             self.fired = True
             self._task.cancel()
+
+    def withdraw_cancel(self) -> bool:
+        """Take back this request's cancel request, as ``asyncio.timeout`` does.
+
+        True when the request did cancel its task and no one else has asked
+        for a cancellation since, i.e. the ``CancelledError`` is ours to absorb.
+        """
+        if not self.fired:
+            return False
+        return self._task.uncancel() <= self.cancelling
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
