@@ -1,0 +1,25 @@
+"""Admission control: every request is admitted, queued, or shed.
+
+>>> from tailguard.admission import Limiter
+>>> limiter = Limiter("inventory", max_concurrency=8, max_queue=16, queue_timeout=0.05)
+>>> permit = limiter.try_acquire()  # the synchronous fast path
+>>> limiter.in_use
+1
+>>> permit.release()
+"""
+
+from tailguard.admission.adaptive import AdaptiveLimit, Gradient2, LimitController
+from tailguard.admission.errors import REASONS, Reason, Rejected
+from tailguard.admission.limiter import Limiter, LimiterState, Permit
+
+__all__ = [
+    "REASONS",
+    "AdaptiveLimit",
+    "Gradient2",
+    "LimitController",
+    "Limiter",
+    "LimiterState",
+    "Permit",
+    "Reason",
+    "Rejected",
+]
