@@ -5,6 +5,7 @@
 inf
 """
 
+from tailguard.admission import Gradient2, Rejected
 from tailguard.deadlines import (
     Deadline,
     DeadlineExceeded,
@@ -21,6 +22,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Deadline",
     "DeadlineExceeded",
+    "Gradient2",
+    "Rejected",
     "RoutePolicy",
     "Tailguard",
     "TailguardMiddleware",
@@ -32,6 +35,15 @@ __all__ = [
 
 # Public objects report the package as their home, as httpx does, so tracebacks
 # and reprs read ``tailguard.DeadlineExceeded`` rather than a private module.
-for _public in (Deadline, DeadlineExceeded, RoutePolicy, Tailguard, TailguardMiddleware, deadline):
+for _public in (
+    Deadline,
+    DeadlineExceeded,
+    Gradient2,
+    Rejected,
+    RoutePolicy,
+    Tailguard,
+    TailguardMiddleware,
+    deadline,
+):
     _public.__module__ = "tailguard"
 del _public

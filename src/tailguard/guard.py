@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+from starlette.types import Scope
+
+from tailguard.admission import Limiter
+from tailguard.middleware.admission import build_limiters, tenant_resolver
 from tailguard.middleware.inbound import InboundDeadlines
 from tailguard.middleware.routing import RouteTable
 from tailguard.policy import RoutePolicy
@@ -33,6 +37,11 @@ class Tailguard:
     ``x-envoy-expected-rq-timeout-ms``) can only shrink a route's budget;
     set ``inbound_deadlines=False`` to ignore them, for example on a service
     exposed directly to untrusted clients.
+
+    Policies with ``max_concurrency`` get a limiter (see :class:`RoutePolicy`).
+    Tenants, for per-tenant caps and fair queueing, come from
+    ``tenant_header`` or from ``tenant(scope) -> str | None``;
+    ``tenant_weights`` gives some tenants a larger share of the queue.
     """
 
     def __init__(
@@ -42,12 +51,19 @@ class Tailguard:
         routes: Mapping[str, RoutePolicy] | None = None,
         deadline_header: str = "x-request-timeout-ms",
         inbound_deadlines: bool = True,
+        tenant_header: str | None = None,
+        tenant: Callable[[Scope], str | None] | None = None,
+        tenant_weights: Mapping[str, float] | None = None,
     ) -> None:
         if routes is not None and not isinstance(routes, Mapping):
             raise TypeError(f"routes must be a mapping of route key to RoutePolicy, got {routes!r}")
-        self.routes = RouteTable(routes or {}, default if default is not None else RoutePolicy())
+        default = default if default is not None else RoutePolicy()
+        unlimited = RouteTable(routes or {}, default)
+        self.limiters: dict[str, Limiter] = build_limiters(unlimited.policies(), tenant_weights)
+        self.routes = RouteTable(routes or {}, default, self.limiters)
         self.inbound = InboundDeadlines(deadline_header) if inbound_deadlines else None
         self.deadline_header = deadline_header
+        self.tenant = tenant_resolver(tenant_header, tenant)
 
     def install(self, app: _App) -> _App:
         """Add tailguard's middleware to a Starlette or FastAPI ``app`` and return it.

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tailguard import _context
+from tailguard.admission import Permit, Rejected
 from tailguard.deadlines import Deadline, DeadlineExceeded
+from tailguard.middleware.admission import shed_response
 from tailguard.middleware.disconnect import Inbox
 from tailguard.middleware.expiry import ExpiryQueue
 from tailguard.middleware.responses import deadline_response
-from tailguard.middleware.routing import RouteMatcher, route_template
+from tailguard.middleware.routing import ResolvedRoute, RouteMatcher, route_template
 from tailguard.policy import RoutePolicy
 from tailguard.telemetry import tasks as task_registry
 
@@ -105,12 +107,28 @@ class TailguardMiddleware:
             deadline = tuple.__new__(Deadline, (now + budget, budget, source))
             exchange = _Exchange(task, send, deadline)
             clock.add(min(now + DISCONNECT_GRACE, deadline.at), exchange)
+        exchange.admitted_at = now
         inbox = exchange.inbox = Inbox(receive, exchange.cancel)
         token = _context.current.set(_context.Frame(deadline, exchange))
-        error: DeadlineExceeded | None = None
+        limiter = resolved.limiter
+        permit: Permit | None = None
+        error: DeadlineExceeded | Rejected | None = None
         try:
+            if source != "route" and budget is not None:
+                _shed_if_too_late(budget, resolved)
+            if limiter is not None:
+                tenant = guard.tenant(scope) if guard.tenant is not None else None
+                permit = limiter.try_acquire(resolved.policy.priority, tenant)
+                if permit is None:
+                    permit = await limiter.acquire(
+                        priority=resolved.policy.priority,
+                        tenant=tenant,
+                        deadline_at=None if deadline is None else deadline.at,
+                        service_estimate=resolved.service_time.estimate(),
+                    )
+                    exchange.admitted_at = monotonic()
             await self.app(scope, inbox.receive, exchange.send)
-        except DeadlineExceeded as exc:  # an inner scope or an outbound call ran out
+        except (DeadlineExceeded, Rejected) as exc:  # ran out, or shed here or downstream
             error = exc
         except asyncio.CancelledError:
             # Absorb only the cancellation this request asked for; one from
@@ -123,6 +141,11 @@ class TailguardMiddleware:
             exchange.finished = True
             inbox.close()
             _context.current.reset(token)
+            ok = exchange.complete and exchange.status < 500 and not exchange.fired
+            if ok:
+                resolved.service_time.observe(monotonic() - exchange.admitted_at)
+            if permit is not None:
+                permit.release(ok=ok)
         if exchange.fired or error is not None:
             await exchange.settle(scope, error)
 
@@ -154,6 +177,7 @@ class _Exchange(task_registry.RequestTasks):
     __slots__ = (
         "_send",
         "_task",
+        "admitted_at",
         "cancelling",
         "complete",
         "deadline",
@@ -161,6 +185,7 @@ class _Exchange(task_registry.RequestTasks):
         "fired",
         "inbox",
         "started",
+        "status",
     )
 
     def __init__(self, task: asyncio.Task[Any], send: Send, deadline: Deadline | None) -> None:
@@ -174,6 +199,8 @@ class _Exchange(task_registry.RequestTasks):
         self.complete = False
         self.fired = False
         self.finished = False
+        self.status = 0
+        self.admitted_at = 0.0
 
     def expire(self) -> float | None:
         """Called by the expiry queue; returns when to be called again, if ever."""
@@ -205,6 +232,7 @@ class _Exchange(task_registry.RequestTasks):
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
+            self.status = message["status"]
         elif not message.get("more_body", False):
             self.complete = True
             # The deadline bounds the response. Work after it (Starlette's
@@ -214,8 +242,8 @@ class _Exchange(task_registry.RequestTasks):
             _context.current.set(None)
         await self._send(message)
 
-    async def settle(self, scope: Scope, error: DeadlineExceeded | None) -> None:
-        """Finish a request that was cancelled or ran out of time."""
+    async def settle(self, scope: Scope, error: DeadlineExceeded | Rejected | None) -> None:
+        """Finish a request that was cancelled, ran out of time, or was shed."""
         inbox = self.inbox
         if self.fired:
             if inbox is not None and inbox.disconnected and not self.complete:
@@ -229,5 +257,23 @@ class _Exchange(task_registry.RequestTasks):
         if self.started:
             # Never a second http.response.start: abort, so the server drops the
             # connection and the client sees a truncated response, not a short one.
+            if isinstance(error, Rejected):
+                raise error
             raise DeadlineExceeded(error.deadline, f"response aborted: {error}") from error
-        await deadline_response(self._send)
+        if isinstance(error, Rejected):
+            await shed_response(self._send, error)
+        else:
+            await deadline_response(self._send)
+
+
+def _shed_if_too_late(budget: float, resolved: ResolvedRoute) -> None:
+    """Deadline-aware admission for budgets an inbound header cut short.
+
+    A route's own budget is never judged against its usual service time (that
+    would shed every request of a route that is slow on average); a caller's
+    tighter budget is: if the route usually needs more, running it is wasted.
+    """
+    usual = resolved.service_time.estimate()
+    if usual is not None and budget < usual:
+        name = resolved.limiter.name if resolved.limiter is not None else resolved.key or "default"
+        raise Rejected("deadline", name, 0.0)

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
 from starlette.routing import BaseRoute, Host, Match, Mount, compile_path
 from starlette.types import Scope
 
+from tailguard.middleware.service_time import ServiceTime
 from tailguard.policy import RoutePolicy
+
+if TYPE_CHECKING:
+    from tailguard.admission import Limiter
 
 __all__ = ["ResolvedRoute", "RouteMatcher", "RouteTable", "route_template"]
 
@@ -36,6 +40,10 @@ class ResolvedRoute:
     key: str | None
     """The configured route key that supplied the policy; ``None`` for the default."""
     policy: RoutePolicy
+    limiter: Limiter | None = None
+    """The limiter that admits this route's requests, if the policy asks for one."""
+    service_time: ServiceTime = field(default_factory=ServiceTime)
+    """How long this method and template usually take, learned as requests complete."""
 
 
 def route_template(scope: Scope) -> str | None:
@@ -227,6 +235,11 @@ def _parse_key(text: object) -> _Key:
     return _Key(text, found["method"], found["path"], found["star"] is not None)
 
 
+def limiter_name(key: str | None, policy: RoutePolicy) -> str:
+    """The name of the limiter a policy uses: its ``limiter=``, else its route key."""
+    return policy.limiter or key or "default"
+
+
 class RouteTable:
     """Maps ``(method, template)`` to the most specific configured :class:`RoutePolicy`.
 
@@ -241,10 +254,16 @@ class RouteTable:
     '/items/*'
     """
 
-    def __init__(self, routes: Mapping[str, RoutePolicy], default: RoutePolicy) -> None:
+    def __init__(
+        self,
+        routes: Mapping[str, RoutePolicy],
+        default: RoutePolicy,
+        limiters: Mapping[str, Limiter] | None = None,
+    ) -> None:
         if not isinstance(default, RoutePolicy):
             raise TypeError(f"default must be a RoutePolicy, got {type(default).__name__}")
         self.default = default
+        self._limiters = limiters or {}
         self._exact: dict[tuple[str | None, str], tuple[str, RoutePolicy]] = {}
         prefixes: list[tuple[_Key, RoutePolicy]] = []
         for text, policy in routes.items():
@@ -281,16 +300,29 @@ class RouteTable:
         return resolved
 
     def _resolve(self, method: str, template: str | None) -> ResolvedRoute:
-        if template is None:
-            return ResolvedRoute(None, None, self.default)
-        for slot in ((method, template), (None, template)):
-            exact = self._exact.get(slot)
-            if exact is not None:
-                return ResolvedRoute(template, exact[0], exact[1])
-        for key, policy in self._prefixes:
-            if (key.method is None or key.method == method) and template.startswith(key.path):
-                return ResolvedRoute(template, key.text, policy)
-        return ResolvedRoute(template, None, self.default)
+        if template is not None:
+            for slot in ((method, template), (None, template)):
+                exact = self._exact.get(slot)
+                if exact is not None:
+                    return self._resolved(template, exact[0], exact[1])
+            for key, policy in self._prefixes:
+                if (key.method is None or key.method == method) and template.startswith(key.path):
+                    return self._resolved(template, key.text, policy)
+        return self._resolved(template, None, self.default)
+
+    def _resolved(
+        self, template: str | None, key: str | None, policy: RoutePolicy
+    ) -> ResolvedRoute:
+        limiter = self._limiters.get(limiter_name(key, policy)) if policy.admission else None
+        return ResolvedRoute(template, key, policy, limiter)
+
+    def policies(self) -> list[tuple[str | None, RoutePolicy]]:
+        """Every configured ``(key, policy)``, the default last with key ``None``."""
+        configured: list[tuple[str | None, RoutePolicy]] = [
+            (text, policy) for text, policy in self._exact.values()
+        ]
+        configured += [(key.text, policy) for key, policy in self._prefixes]
+        return [*configured, (None, self.default)]
 
     def keys(self) -> list[str]:
         """Every configured route key, for diagnostics."""

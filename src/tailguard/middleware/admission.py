@@ -1,0 +1,121 @@
+"""Admission at the door: limiters built from policies, tenants, and the 503 answer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterable, Mapping
+
+from starlette.types import Scope, Send
+
+from tailguard.admission import Limiter, Rejected
+from tailguard.middleware.responses import REASON_HEADER
+from tailguard.middleware.routing import limiter_name
+from tailguard.policy import RoutePolicy
+
+__all__ = ["build_limiters", "shed_response", "tenant_resolver"]
+
+TenantOf = Callable[[Scope], "str | None"]
+
+
+def build_limiters(
+    policies: Iterable[tuple[str | None, RoutePolicy]],
+    tenant_weights: Mapping[str, float] | None = None,
+) -> dict[str, Limiter]:
+    """One :class:`Limiter` per limiter name the policies use.
+
+    A name is defined by the policy (or policies, if they agree) that sets
+    ``max_concurrency``; other keys may share it by naming it with
+    ``limiter=`` and leaving the limits unset.
+    """
+    defined: dict[str, tuple[str, RoutePolicy]] = {}
+    named: dict[str, str] = {}
+    for key, policy in policies:
+        if not policy.admission:
+            continue
+        where = key if key is not None else "default"
+        name = limiter_name(key, policy)
+        named.setdefault(name, where)
+        if policy.max_concurrency is None:
+            continue
+        if name in defined and _limits(defined[name][1]) != _limits(policy):
+            raise ValueError(
+                f"limiter {name!r} is defined twice with different limits: "
+                f"by {defined[name][0]!r} and by {where!r}"
+            )
+        defined.setdefault(name, (where, policy))
+    weights: dict[Hashable, float] | None = None
+    if tenant_weights:
+        weights = {}
+        weights.update(tenant_weights)
+    limiters: dict[str, Limiter] = {}
+    for name, where in named.items():
+        if name not in defined:
+            raise ValueError(
+                f"routes[{where!r}] uses limiter {name!r}, but no policy sets its max_concurrency"
+            )
+        policy = defined[name][1]
+        assert policy.max_concurrency is not None
+        limiters[name] = Limiter(
+            name,
+            max_concurrency=policy.max_concurrency,
+            max_queue=policy.max_queue,
+            queue_timeout=policy.queue_timeout,
+            tenant_concurrency=policy.tenant_concurrency,
+            tenant_weights=weights,
+            adaptive=policy.adaptive,
+        )
+    return limiters
+
+
+def _limits(policy: RoutePolicy) -> tuple[object, ...]:
+    return (
+        policy.max_concurrency,
+        policy.max_queue,
+        policy.queue_timeout,
+        policy.tenant_concurrency,
+        policy.adaptive,
+    )
+
+
+def tenant_resolver(header: str | None, tenant: TenantOf | None) -> TenantOf | None:
+    """How to find a request's tenant: a header name or a callable, not both."""
+    if header is not None and tenant is not None:
+        raise ValueError("pass tenant_header= or tenant=, not both")
+    if tenant is not None:
+        if not callable(tenant):
+            raise TypeError(f"tenant must be a callable(scope) -> str | None, got {tenant!r}")
+        return tenant
+    if header is None:
+        return None
+    if not isinstance(header, str) or not header.strip() or header != header.strip():
+        raise ValueError(f"tenant_header must be a non-empty header name, got {header!r}")
+    name = header.lower().encode("latin-1")
+
+    def from_header(scope: Scope) -> str | None:
+        for key, value in scope["headers"]:
+            if key == name:
+                found: str = value.decode("latin-1")
+                return found
+        return None
+
+    return from_header
+
+
+async def shed_response(send: Send, rejected: Rejected) -> None:
+    """``503 Service Unavailable`` with ``Retry-After`` and the reason, sent cheaply."""
+    body = f"overloaded: {rejected.reason}\n".encode()
+    retry_after = max(1, math.ceil(rejected.retry_after))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(retry_after).encode()),
+                (b"cache-control", b"no-store"),
+                (REASON_HEADER, rejected.reason.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
