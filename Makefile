@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest bench bench-overhead clean
+.PHONY: test demo lint typecheck pytest bench bench-overhead bench-overload clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tailguard needs Python >= 3.11")'
@@ -28,11 +28,14 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest --doctest-modules src tests --cov --cov-report=term-missing:skip-covered
 
-bench: bench-overhead
+bench: bench-overhead bench-overload
 
 bench-overhead: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/overhead.py
+
+bench-overload: $(STAMP)
+	$(BIN)/python benchmarks/overload.py
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .pytest_cache .ruff_cache

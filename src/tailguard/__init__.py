@@ -13,6 +13,7 @@ from tailguard.deadlines import (
     deadline,
     remaining,
 )
+from tailguard.dependency import Dependency, DependencyState
 from tailguard.guard import Tailguard
 from tailguard.middleware.asgi import TailguardMiddleware
 from tailguard.policy import RoutePolicy
@@ -22,6 +23,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Deadline",
     "DeadlineExceeded",
+    "Dependency",
+    "DependencyState",
     "Gradient2",
     "Rejected",
     "RoutePolicy",
@@ -38,6 +41,7 @@ __all__ = [
 for _public in (
     Deadline,
     DeadlineExceeded,
+    Dependency,
     Gradient2,
     Rejected,
     RoutePolicy,

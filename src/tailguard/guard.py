@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TypeVar
 
 from starlette.types import Scope
 
 from tailguard.admission import Limiter
+from tailguard.dependency import Dependency
 from tailguard.middleware.admission import build_limiters, tenant_resolver
 from tailguard.middleware.inbound import InboundDeadlines
 from tailguard.middleware.routing import RouteTable
@@ -64,6 +66,50 @@ class Tailguard:
         self.inbound = InboundDeadlines(deadline_header) if inbound_deadlines else None
         self.deadline_header = deadline_header
         self.tenant = tenant_resolver(tenant_header, tenant)
+        self._dependencies: dict[str, Dependency] = {}
+
+    def dependency(
+        self,
+        name: str,
+        *,
+        max_concurrency: int | None = None,
+        max_queue: int | None = None,
+        queue_timeout: float | None = None,
+    ) -> Dependency:
+        """The bulkhead for the outbound dependency ``name``: one per name per guard.
+
+        The first call creates it (``max_concurrency`` defaults to 8 and
+        ``max_queue`` to 16); later calls with just the name return the same
+        object, and calls that state different limits are an error.
+
+        >>> guard = Tailguard()
+        >>> inventory = guard.dependency("inventory", max_concurrency=8, max_queue=16)
+        >>> guard.dependency("inventory") is inventory
+        True
+        """
+        existing = self._dependencies.get(name)
+        if existing is None:
+            created = Dependency(
+                name,
+                max_concurrency=8 if max_concurrency is None else max_concurrency,
+                max_queue=16 if max_queue is None else max_queue,
+                queue_timeout=queue_timeout,
+            )
+            self._dependencies[name] = created
+            return created
+        asked = (max_concurrency, max_queue, queue_timeout)
+        have = (existing.max_concurrency, existing.max_queue, existing.queue_timeout)
+        if any(a is not None and a != h for a, h in zip(asked, have, strict=True)):
+            raise ValueError(
+                f"dependency {name!r} already exists with max_concurrency={have[0]}, "
+                f"max_queue={have[1]}, queue_timeout={have[2]}"
+            )
+        return existing
+
+    @property
+    def dependencies(self) -> Mapping[str, Dependency]:
+        """Every dependency declared so far, by name (for telemetry and snapshots)."""
+        return MappingProxyType(self._dependencies)
 
     def install(self, app: _App) -> _App:
         """Add tailguard's middleware to a Starlette or FastAPI ``app`` and return it.

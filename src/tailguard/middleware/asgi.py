@@ -82,6 +82,7 @@ class TailguardMiddleware:
         if kind != "http":
             if kind == "lifespan":
                 task_registry.ensure_task_factory(asyncio.get_running_loop())
+                send = self._closing_dependencies(send)
             await self.app(scope, receive, send)
             return
         guard = self.guard
@@ -148,6 +149,18 @@ class TailguardMiddleware:
                 permit.release(ok=ok)
         if exchange.fired or error is not None:
             await exchange.settle(scope, error)
+
+    def _closing_dependencies(self, send: Send) -> Send:
+        """Wrap lifespan ``send`` so dependency thread pools drain before shutdown completes."""
+        guard = self.guard
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                for dependency in list(guard.dependencies.values()):
+                    await dependency.aclose()
+            await send(message)
+
+        return lifespan_send
 
     def _template(self, scope: Scope) -> str | None:
         app = scope.get("app")
