@@ -342,3 +342,86 @@ def test_install_needs_a_starlette_app() -> None:
         Tailguard().install(raw)
     with pytest.raises(TypeError, match="routes must be a mapping"):
         Tailguard(routes=[("/x", RoutePolicy())])  # type: ignore[arg-type]
+
+
+def echo_app() -> tuple[Starlette, Probe]:
+    probe = Probe()
+
+    async def echo(request: Request) -> Response:
+        body = await request.body()
+        if request.url.path == "/echo-then-hang":
+            probe.started.set()
+            try:
+                await asyncio.sleep(FOREVER)
+            except asyncio.CancelledError:
+                probe.cancelled.set()
+                raise
+        return PlainTextResponse(body)
+
+    async def gone(request: Request) -> Response:
+        message = await request.receive()
+        return PlainTextResponse(message["type"])
+
+    app = Starlette(
+        routes=[
+            Route("/echo", echo, methods=["POST"]),
+            Route("/echo-then-hang", echo, methods=["POST"]),
+            Route("/gone", gone),
+        ]
+    )
+    Tailguard(default=RoutePolicy(deadline=FOREVER)).install(app)
+    return app, probe
+
+
+async def test_the_app_reads_its_body_through_tailguard() -> None:
+    app, _ = echo_app()
+    sent = await call(app, "/echo", method="POST", client=Client([b"ab", b"cd", b"ef"]))
+    assert (sent.status, sent.body) == (200, b"abcdef")
+
+
+async def test_a_disconnect_the_app_reads_itself_is_passed_on() -> None:
+    app, _ = echo_app()
+    client = Client([])
+    client.gone.set()
+    sent = await call(app, "/gone", client=client)
+    assert sent.body == b"http.disconnect"
+
+
+class SlowUpload(Client):
+    """The first chunk arrives at once, the last one only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.last_chunk = asyncio.Event()
+
+    async def receive(self) -> Any:
+        self.reads += 1
+        if self.reads == 1:
+            return {"type": "http.request", "body": b"first-", "more_body": True}
+        if self.reads == 2:
+            await self.last_chunk.wait()
+            return {"type": "http.request", "body": b"last", "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+
+async def test_watching_starts_only_after_the_apps_own_read_returns() -> None:
+    from tailguard.middleware.asgi import DISCONNECT_GRACE
+
+    app, probe = echo_app()
+    client = SlowUpload()
+    request = asyncio.create_task(call(app, "/echo-then-hang", method="POST", client=client))
+    async with asyncio.timeout(FOREVER):
+        while client.reads < 2:
+            await asyncio.sleep(0.001)
+    await asyncio.sleep(DISCONNECT_GRACE * 3)  # promoted while the app is inside receive()
+    assert client.reads == 2  # nobody else read meanwhile
+    client.last_chunk.set()
+    await probe.started.wait()
+    async with asyncio.timeout(FOREVER):
+        while client.reads < 3:  # the watcher took over and waits for the disconnect
+            await asyncio.sleep(0.001)
+    client.gone.set()
+    sent = await asyncio.wait_for(request, FOREVER)
+    assert sent.messages == []
+    assert probe.cancelled.is_set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +15,9 @@ from tailguard.admission import Permit, Rejected
 from tailguard.deadlines import Deadline, DeadlineExceeded
 from tailguard.middleware.admission import shed_response
 from tailguard.middleware.disconnect import Inbox
-from tailguard.middleware.expiry import ExpiryQueue
 from tailguard.middleware.responses import deadline_response
 from tailguard.middleware.routing import ResolvedRoute, RouteMatcher, route_template
+from tailguard.middleware.sweeper import Sweeper
 from tailguard.policy import RoutePolicy
 from tailguard.telemetry import tasks as task_registry
 
@@ -72,10 +72,10 @@ class TailguardMiddleware:
         self.app = app
         self.guard = guard
         # Per app and per event loop, never per request: compiled routes and the
-        # loop's expiry queue.
+        # loop's sweeper.
         self._matched_app: object = None
         self._matcher: RouteMatcher | None = None
-        self._clock: ExpiryQueue | None = None
+        self._sweeper: Sweeper | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -96,21 +96,23 @@ class TailguardMiddleware:
                 budget, source = found
         task = asyncio.current_task()
         assert task is not None
-        clock = self._clock
-        if clock is None or clock.loop is not task.get_loop():
-            clock = self._clock = _new_clock(task.get_loop())
+        sweeper = self._sweeper
+        if sweeper is None or sweeper.loop is not task.get_loop():
+            sweeper = self._sweeper = _new_sweeper(task.get_loop())
         now = monotonic()
         if budget is None:
             deadline = None
-            clock.add(now + DISCONNECT_GRACE, exchange := _Exchange(task, send, None))
+            exchange = _Exchange(task, send, receive, None, now)
+            sweeper.add(exchange)
         else:
-            # tuple.__new__ skips NamedTuple's Python-level __new__: this is per request.
+            # tuple.__new__ skips NamedTuple's Python-level __new__: this runs per request.
             deadline = tuple.__new__(Deadline, (now + budget, budget, source))
-            exchange = _Exchange(task, send, deadline)
-            clock.add(min(now + DISCONNECT_GRACE, deadline.at), exchange)
-        exchange.admitted_at = now
-        inbox = exchange.inbox = Inbox(receive, exchange.cancel)
-        token = _context.current.set(_context.Frame(deadline, exchange))
+            exchange = _Exchange(task, send, receive, deadline, now)
+            if budget < DISCONNECT_GRACE:
+                exchange.arm()  # would be over before the first sweep could arm it
+            else:
+                sweeper.add(exchange)
+        token = _context.current.set(tuple.__new__(_context.Frame, (deadline, exchange)))
         limiter = resolved.limiter
         permit: Permit | None = None
         error: DeadlineExceeded | Rejected | None = None
@@ -128,7 +130,7 @@ class TailguardMiddleware:
                         service_estimate=resolved.service_time.estimate(),
                     )
                     exchange.admitted_at = monotonic()
-            await self.app(scope, inbox.receive, exchange.send)
+            await self.app(scope, exchange.receive, exchange.send)
         except (DeadlineExceeded, Rejected) as exc:  # ran out, or shed here or downstream
             error = exc
         except asyncio.CancelledError:
@@ -136,11 +138,13 @@ class TailguardMiddleware:
             # outside (server shutdown) also counts and keeps propagating.
             if not exchange.withdraw_cancel():
                 raise
-        else:
-            exchange.withdraw_cancel()  # in case the app swallowed our cancellation
         finally:
             exchange.finished = True
-            inbox.close()
+            sweeper.discard(exchange)
+            if exchange.timer is not None:
+                exchange.disarm()
+            if exchange.inbox is not None:
+                exchange.inbox.close()
             _context.current.reset(token)
             ok = exchange.complete and exchange.status < 500 and not exchange.fired
             if ok:
@@ -165,66 +169,123 @@ class TailguardMiddleware:
     def _template(self, scope: Scope) -> str | None:
         app = scope.get("app")
         matcher = self._matcher
-        if app is not self._matched_app:
+        if app is not self._matched_app or (matcher is not None and matcher.stale()):
+            # Compiled once per app (and again if its route list grows); apps
+            # whose routes cannot be compiled use Starlette's own matching.
             self._matched_app = app
-            matcher = None
-        matcher = self._matcher = RouteMatcher.for_routes(getattr(app, "routes", None), matcher)
+            matcher = self._matcher = RouteMatcher.for_routes(getattr(app, "routes", None), None)
         return matcher.template(scope) if matcher is not None else route_template(scope)
 
 
-def _new_clock(loop: asyncio.AbstractEventLoop) -> ExpiryQueue:
+def _new_sweeper(loop: asyncio.AbstractEventLoop) -> Sweeper:
     task_registry.ensure_task_factory(loop)
-    return ExpiryQueue(loop)
+    return Sweeper(loop, DISCONNECT_GRACE)
 
 
 class _Exchange(task_registry.RequestTasks):
     """One request as the middleware sees it: its deadline, its response, its tasks.
 
     Created per request and never shared. It owns the tasks the request spawns
-    (the task factory adds them here), and the loop's :class:`ExpiryQueue`
-    calls :meth:`expire` on it twice at most: once after ``DISCONNECT_GRACE``
-    to start watching for a client disconnect, and once when its deadline
-    passes. Requests that end sooner cost one heap push and nothing else.
+    (the task factory adds them here). A request that outlives the loop's
+    grace period is *promoted* by the :class:`Sweeper`: only then does it get
+    a deadline timer and a disconnect watcher, so fast requests pay for
+    neither.
     """
 
     __slots__ = (
+        "_receive",
         "_send",
         "_task",
         "admitted_at",
+        "body_complete",
         "cancelling",
         "complete",
         "deadline",
+        "disconnect",
         "finished",
         "fired",
         "inbox",
+        "reading",
         "started",
         "status",
+        "timer",
+        "watch_requested",
+        "withdrawn",
     )
 
-    def __init__(self, task: asyncio.Task[Any], send: Send, deadline: Deadline | None) -> None:
+    def __init__(
+        self,
+        task: asyncio.Task[Any],
+        send: Send,
+        receive: Receive,
+        deadline: Deadline | None,
+        now: float,
+    ) -> None:
         self._live = None  # RequestTasks' only field, set inline: this runs per request
         self._task = task
+        self.timer: asyncio.TimerHandle | None = None
         self.cancelling = task.cancelling()
         self._send = send
-        self.inbox: Inbox | None = None
+        self._receive = receive
+        self.inbox: Inbox | None = None  # made only for requests that outlive the grace
+        self.reading = False
+        self.body_complete = False
+        self.watch_requested = False
+        self.disconnect: Message | None = None
         self.deadline = deadline
         self.started = False
         self.complete = False
         self.fired = False
+        self.withdrawn = False
         self.finished = False
         self.status = 0
-        self.admitted_at = 0.0
+        self.admitted_at = now
 
-    def expire(self) -> float | None:
-        """Called by the expiry queue; returns when to be called again, if ever."""
-        deadline = self.deadline
-        if deadline is not None and deadline.at <= monotonic():
-            self.cancel()
-            return None
+    def promote(self) -> None:
+        """Still running after the grace period: arm the deadline, watch the client."""
+        if not self.finished:
+            self.arm()
+            if self.reading:
+                self.watch_requested = True  # never two readers: start when the app's read returns
+            else:
+                self._watch()
+
+    def _watch(self) -> None:
+        if self.inbox is None and self.disconnect is None and not self.finished:
+            self.inbox = Inbox(self._receive, self.cancel, body_complete=self.body_complete)
+            self.inbox.start_watching()
+
+    async def receive(self) -> Message:
+        """The ``receive`` the app gets: the server's own until a watcher takes over."""
         inbox = self.inbox
         if inbox is not None:
-            inbox.start_watching()
-        return deadline.at if deadline is not None else None
+            return await inbox.receive()
+        self.reading = True
+        try:
+            message = await self._receive()
+        finally:
+            self.reading = False
+        if message["type"] == "http.disconnect":
+            self.disconnect = message
+        elif not message.get("more_body", False):
+            self.body_complete = True
+        if self.watch_requested:
+            self._watch()
+        return message
+
+    def arm(self) -> None:
+        """Schedule the cancellation at the deadline, if there is one."""
+        deadline = self.deadline
+        if deadline is not None and self.timer is None:
+            loop = self._task.get_loop()
+            when = loop.time() + (deadline.at - monotonic())
+            self.timer = loop.call_at(when, self.cancel)
+
+    def disarm(self) -> None:
+        """The request is over: drop its timer, if it has one."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def cancel(self) -> None:
         """Cancel the request's task: its deadline passed or its client left."""
@@ -237,12 +298,17 @@ class _Exchange(task_registry.RequestTasks):
 
         True when the request did cancel its task and no one else has asked
         for a cancellation since, i.e. the ``CancelledError`` is ours to absorb.
+        Called once: when the ``CancelledError`` arrives, or from :meth:`settle`
+        when the app swallowed it.
         """
-        if not self.fired:
+        if not self.fired or self.withdrawn:
             return False
+        self.withdrawn = True
         return self._task.uncancel() <= self.cancelling
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        # A plain function returning the server's awaitable: no extra coroutine
+        # frame per message, the app awaits the server's send directly.
         if message["type"] == "http.response.start":
             self.started = True
             self.status = message["status"]
@@ -252,13 +318,16 @@ class _Exchange(task_registry.RequestTasks):
             # background tasks) is not cut off by a budget the client no
             # longer waits on.
             self.finished = True
+            if self.timer is not None:
+                self.disarm()
             _context.current.set(None)
-        await self._send(message)
+        return self._send(message)
 
     async def settle(self, scope: Scope, error: DeadlineExceeded | Rejected | None) -> None:
         """Finish a request that was cancelled, ran out of time, or was shed."""
         inbox = self.inbox
         if self.fired:
+            self.withdraw_cancel()  # a no-op unless the app swallowed our cancellation
             if inbox is not None and inbox.disconnected and not self.complete:
                 self.cancel_pending()
                 logger.debug("client disconnected; cancelled %s %s", scope["method"], scope["path"])

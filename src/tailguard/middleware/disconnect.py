@@ -28,6 +28,10 @@ from starlette.types import Message, Receive
 __all__ = ["Inbox"]
 
 
+def _ignore() -> None:
+    return None
+
+
 class Inbox:
     """Per-request wrapper around ``receive`` that notices client disconnects."""
 
@@ -45,13 +49,19 @@ class Inbox:
         "_watcher",
     )
 
-    def __init__(self, receive: Receive, on_disconnect: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        on_disconnect: Callable[[], None],
+        *,
+        body_complete: bool = False,
+    ) -> None:
         self._receive = receive
         self._on_disconnect = on_disconnect
         self._parked: Message | None = None
         self._disconnect: Message | None = None
         self._failure: Exception | None = None
-        self._body_complete = False
+        self._body_complete = body_complete
         self._reading = False
         self._start_requested = False
         self._closed = False
@@ -101,6 +111,9 @@ class Inbox:
     def close(self) -> None:
         """Stop watching; called when the request is over."""
         self._closed = True
+        # The callback is the request's bound method: dropping it breaks the
+        # request <-> inbox cycle, so both are freed by refcount, not the GC.
+        self._on_disconnect = _ignore
         if self._watcher is not None and not self._watcher.done():
             self._watcher.cancel()
 

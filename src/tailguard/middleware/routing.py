@@ -113,6 +113,10 @@ class RouteMatcher:
         matcher = cls(routes)
         return matcher if matcher._leaves is not None else None
 
+    def stale(self) -> bool:
+        """Whether routes were added or removed at the top level since compiling."""
+        return len(self._routes) != self._count
+
     def template(self, scope: Scope) -> str | None:
         """The template for ``scope``; same answer as :func:`route_template`."""
         combined = self._combined

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tailguard.middleware.sweeper import Sweeper
+
+pytestmark = pytest.mark.anyio
+
+
+class Request:
+    def __init__(self) -> None:
+        self.promoted = asyncio.Event()
+
+    def promote(self) -> None:
+        self.promoted.set()
+
+
+async def test_only_requests_still_running_after_the_grace_are_promoted() -> None:
+    sweeper = Sweeper(asyncio.get_running_loop(), 0.005)
+    slow, fast = Request(), Request()
+    sweeper.add(slow)
+    sweeper.add(fast)
+    sweeper.discard(fast)
+    await asyncio.wait_for(slow.promoted.wait(), 30)
+    assert not fast.promoted.is_set()
+    assert len(sweeper) == 0
+
+
+async def test_late_arrivals_wait_for_a_later_sweep() -> None:
+    sweeper = Sweeper(asyncio.get_running_loop(), 0.01)
+    first = Request()
+    sweeper.add(first)
+    await asyncio.wait_for(first.promoted.wait(), 30)
+    second = Request()
+    sweeper.add(second)  # the sweep re-arms itself for the newcomer
+    third = Request()
+    sweeper.add(third)
+    await asyncio.wait_for(third.promoted.wait(), 30)
+    assert second.promoted.is_set()
+    assert len(sweeper) == 0
+
+
+async def test_a_sweep_that_finds_young_requests_comes_back_for_them() -> None:
+    loop = asyncio.get_running_loop()
+    sweeper = Sweeper(loop, 30)
+    old, young = Request(), Request()
+    sweeper.add(old)
+    sweeper.add(young)
+    sweeper._young[old] -= 60  # pretend it arrived long ago
+    sweeper._sweep()
+    assert old.promoted.is_set()
+    assert not young.promoted.is_set()
+    assert sweeper._handle is not None  # armed for the young one
+    sweeper.discard(young)
+    sweeper._handle.cancel()
