@@ -264,7 +264,10 @@ class Limiter:
             raise
         if isinstance(outcome, Permit):
             return outcome
-        raise outcome
+        try:
+            raise outcome
+        finally:
+            del outcome  # no exception -> traceback -> this frame -> exception cycle
 
     def _enqueue(
         self,
@@ -293,8 +296,13 @@ class Limiter:
             raise self._reject("tenant_limit", tenant)
         lifo_since = now - self.codel_interval
         standing = queue.standing_since.get(tenant)
-        if standing is not None and standing <= lifo_since and self.codel_target < cap:
+        lifo = standing is not None and standing <= lifo_since
+        if lifo and self.codel_target < cap:
             cap, reason = self.codel_target, "queue_timeout"
+        if self._mean_hold > 0.0 and self._expected_wait(priority, tenant, lifo) > cap:
+            # It would only wait out its cap and be shed then: shed it now, while a
+            # 503 is cheap for the client too.
+            raise self._reject(reason, tenant)
         if queue.count >= self.max_queue:
             found = queue.victim(priority, tenant, lifo_since=lifo_since)
             if found is None:
@@ -306,6 +314,16 @@ class Limiter:
         if cap != math.inf:
             waiter.handle = loop.call_later(cap, self._expire, waiter, reason)
         return waiter
+
+    def _expected_wait(self, priority: int, tenant: Hashable, lifo: bool) -> float:
+        """Seconds a newcomer would likely wait: the work ahead of it, drained
+        ``limit`` at a time (or through the tenant's own cap, when that is full)."""
+        counts = self._tenant_in_use
+        if counts is not None and counts.get(tenant, 0) >= self._tenant_cap:
+            own = self._queue.tenant_counts.get(tenant, 0)
+            return (1 if lifo else own + 1) * self._mean_hold / self._tenant_cap
+        ahead = self._queue.ahead(priority, tenant, lifo=lifo)
+        return (ahead + 1) * self._mean_hold / self.limit
 
     def _expire(self, waiter: Waiter, reason: Reason) -> None:
         waiter.handle = None

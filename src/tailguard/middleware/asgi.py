@@ -152,7 +152,10 @@ class TailguardMiddleware:
             if permit is not None:
                 permit.release(ok=ok)
         if exchange.fired or error is not None:
-            await exchange.settle(scope, error)
+            try:
+                await exchange.settle(scope, error)
+            finally:
+                error = None  # no exception -> traceback -> this frame -> exception cycle
 
     def _closing_dependencies(self, send: Send) -> Send:
         """Wrap lifespan ``send`` so dependency thread pools drain before shutdown completes."""
