@@ -95,9 +95,8 @@ def test_ahead_counts_higher_priorities_and_one_turn_per_other_lane() -> None:
             queue.push(Waiter(loop.create_future(), priority, tenant, 0.0), now=0.0)
         # A newcomer of "b": the priority-5 waiter, b's own one, and "a" one turn
         # per waiter of b's lane plus one.
-        assert queue.ahead(0, "b", lifo=False) == 1 + 1 + 2
-        assert queue.ahead(0, "b", lifo=True) == 1 + 0 + 1
-        assert queue.ahead(0, "new", lifo=False) == 1 + 1 + 1
-        assert queue.ahead(5, "c", lifo=False) == 1
+        assert queue.ahead(0, "b") == 1 + 1 + 2
+        assert queue.ahead(0, "new") == 1 + 1 + 1
+        assert queue.ahead(5, "c") == 1
     finally:
         loop.close()

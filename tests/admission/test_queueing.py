@@ -180,7 +180,7 @@ async def test_a_tenant_filling_the_queue_is_pushed_out_by_another() -> None:
     check_idle(limiter)
 
 
-async def test_overload_serves_newest_first_and_cuts_new_waits() -> None:
+async def test_overload_cuts_new_waits_and_serves_in_order_once_holds_are_known() -> None:
     clock = FakeClock()
     limiter = Limiter(
         "db", max_concurrency=1, max_queue=10, codel_target=0.001, codel_interval=0.1, clock=clock
@@ -199,9 +199,33 @@ async def test_overload_serves_newest_first_and_cuts_new_waits() -> None:
     with pytest.raises(Rejected) as info:
         await limiter.acquire(deadline_at=clock.now + 30)  # capped at codel_target
     assert info.value.reason == "queue_timeout"
-    assert await drain_in_order(holder, got, 3) == ["third", "second", "first"]
+    # The first release teaches the limiter its hold time: from then on it only
+    # queues what it predicts it can serve, so it serves them in order (LIFO
+    # would starve the oldest into slow 503s).
+    assert await drain_in_order(holder, got, 3) == ["first", "second", "third"]
     check_idle(limiter)
     assert not limiter.overloaded
+
+
+async def test_without_a_known_hold_time_overload_serves_newest_first() -> None:
+    clock = FakeClock()
+    limiter = Limiter("db", max_concurrency=1, max_queue=10, clock=clock)
+    holder = held(limiter)
+    got: list[tuple[str, Permit]] = []
+    for name in ["first", "second", "third"]:
+        spawn(limiter, got, name)
+        await settle()
+    clock.now += 0.2
+    assert limiter.overloaded
+    holder._discard()  # slots back without a hold sample (as for a grant nobody took)
+    await settle()
+    got[0][1]._discard()
+    await settle()
+    got[1][1]._discard()
+    await settle()
+    assert [name for name, _ in got] == ["third", "second", "first"]
+    got[2][1].release()
+    check_idle(limiter)
 
 
 async def test_queue_that_empties_is_not_overloaded() -> None:
@@ -242,8 +266,8 @@ async def test_codel_is_per_tenant_a_flood_trips_it_for_the_flooder_only() -> No
     spawn(limiter, got, "quiet2", tenant="quiet")
     await settle()
     order = await drain_in_order(holder, got, 5)
-    # Round robin between the two; the noisy tenant newest first, the quiet one FIFO.
-    assert order == ["noisy2", "quiet1", "noisy1", "quiet2", "noisy0"]
+    # Round robin between the two tenants, each in order (hold times are known).
+    assert order == ["noisy0", "quiet1", "noisy1", "quiet2", "noisy2"]
     check_idle(limiter)
 
 

@@ -296,10 +296,9 @@ class Limiter:
             raise self._reject("tenant_limit", tenant)
         lifo_since = now - self.codel_interval
         standing = queue.standing_since.get(tenant)
-        lifo = standing is not None and standing <= lifo_since
-        if lifo and self.codel_target < cap:
+        if standing is not None and standing <= lifo_since and self.codel_target < cap:
             cap, reason = self.codel_target, "queue_timeout"
-        if self._mean_hold > 0.0 and self._expected_wait(priority, tenant, lifo) > cap:
+        if self._mean_hold > 0.0 and self._expected_wait(priority, tenant) > cap:
             # It would only wait out its cap and be shed then: shed it now, while a
             # 503 is cheap for the client too.
             raise self._reject(reason, tenant)
@@ -315,14 +314,14 @@ class Limiter:
             waiter.handle = loop.call_later(cap, self._expire, waiter, reason)
         return waiter
 
-    def _expected_wait(self, priority: int, tenant: Hashable, lifo: bool) -> float:
+    def _expected_wait(self, priority: int, tenant: Hashable) -> float:
         """Seconds a newcomer would likely wait: the work ahead of it, drained
         ``limit`` at a time (or through the tenant's own cap, when that is full)."""
         counts = self._tenant_in_use
         if counts is not None and counts.get(tenant, 0) >= self._tenant_cap:
             own = self._queue.tenant_counts.get(tenant, 0)
-            return (1 if lifo else own + 1) * self._mean_hold / self._tenant_cap
-        ahead = self._queue.ahead(priority, tenant, lifo=lifo)
+            return (own + 1) * self._mean_hold / self._tenant_cap
+        ahead = self._queue.ahead(priority, tenant)
         return (ahead + 1) * self._mean_hold / self.limit
 
     def _expire(self, waiter: Waiter, reason: Reason) -> None:
@@ -361,7 +360,11 @@ class Limiter:
         """Hand free slots to eligible waiters, best first."""
         queue = self._queue
         now = self._clock()
-        lifo_since = now - self.codel_interval
+        # Adaptive LIFO only until the hold time is known. After that, admission
+        # queues only requests predicted to be served within their cap, in FIFO
+        # order; serving the newest first would starve exactly those and turn
+        # them into slow 503s (the overload benchmark's 350 ms p99).
+        lifo_since = now - self.codel_interval if self._mean_hold == 0.0 else -math.inf
         counts = self._tenant_in_use
         cap = self._tenant_cap
         while self.in_use < self.limit and queue.count:

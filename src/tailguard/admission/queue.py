@@ -115,19 +115,18 @@ class WaitQueue:
         self.standing_since: dict[Hashable, float] = {}
         """Per tenant with waiters: when its backlog last went from none to some."""
 
-    def ahead(self, priority: int, tenant: Hashable, *, lifo: bool) -> int:
+    def ahead(self, priority: int, tenant: Hashable) -> int:
         """About how many waiters would be served before a newcomer of ``tenant``.
 
         Everything at higher priorities, plus, at its own level, one turn of
         every other lane per waiter of its own lane (deficit round robin with
-        equal weights; weights are ignored in this estimate). Under ``lifo`` the
-        newcomer is next in its own lane.
+        equal weights; weights are ignored in this estimate).
         """
         levels = self.levels
         count = sum(levels[p].count for p in range(priority + 1, PRIORITY_LEVELS))
         level = levels[priority]
         lane = level.lanes.get(tenant)
-        own = 0 if lane is None or lifo else lane.count
+        own = 0 if lane is None else lane.count
         for other in level.ring:
             count += own if other is lane else min(other.count, own + 1)
         return count
