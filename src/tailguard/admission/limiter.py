@@ -38,6 +38,9 @@ __all__ = ["Limiter", "LimiterState", "Permit"]
 _WARMUP = 20
 """Wait means are plain means of the first 20 samples, then EWMAs of weight 1/20."""
 
+_WAIT_MARGIN = 2.0
+"""A request is queued only if twice its expected wait fits in its cap."""
+
 
 class LimiterState(NamedTuple):
     """A snapshot of a limiter for telemetry: cheap to take, safe to keep.
@@ -298,9 +301,11 @@ class Limiter:
         standing = queue.standing_since.get(tenant)
         if standing is not None and standing <= lifo_since and self.codel_target < cap:
             cap, reason = self.codel_target, "queue_timeout"
-        if self._mean_hold > 0.0 and self._expected_wait(priority, tenant) > cap:
-            # It would only wait out its cap and be shed then: shed it now, while a
-            # 503 is cheap for the client too.
+        if self._mean_hold > 0.0 and _WAIT_MARGIN * self._expected_wait(priority, tenant) > cap:
+            # It would likely wait out its cap and be shed then: shed it now, while
+            # a 503 is cheap for the client too. The margin absorbs hold times that
+            # vary around their mean; without it the last waiters of a full queue
+            # time out whenever service slows a little.
             raise self._reject(reason, tenant)
         if queue.count >= self.max_queue:
             found = queue.victim(priority, tenant, lifo_since=lifo_since)
