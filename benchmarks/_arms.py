@@ -1,0 +1,192 @@
+"""The arms of the overhead benchmark: one Starlette app, wrapped in different middleware.
+
+Every arm is built by a function here from a fresh copy of the same app, so the
+only difference between arms is the middleware under test. ``ARMS`` maps an
+arm's name to its builder; ``build(name)`` returns a ready ASGI app. Used both
+in-process by ``overhead.py`` and, in a separate uvicorn process per arm, by
+``_serve.py``.
+
+Peers are configured the way their READMEs show, with the isolation a
+benchmark needs when several arms live in one process: a fresh
+``CollectorRegistry`` for prometheus-fastapi-instrumentator, a distinct metric
+prefix for starlette-exporter (it keeps its metrics on the class and registers
+them in the default registry), and a real OpenTelemetry SDK ``TracerProvider``
+per OTel arm whose spans are created, ended and handed to a
+``SimpleSpanProcessor`` whose exporter drops them (the cost of building spans is
+measured, the cost of shipping them is not). OTel metrics use the global
+default, the no-op ``MeterProvider``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+from starlette.applications import Starlette
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["ARMS", "TARGET_PATH", "build", "make_app"]
+
+TARGET_PATH = "/items/42"
+"""The request every arm is measured with; it matches ``/items/{item_id}``."""
+
+
+async def _home(request: Request) -> Response:
+    return PlainTextResponse("home")
+
+
+async def _health(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def _user(request: Request) -> Response:
+    return PlainTextResponse(f"user {request.path_params['user_id']}")
+
+
+async def _item(request: Request) -> Response:
+    return PlainTextResponse(f"item {request.path_params['item_id']}")
+
+
+async def _create_order(request: Request) -> Response:
+    return PlainTextResponse("created", status_code=201)
+
+
+def make_app() -> Starlette:
+    """The bare app: a few routes, the measured one (``/items/{item_id}``) not first."""
+    return Starlette(
+        routes=[
+            Route("/", _home),
+            Route("/health", _health),
+            Route("/users/{user_id}", _user),
+            Route("/items/{item_id}", _item),
+            Route("/orders", _create_order, methods=["POST"]),
+        ]
+    )
+
+
+class Passthrough:
+    """A pure-ASGI middleware that does nothing: the calibration arm (~1.5 µs)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+class NoOpBaseHTTP(BaseHTTPMiddleware):
+    """A ``BaseHTTPMiddleware`` that does nothing: the control the harness must see as costly."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        return await call_next(request)
+
+
+def bare() -> ASGIApp:
+    return make_app()
+
+
+def tailguard_deadlines() -> ASGIApp:
+    from tailguard import RoutePolicy, Tailguard
+
+    guard = Tailguard(
+        default=RoutePolicy(deadline=1.0),
+        routes={"GET /items/{item_id}": RoutePolicy(deadline=0.5)},
+    )
+    return guard.install(make_app())
+
+
+def passthrough() -> ASGIApp:
+    app = make_app()
+    app.add_middleware(Passthrough)
+    return app
+
+
+def _discarding_tracer_provider() -> object:
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class DiscardingExporter(SpanExporter):
+        """Receives every ended span and drops it."""
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(DiscardingExporter()))
+    return provider
+
+
+def _otel(exclude_spans: list[str] | None) -> ASGIApp:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    app = make_app()
+    app.add_middleware(
+        OpenTelemetryMiddleware,
+        tracer_provider=_discarding_tracer_provider(),
+        exclude_spans=exclude_spans,
+    )
+    return app
+
+
+def otel_asgi() -> ASGIApp:
+    return _otel(None)
+
+
+def otel_asgi_noreceive_send() -> ASGIApp:
+    return _otel(["receive", "send"])
+
+
+def prometheus_fastapi_instrumentator() -> ASGIApp:
+    from prometheus_client import CollectorRegistry
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    app = make_app()
+    Instrumentator(registry=CollectorRegistry()).instrument(app)
+    return app
+
+
+_exporter_ids = itertools.count()
+
+
+def starlette_exporter() -> ASGIApp:
+    from starlette_exporter import PrometheusMiddleware
+
+    app = make_app()
+    app.add_middleware(PrometheusMiddleware, prefix=f"bench{next(_exporter_ids)}")
+    return app
+
+
+def basehttp() -> ASGIApp:
+    app = make_app()
+    app.add_middleware(NoOpBaseHTTP)
+    return app
+
+
+ARMS: dict[str, Callable[[], ASGIApp]] = {
+    "bare": bare,
+    "tailguard": tailguard_deadlines,
+    "passthrough": passthrough,
+    "otel-asgi": otel_asgi,
+    "otel-asgi-noreceive-send": otel_asgi_noreceive_send,
+    "prometheus-fastapi-instrumentator": prometheus_fastapi_instrumentator,
+    "starlette-exporter": starlette_exporter,
+    "basehttp": basehttp,
+}
+"""Arm name to builder, in report order; ``bare`` is the baseline."""
+
+
+def build(name: str) -> ASGIApp:
+    """A fresh app for the arm called ``name``."""
+    try:
+        builder = ARMS[name]
+    except KeyError:
+        raise ValueError(f"unknown arm {name!r}; choose from {', '.join(ARMS)}") from None
+    return builder()
