@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -20,8 +21,8 @@ class Request:
 async def test_only_requests_still_running_after_the_grace_are_promoted() -> None:
     sweeper = Sweeper(asyncio.get_running_loop(), 0.005)
     slow, fast = Request(), Request()
-    sweeper.add(slow)
-    sweeper.add(fast)
+    sweeper.add(slow, time.monotonic())
+    sweeper.add(fast, time.monotonic())
     sweeper.discard(fast)
     await asyncio.wait_for(slow.promoted.wait(), 30)
     assert not fast.promoted.is_set()
@@ -31,12 +32,12 @@ async def test_only_requests_still_running_after_the_grace_are_promoted() -> Non
 async def test_late_arrivals_wait_for_a_later_sweep() -> None:
     sweeper = Sweeper(asyncio.get_running_loop(), 0.01)
     first = Request()
-    sweeper.add(first)
+    sweeper.add(first, time.monotonic())
     await asyncio.wait_for(first.promoted.wait(), 30)
     second = Request()
-    sweeper.add(second)  # the sweep re-arms itself for the newcomer
+    sweeper.add(second, time.monotonic())  # the sweep re-arms itself for the newcomer
     third = Request()
-    sweeper.add(third)
+    sweeper.add(third, time.monotonic())
     await asyncio.wait_for(third.promoted.wait(), 30)
     assert second.promoted.is_set()
     assert len(sweeper) == 0
@@ -46,8 +47,8 @@ async def test_a_sweep_that_finds_young_requests_comes_back_for_them() -> None:
     loop = asyncio.get_running_loop()
     sweeper = Sweeper(loop, 30)
     old, young = Request(), Request()
-    sweeper.add(old)
-    sweeper.add(young)
+    sweeper.add(old, time.monotonic())
+    sweeper.add(young, time.monotonic())
     sweeper._young[old] -= 60  # pretend it arrived long ago
     sweeper._sweep()
     assert old.promoted.is_set()

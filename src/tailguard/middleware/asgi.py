@@ -103,7 +103,7 @@ class TailguardMiddleware:
         if budget is None:
             deadline = None
             exchange = _Exchange(task, send, receive, None, now)
-            sweeper.add(exchange)
+            sweeper.add(exchange, now)
         else:
             # tuple.__new__ skips NamedTuple's Python-level __new__: this runs per request.
             deadline = tuple.__new__(Deadline, (now + budget, budget, source))
@@ -111,7 +111,7 @@ class TailguardMiddleware:
             if budget < DISCONNECT_GRACE:
                 exchange.arm()  # would be over before the first sweep could arm it
             else:
-                sweeper.add(exchange)
+                sweeper.add(exchange, now)
         token = _context.current.set(tuple.__new__(_context.Frame, (deadline, exchange)))
         limiter = resolved.limiter
         permit: Permit | None = None

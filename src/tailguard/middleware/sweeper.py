@@ -29,13 +29,14 @@ class Promotable(Protocol):
 class Sweeper:
     """Promotes each registered request that is still running ``grace`` seconds later.
 
-    >>> import asyncio
+    >>> import asyncio, time
     >>> class Slow:
     ...     promoted = False
     ...     def promote(self): self.promoted = True
     >>> async def main():
     ...     sweeper, slow, fast = Sweeper(asyncio.get_running_loop(), 0.01), Slow(), Slow()
-    ...     sweeper.add(slow); sweeper.add(fast); sweeper.discard(fast)
+    ...     now = time.monotonic()
+    ...     sweeper.add(slow, now); sweeper.add(fast, now); sweeper.discard(fast)
     ...     await asyncio.sleep(0.05)
     ...     return slow.promoted, fast.promoted
     >>> asyncio.run(main())
@@ -50,9 +51,9 @@ class Sweeper:
         self._young: dict[Promotable, float] = {}
         self._handle: asyncio.TimerHandle | None = None
 
-    def add(self, request: Promotable) -> None:
-        """Register a request that has just arrived."""
-        self._young[request] = time.monotonic()
+    def add(self, request: Promotable, now: float) -> None:
+        """Register a request that arrived at ``now`` (``time.monotonic()``)."""
+        self._young[request] = now
         if self._handle is None:
             self._handle = self.loop.call_later(self.grace, self._sweep)
 

@@ -64,17 +64,26 @@ def current_request_tasks() -> RequestTasks | None:
 
 
 def _chain(inner: _TaskFactory | None) -> _TaskFactory:
+    # Bound once: the factory runs for every task the loop creates, the
+    # server's own per-request tasks included.
+    make = asyncio.Task if inner is None else None
+    current = _context.current
+
     def tailguard_task_factory(
         loop: asyncio.AbstractEventLoop,
         coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any],
         **kwargs: Any,
     ) -> asyncio.Future[Any]:
-        if inner is None:
-            task: asyncio.Future[Any] = asyncio.Task(coro, loop=loop, **kwargs)
+        if make is not None:
+            task: asyncio.Future[Any] = make(coro, loop=loop, **kwargs)
         else:
+            assert inner is not None
             task = inner(loop, coro, **kwargs)
-        context: contextvars.Context | None = kwargs.get("context")
-        frame = _context.current.get() if context is None else context.get(_context.current)
+        if kwargs:
+            context: contextvars.Context | None = kwargs.get("context")
+            frame = current.get() if context is None else context.get(current)
+        else:
+            frame = current.get()
         if frame is not None and frame.owner is not None:
             frame.owner.add(task)
         return task
