@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest bench bench-overhead bench-overload clean
+.PHONY: test demo lint typecheck pytest bench bench-overhead bench-overload bench-instructions clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tailguard needs Python >= 3.11")'
@@ -28,7 +28,7 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest --doctest-modules src tests --cov --cov-report=term-missing:skip-covered
 
-bench: bench-overhead bench-overload
+bench: bench-overhead bench-overload bench-instructions
 
 bench-overhead: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
@@ -36,6 +36,10 @@ bench-overhead: $(STAMP)
 
 bench-overload: $(STAMP)
 	$(BIN)/python benchmarks/overload.py
+
+bench-instructions: $(STAMP)
+	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	$(BIN)/python benchmarks/instructions.py
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,115 @@
+"""Instructions per request under callgrind: a noise-free companion to overhead.py.
+
+Wall-clock and CPU-time benchmarks on a shared 2-core machine move by tens of
+percent between runs. ``valgrind --tool=callgrind`` counts instructions instead,
+which repeat exactly for the same code and input whatever else the machine is
+doing. For each arm this drives ``GET /items/42`` in-process (one task per
+request, as in ``overhead.py``) twice, with ``SMALL`` and ``LARGE`` requests
+after the same warm-up, and reports ``(large - small) / (LARGE - SMALL)``:
+start-up and import cost cancel out.
+
+Instructions are not time: code that allocates and touches new memory costs
+more per instruction than a tight loop. Read this next to ``overhead.py``'s
+CPU times, not instead of them.
+
+    .venv/bin/python benchmarks/instructions.py            # ~3 minutes
+    .venv/bin/python benchmarks/instructions.py --arms bare tailguard
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SMALL, LARGE, WARMUP = 200, 1200, 200
+DEFAULT_ARMS = ("bare", "passthrough", "tailguard")
+
+
+def drive(arm: str, requests: int) -> None:
+    """Child process body: build the arm and serve ``WARMUP + requests`` requests."""
+    sys.path.insert(0, str(HERE))
+    from _arms import ARMS, TARGET_PATH
+    from overhead import _discard, _Receive, http_scope
+
+    app = ARMS[arm]()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        scope = http_scope(TARGET_PATH)
+        for _ in range(WARMUP + requests):
+            await loop.create_task(app(dict(scope), _Receive(), _discard))
+
+    asyncio.run(main())
+
+
+def count(arm: str, requests: int) -> int:
+    """Instructions callgrind collected for one child run."""
+    run = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--child",
+            arm,
+            str(requests),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    if found is None:
+        raise RuntimeError(f"no callgrind total for {arm}:\n{run.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def per_request(arm: str) -> float:
+    return (count(arm, LARGE) - count(arm, SMALL)) / (LARGE - SMALL)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS))
+    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        drive(args.child[0], int(args.child[1]))
+        return 0
+    sys.path.insert(0, str(HERE))
+    from overhead import machine_info, source_digest
+    from overload import write_section
+
+    results = {arm: per_request(arm) for arm in args.arms}
+    bare = results.get("bare")
+    lines = [
+        "## instructions",
+        "",
+        f"Instructions per `GET /items/42` under callgrind ({LARGE} vs {SMALL} requests after "
+        f"{WARMUP} warm-up, one task per request; deterministic, see the docstring). "
+        f"tailguard source {source_digest()}.",
+        "",
+        "| arm | instructions/request | over bare | over bare (%) |",
+        "|---|---:|---:|---:|",
+    ]
+    for arm, value in results.items():
+        extra = "" if bare is None else f"{value - bare:+,.0f}"
+        share = "" if bare is None else f"{(value - bare) / bare:+.1%}"
+        lines.append(f"| `{arm}` | {value:,.0f} | {extra} | {share} |")
+    lines += ["", "| machine | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in machine_info()]
+    section = "\n".join(lines)
+    print(section)
+    write_section(args.output, "instructions", section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
