@@ -1,18 +1,16 @@
-"""Admission at the door: limiters built from policies, tenants, and the 503 answer."""
+"""Admission at the door: limiters built from policies, and how tenants are found."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable, Iterable, Mapping
 
-from starlette.types import Scope, Send
+from starlette.types import Scope
 
-from tailguard.admission import Limiter, Rejected
-from tailguard.middleware.responses import REASON_HEADER
+from tailguard.admission import Limiter
 from tailguard.middleware.routing import limiter_name
 from tailguard.policy import RoutePolicy
 
-__all__ = ["build_limiters", "shed_response", "tenant_resolver"]
+__all__ = ["build_limiters", "tenant_resolver"]
 
 TenantOf = Callable[[Scope], "str | None"]
 
@@ -99,23 +97,3 @@ def tenant_resolver(header: str | None, tenant: TenantOf | None) -> TenantOf | N
         return None
 
     return from_header
-
-
-async def shed_response(send: Send, rejected: Rejected) -> None:
-    """``503 Service Unavailable`` with ``Retry-After`` and the reason, sent cheaply."""
-    body = f"overloaded: {rejected.reason}\n".encode()
-    retry_after = max(1, math.ceil(rejected.retry_after))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(retry_after).encode()),
-                (b"cache-control", b"no-store"),
-                (REASON_HEADER, rejected.reason.encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

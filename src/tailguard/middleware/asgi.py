@@ -13,9 +13,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tailguard import _context
 from tailguard.admission import Permit, Rejected
 from tailguard.deadlines import Deadline, DeadlineExceeded
-from tailguard.middleware.admission import shed_response
 from tailguard.middleware.disconnect import Inbox
-from tailguard.middleware.responses import deadline_response
+from tailguard.middleware.responses import deadline_response, shed_response
 from tailguard.middleware.routing import ResolvedRoute, RouteMatcher, route_template
 from tailguard.middleware.sweeper import Sweeper
 from tailguard.policy import RoutePolicy
