@@ -84,8 +84,7 @@ def main() -> int:
         drive(args.child[0], int(args.child[1]))
         return 0
     sys.path.insert(0, str(HERE))
-    from overhead import machine_info, source_digest
-    from overload import write_section
+    from overhead import machine_info, source_digest, write_section
 
     results = {arm: per_request(arm) for arm in args.arms}
     bare = results.get("bare")

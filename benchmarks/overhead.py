@@ -815,10 +815,10 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the ``## overhead`` section of ``path``, keeping the others."""
+def write_section(path: Path, name: str, section: str) -> None:
+    """Replace (or append) the ``## name`` section of ``path``, keeping the others."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## overhead[ \t]*\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    pattern = re.compile(rf"^## {re.escape(name)}[ \t]*\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:
@@ -906,7 +906,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if output is None and not args.quick:
         output = HERE / "RESULTS.md"
     if output is not None:
-        write_section(output, section)
+        write_section(output, "overhead", section)
         log(f"wrote the '## overhead' section of {output}")
     invalid = verdicts.in_process_valid is False or verdicts.http_valid is False
     return 3 if invalid else 0

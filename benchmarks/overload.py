@@ -106,7 +106,6 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +117,14 @@ from overhead import (
     _read_line,
     _stop,
     _terminate,
+    _version,
     cpu_seconds,
     load_average,
     log,
     machine_info,
     rotated,
     source_digest,
+    write_section,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -713,13 +714,6 @@ def other_benchmarks() -> list[str]:
     return found
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 @dataclass(frozen=True)
 class Context:
     """How the run went, for the report's preamble and footer."""
@@ -812,17 +806,6 @@ def render(tallies: Tallies, judged: Judged, context: Context) -> str:
     info.append(("httptools", _version("httptools")))
     lines += [f"| {key} | {value} |" for key, value in info]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, name: str, section: str) -> None:
-    """Replace (or append) the ``## name`` section of ``path``, keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^## {re.escape(name)}[ \t]*\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 # --------------------------------------------------------------------------- main
