@@ -29,22 +29,19 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import socket
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from _serve import http_implementation, loop_implementation
+from _serve import http_implementation, serve_until_parent_exits
 from tailguard import RoutePolicy, Tailguard
 
 __all__ = ["ROUTE_KEY", "ArmSpec", "Dependency", "build"]
@@ -217,33 +214,13 @@ def main(argv: list[str]) -> int:
         return 2
     spec = ArmSpec.from_json(argv[0])
     http = http_implementation() if spec.http == "auto" else spec.http
-    # IPPROTO_TCP explicitly, as in _serve.py: asyncio sets TCP_NODELAY only on
-    # sockets whose proto is IPPROTO_TCP, and accepted sockets inherit it.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
+    return serve_until_parent_exits(
         build(spec),
-        log_level="warning",
-        access_log=False,
-        http=http,
-        loop="auto",
-        lifespan="on",
-        workers=1,
+        http,
         backlog=4096,
         timeout_graceful_shutdown=1,
         timeout_keep_alive=60,
     )
-    server = uvicorn.Server(config)
-
-    def exit_with_parent() -> None:
-        sys.stdin.read()  # returns at EOF: the parent closed the pipe or died
-        server.should_exit = True
-
-    threading.Thread(target=exit_with_parent, name="parent-watch", daemon=True).start()
-    print(f"PORT {sock.getsockname()[1]} HTTP {http} LOOP {loop_implementation()}", flush=True)
-    server.run(sockets=[sock])
-    return 0
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ import importlib.util
 import socket
 import sys
 import threading
+from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from _arms import build
 
@@ -42,6 +44,14 @@ def main(argv: list[str]) -> int:
         return 2
     app = build(argv[0])
     http = argv[1] if len(argv) == 2 and argv[1] != "auto" else http_implementation()
+    return serve_until_parent_exits(app, http)
+
+
+def serve_until_parent_exits(app: ASGIApp, http: str, **config: Any) -> int:
+    """Serve ``app`` on a free 127.0.0.1 port, print it, and stop when stdin closes.
+
+    The parent reads the ``PORT ...`` line; closing our stdin (or dying) stops us.
+    """
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto
     # is IPPROTO_TCP, and accepted sockets inherit proto 0 from a plain
     # socket.socket(). Without it every response waits ~40 ms for a delayed ACK.
@@ -49,16 +59,18 @@ def main(argv: list[str]) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        http=http,
-        loop="auto",
-        lifespan="on",
-        workers=1,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            http=http,
+            loop="auto",
+            lifespan="on",
+            workers=1,
+            **config,
+        )
     )
-    server = uvicorn.Server(config)
 
     def exit_with_parent() -> None:
         sys.stdin.read()  # returns at EOF: the parent closed the pipe or died
