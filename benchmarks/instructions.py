@@ -84,8 +84,11 @@ def main() -> int:
         drive(args.child[0], int(args.child[1]))
         return 0
     sys.path.insert(0, str(HERE))
+    from _arms import ARMS
     from overhead import machine_info, source_digest, write_section
 
+    for arm in args.arms:
+        ARMS[arm]()  # import what the children measure, so the digest names that code
     results = {arm: per_request(arm) for arm in args.arms}
     bare = results.get("bare")
     lines = [
