@@ -8,7 +8,7 @@ task created anywhere inside the request (copying the context) inherits both.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol, cast
 
 if TYPE_CHECKING:
     import asyncio
@@ -22,9 +22,42 @@ class TaskOwner(Protocol):
     def add(self, task: asyncio.Future[object]) -> None: ...
 
 
+class RequestView(Protocol):
+    """What code outside the middleware may read about the request being handled.
+
+    Chaos scoping, telemetry and the tail helpers use it through
+    :func:`current_request`; the middleware's per-request object implements it.
+    """
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def route(self) -> str:
+        """The route template the request matched (``/items/{item_id}``), ``""`` for none."""
+        ...
+
+    @property
+    def tenant(self) -> str | None:
+        """The request's tenant, from the guard's ``tenant_header`` or ``tenant=``."""
+        ...
+
+    def header(self, name: str) -> str | None:
+        """The first value of request header ``name`` (case-insensitive), or ``None``."""
+        ...
+
+
 class Frame(NamedTuple):
     deadline: Deadline | None
     owner: TaskOwner | None
 
 
 current: Final[ContextVar[Frame | None]] = ContextVar("tailguard", default=None)
+
+
+def current_request() -> RequestView | None:
+    """The request being handled in this context (tasks it spawned included), if any."""
+    frame = current.get()
+    owner = frame.owner if frame is not None else None
+    # Owners are the middleware's request objects (views) or bare task registries.
+    return cast("RequestView", owner) if hasattr(owner, "header") else None

@@ -101,12 +101,12 @@ class TailguardMiddleware:
         now = monotonic()
         if budget is None:
             deadline = None
-            exchange = _Exchange(task, send, receive, None, now)
+            exchange = _Exchange(task, send, receive, None, now, scope, resolved, guard)
             sweeper.add(exchange, now)
         else:
             # tuple.__new__ skips NamedTuple's Python-level __new__: this runs per request.
             deadline = tuple.__new__(Deadline, (now + budget, budget, source))
-            exchange = _Exchange(task, send, receive, deadline, now)
+            exchange = _Exchange(task, send, receive, deadline, now, scope, resolved, guard)
             if budget < DISCONNECT_GRACE:
                 exchange.arm()  # would be over before the first sweep could arm it
             else:
@@ -119,7 +119,7 @@ class TailguardMiddleware:
             if source != "route" and budget is not None:
                 _shed_if_too_late(budget, resolved)
             if limiter is not None:
-                tenant = guard.tenant(scope) if guard.tenant is not None else None
+                tenant = exchange.tenant
                 permit = limiter.try_acquire(resolved.policy.priority, tenant)
                 if permit is None:
                     permit = await limiter.acquire(
@@ -195,9 +195,11 @@ class _Exchange(task_registry.RequestTasks):
     """
 
     __slots__ = (
+        "_guard",
         "_receive",
         "_send",
         "_task",
+        "_tenant",
         "admitted_at",
         "body_complete",
         "cancelling",
@@ -208,6 +210,8 @@ class _Exchange(task_registry.RequestTasks):
         "fired",
         "inbox",
         "reading",
+        "resolved",
+        "scope",
         "started",
         "status",
         "timer",
@@ -222,6 +226,9 @@ class _Exchange(task_registry.RequestTasks):
         receive: Receive,
         deadline: Deadline | None,
         now: float,
+        scope: Scope,
+        resolved: ResolvedRoute,
+        guard: Tailguard,
     ) -> None:
         self._live = None  # RequestTasks' only field, set inline: this runs per request
         self._task = task
@@ -242,6 +249,38 @@ class _Exchange(task_registry.RequestTasks):
         self.finished = False
         self.status = 0
         self.admitted_at = now
+        self.scope = scope
+        self.resolved = resolved
+        self._guard = guard
+        self._tenant: str | bool | None = False  # False: not looked up yet
+
+    # -- the request, as other features see it (tailguard._context.RequestView) ----------
+
+    @property
+    def method(self) -> str:
+        method: str = self.scope["method"]
+        return method
+
+    @property
+    def route(self) -> str:
+        return self.resolved.template or ""
+
+    @property
+    def tenant(self) -> str | None:
+        tenant = self._tenant
+        if tenant is False:
+            resolve = self._guard.tenant
+            tenant = self._tenant = resolve(self.scope) if resolve is not None else None
+        assert tenant is not True
+        return tenant
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.scope["headers"]:
+            if key == wanted:
+                found: str = value.decode("latin-1")
+                return found
+        return None
 
     def promote(self) -> None:
         """Still running after the grace period: arm the deadline, watch the client."""
