@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TypeVar
 
+from prometheus_client import CollectorRegistry
 from starlette.types import Scope
 
 from tailguard.admission import Limiter
@@ -14,6 +15,8 @@ from tailguard.middleware.admission import build_limiters, tenant_resolver
 from tailguard.middleware.inbound import InboundDeadlines
 from tailguard.middleware.routing import RouteTable
 from tailguard.policy import RoutePolicy
+from tailguard.telemetry.catalog import activate, catalog_for
+from tailguard.telemetry.requests import RequestRecorder
 
 __all__ = ["Tailguard"]
 
@@ -44,6 +47,11 @@ class Tailguard:
     Tenants, for per-tenant caps and fair queueing, come from
     ``tenant_header`` or from ``tenant(scope) -> str | None``;
     ``tenant_weights`` gives some tenants a larger share of the queue.
+
+    Metrics (see :mod:`tailguard.telemetry.catalog`) are recorded into
+    ``registry`` (prometheus_client's default registry if omitted); the
+    guard created last is the one tailguard's other features record into.
+    ``metrics=False`` turns per-request metrics off.
     """
 
     def __init__(
@@ -56,6 +64,8 @@ class Tailguard:
         tenant_header: str | None = None,
         tenant: Callable[[Scope], str | None] | None = None,
         tenant_weights: Mapping[str, float] | None = None,
+        metrics: bool = True,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         if routes is not None and not isinstance(routes, Mapping):
             raise TypeError(f"routes must be a mapping of route key to RoutePolicy, got {routes!r}")
@@ -67,6 +77,12 @@ class Tailguard:
         self.deadline_header = deadline_header
         self.tenant = tenant_resolver(tenant_header, tenant)
         self._dependencies: dict[str, Dependency] = {}
+        self.recorder: RequestRecorder | None = None
+        """Per-request metrics; ``None`` with ``metrics=False``."""
+        if metrics:
+            catalog = catalog_for(registry)
+            activate(catalog)
+            self.recorder = RequestRecorder(catalog)
 
     def dependency(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -13,8 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tailguard import _context
 from tailguard.admission import Permit, Rejected
 from tailguard.deadlines import Deadline, DeadlineExceeded
-from tailguard.middleware.disconnect import Inbox
-from tailguard.middleware.responses import deadline_response, shed_response
+from tailguard.middleware.exchange import Exchange
 from tailguard.middleware.routing import ResolvedRoute, RouteMatcher, route_template
 from tailguard.middleware.sweeper import Sweeper
 from tailguard.policy import RoutePolicy
@@ -101,42 +100,44 @@ class TailguardMiddleware:
         now = monotonic()
         if budget is None:
             deadline = None
-            exchange = _Exchange(task, send, receive, None, now, scope, resolved, guard)
+            exchange = Exchange(task, send, receive, None, now, scope, resolved, guard)
             sweeper.add(exchange, now)
         else:
             # tuple.__new__ skips NamedTuple's Python-level __new__: this runs per request.
             deadline = tuple.__new__(Deadline, (now + budget, budget, source))
-            exchange = _Exchange(task, send, receive, deadline, now, scope, resolved, guard)
+            exchange = Exchange(task, send, receive, deadline, now, scope, resolved, guard)
             if budget < DISCONNECT_GRACE:
                 exchange.arm()  # would be over before the first sweep could arm it
             else:
                 sweeper.add(exchange, now)
         token = _context.current.set(tuple.__new__(_context.Frame, (deadline, exchange)))
+        recorder = guard.recorder
+        metrics = None
+        if recorder is not None:
+            metrics = recorder.route(resolved.template, scope["method"])
+            metrics.begin()
         limiter = resolved.limiter
         permit: Permit | None = None
         error: DeadlineExceeded | Rejected | None = None
+        settled = False  # False while an exception of the app's (or a server's cancel) propagates
         try:
             if source != "route" and budget is not None:
                 _shed_if_too_late(budget, resolved)
             if limiter is not None:
-                tenant = exchange.tenant
-                permit = limiter.try_acquire(resolved.policy.priority, tenant)
+                permit = limiter.try_acquire(resolved.policy.priority, exchange.tenant)
                 if permit is None:
-                    permit = await limiter.acquire(
-                        priority=resolved.policy.priority,
-                        tenant=tenant,
-                        deadline_at=None if deadline is None else deadline.at,
-                        service_estimate=resolved.service_time.estimate(),
-                    )
-                    exchange.admitted_at = monotonic()
+                    permit = await exchange.queue_for(limiter, resolved)
             await self.app(scope, exchange.receive, exchange.send)
+            settled = True
         except (DeadlineExceeded, Rejected) as exc:  # ran out, or shed here or downstream
             error = exc
+            settled = True
         except asyncio.CancelledError:
             # Absorb only the cancellation this request asked for; one from
             # outside (server shutdown) also counts and keeps propagating.
             if not exchange.withdraw_cancel():
                 raise
+            settled = True
         finally:
             exchange.finished = True
             sweeper.discard(exchange)
@@ -150,11 +151,20 @@ class TailguardMiddleware:
                 resolved.service_time.observe(monotonic() - exchange.admitted_at)
             if permit is not None:
                 permit.release(ok=ok)
+            if not settled and metrics is not None:
+                # The app raised: outer layers answer 500, unless the response started.
+                exchange.outcome = "error"
+                exchange.status = exchange.status or 500
+                exchange.report(metrics)
         if exchange.fired or error is not None:
             try:
-                await exchange.settle(scope, error)
+                await exchange.settle(scope, error, metrics)
             finally:
                 error = None  # no exception -> traceback -> this frame -> exception cycle
+                if metrics is not None:
+                    exchange.report(metrics)
+        elif metrics is not None:
+            exchange.report(metrics)
 
     def _closing_dependencies(self, send: Send) -> Send:
         """Wrap lifespan ``send`` so dependency thread pools drain before shutdown completes."""
@@ -182,211 +192,6 @@ class TailguardMiddleware:
 def _new_sweeper(loop: asyncio.AbstractEventLoop) -> Sweeper:
     task_registry.ensure_task_factory(loop)
     return Sweeper(loop, DISCONNECT_GRACE)
-
-
-class _Exchange(task_registry.RequestTasks):
-    """One request as the middleware sees it: its deadline, its response, its tasks.
-
-    Created per request and never shared. It owns the tasks the request spawns
-    (the task factory adds them here). A request that outlives the loop's
-    grace period is *promoted* by the :class:`Sweeper`: only then does it get
-    a deadline timer and a disconnect watcher, so fast requests pay for
-    neither.
-    """
-
-    __slots__ = (
-        "_guard",
-        "_receive",
-        "_send",
-        "_task",
-        "_tenant",
-        "admitted_at",
-        "body_complete",
-        "cancelling",
-        "complete",
-        "deadline",
-        "disconnect",
-        "finished",
-        "fired",
-        "inbox",
-        "reading",
-        "resolved",
-        "scope",
-        "started",
-        "status",
-        "timer",
-        "watch_requested",
-        "withdrawn",
-    )
-
-    def __init__(
-        self,
-        task: asyncio.Task[Any],
-        send: Send,
-        receive: Receive,
-        deadline: Deadline | None,
-        now: float,
-        scope: Scope,
-        resolved: ResolvedRoute,
-        guard: Tailguard,
-    ) -> None:
-        self._live = None  # RequestTasks' only field, set inline: this runs per request
-        self._task = task
-        self.timer: asyncio.TimerHandle | None = None
-        self.cancelling = task.cancelling()
-        self._send = send
-        self._receive = receive
-        self.inbox: Inbox | None = None  # made only for requests that outlive the grace
-        self.reading = False
-        self.body_complete = False
-        self.watch_requested = False
-        self.disconnect: Message | None = None
-        self.deadline = deadline
-        self.started = False
-        self.complete = False
-        self.fired = False
-        self.withdrawn = False
-        self.finished = False
-        self.status = 0
-        self.admitted_at = now
-        self.scope = scope
-        self.resolved = resolved
-        self._guard = guard
-        self._tenant: str | bool | None = False  # False: not looked up yet
-
-    # -- the request, as other features see it (tailguard._context.RequestView) ----------
-
-    @property
-    def method(self) -> str:
-        method: str = self.scope["method"]
-        return method
-
-    @property
-    def route(self) -> str:
-        return self.resolved.template or ""
-
-    @property
-    def tenant(self) -> str | None:
-        tenant = self._tenant
-        if tenant is False:
-            resolve = self._guard.tenant
-            tenant = self._tenant = resolve(self.scope) if resolve is not None else None
-        assert tenant is not True
-        return tenant
-
-    def header(self, name: str) -> str | None:
-        wanted = name.lower().encode("latin-1")
-        for key, value in self.scope["headers"]:
-            if key == wanted:
-                found: str = value.decode("latin-1")
-                return found
-        return None
-
-    def promote(self) -> None:
-        """Still running after the grace period: arm the deadline, watch the client."""
-        if not self.finished:
-            self.arm()
-            if self.reading:
-                self.watch_requested = True  # never two readers: start when the app's read returns
-            else:
-                self._watch()
-
-    def _watch(self) -> None:
-        if self.inbox is None and self.disconnect is None and not self.finished:
-            self.inbox = Inbox(self._receive, self.cancel, body_complete=self.body_complete)
-            self.inbox.start_watching()
-
-    async def receive(self) -> Message:
-        """The ``receive`` the app gets: the server's own until a watcher takes over."""
-        inbox = self.inbox
-        if inbox is not None:
-            return await inbox.receive()
-        self.reading = True
-        try:
-            message = await self._receive()
-        finally:
-            self.reading = False
-        if message["type"] == "http.disconnect":
-            self.disconnect = message
-        elif not message.get("more_body", False):
-            self.body_complete = True
-        if self.watch_requested:
-            self._watch()
-        return message
-
-    def arm(self) -> None:
-        """Schedule the cancellation at the deadline, if there is one."""
-        deadline = self.deadline
-        if deadline is not None and self.timer is None:
-            loop = self._task.get_loop()
-            when = loop.time() + (deadline.at - monotonic())
-            self.timer = loop.call_at(when, self.cancel)
-
-    def disarm(self) -> None:
-        """The request is over: drop its timer, if it has one."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def cancel(self) -> None:
-        """Cancel the request's task: its deadline passed or its client left."""
-        if not self.finished and not self.fired:
-            self.fired = True
-            self._task.cancel()
-
-    def withdraw_cancel(self) -> bool:
-        """Take back this request's cancel request, as ``asyncio.timeout`` does.
-
-        True when the request did cancel its task and no one else has asked
-        for a cancellation since, i.e. the ``CancelledError`` is ours to absorb.
-        Called once: when the ``CancelledError`` arrives, or from :meth:`settle`
-        when the app swallowed it.
-        """
-        if not self.fired or self.withdrawn:
-            return False
-        self.withdrawn = True
-        return self._task.uncancel() <= self.cancelling
-
-    def send(self, message: Message) -> Awaitable[None]:
-        # A plain function returning the server's awaitable: no extra coroutine
-        # frame per message, the app awaits the server's send directly.
-        if message["type"] == "http.response.start":
-            self.started = True
-            self.status = message["status"]
-        elif not message.get("more_body", False):
-            self.complete = True
-            # The deadline bounds the response. Work after it (Starlette's
-            # background tasks) is not cut off by a budget the client no
-            # longer waits on.
-            self.finished = True
-            if self.timer is not None:
-                self.disarm()
-            _context.current.set(None)
-        return self._send(message)
-
-    async def settle(self, scope: Scope, error: DeadlineExceeded | Rejected | None) -> None:
-        """Finish a request that was cancelled, ran out of time, or was shed."""
-        inbox = self.inbox
-        if self.fired:
-            self.withdraw_cancel()  # a no-op unless the app swallowed our cancellation
-            if inbox is not None and inbox.disconnected and not self.complete:
-                self.cancel_pending()
-                logger.debug("client disconnected; cancelled %s %s", scope["method"], scope["path"])
-                return
-            error = DeadlineExceeded(self.deadline)
-        if error is None or self.complete:
-            return
-        self.cancel_pending()
-        if self.started:
-            # Never a second http.response.start: abort, so the server drops the
-            # connection and the client sees a truncated response, not a short one.
-            if isinstance(error, Rejected):
-                raise error
-            raise DeadlineExceeded(error.deadline, f"response aborted: {error}") from error
-        if isinstance(error, Rejected):
-            await shed_response(self._send, error)
-        else:
-            await deadline_response(self._send)
 
 
 def _shed_if_too_late(budget: float, resolved: ResolvedRoute) -> None:

@@ -1,0 +1,302 @@
+"""One request as the middleware sees it: its deadline, its response, its tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+from tailguard import _context
+from tailguard.admission import Limiter, Permit, Rejected
+from tailguard.deadlines import Deadline, DeadlineExceeded
+from tailguard.middleware.disconnect import Inbox
+from tailguard.middleware.responses import deadline_response, shed_response
+from tailguard.middleware.routing import ResolvedRoute
+from tailguard.telemetry import catalog as telemetry
+from tailguard.telemetry import tasks as task_registry
+from tailguard.telemetry.requests import RouteMetrics
+
+if TYPE_CHECKING:
+    from tailguard.guard import Tailguard
+
+__all__ = ["Exchange"]
+
+logger = logging.getLogger("tailguard")
+
+
+class Exchange(task_registry.RequestTasks):
+    """One request as the middleware sees it: its deadline, its response, its tasks.
+
+    Created per request and never shared. It owns the tasks the request spawns
+    (the task factory adds them here). A request that outlives the loop's
+    grace period is *promoted* by the :class:`Sweeper`: only then does it get
+    a deadline timer and a disconnect watcher, so fast requests pay for
+    neither.
+    """
+
+    __slots__ = (
+        "_guard",
+        "_receive",
+        "_send",
+        "_task",
+        "_tenant",
+        "admitted_at",
+        "arrived",
+        "body_complete",
+        "cancelling",
+        "complete",
+        "deadline",
+        "disconnect",
+        "ended",
+        "finished",
+        "fired",
+        "inbox",
+        "outcome",
+        "queue_wait",
+        "reading",
+        "resolved",
+        "scope",
+        "spent",
+        "started",
+        "status",
+        "timer",
+        "watch_requested",
+        "withdrawn",
+    )
+
+    def __init__(
+        self,
+        task: asyncio.Task[Any],
+        send: Send,
+        receive: Receive,
+        deadline: Deadline | None,
+        now: float,
+        scope: Scope,
+        resolved: ResolvedRoute,
+        guard: Tailguard,
+    ) -> None:
+        self._live = None  # RequestTasks' only field, set inline: this runs per request
+        self._task = task
+        self.timer: asyncio.TimerHandle | None = None
+        self.cancelling = task.cancelling()
+        self._send = send
+        self._receive = receive
+        self.inbox: Inbox | None = None  # made only for requests that outlive the grace
+        self.reading = False
+        self.body_complete = False
+        self.watch_requested = False
+        self.disconnect: Message | None = None
+        self.deadline = deadline
+        self.started = False
+        self.complete = False
+        self.fired = False
+        self.withdrawn = False
+        self.finished = False
+        self.status = 0
+        self.admitted_at = now
+        self.arrived = now
+        self.ended = 0.0
+        self.outcome: str | None = None  # None: decided by the status when reported
+        self.queue_wait: float | None = None
+        self.spent: dict[str, float] | None = None
+        self.scope = scope
+        self.resolved = resolved
+        self._guard = guard
+        self._tenant: str | bool | None = False  # False: not looked up yet
+
+    # -- the request, as other features see it (tailguard._context.RequestView) ----------
+
+    @property
+    def method(self) -> str:
+        method: str = self.scope["method"]
+        return method
+
+    @property
+    def route(self) -> str:
+        return self.resolved.template or ""
+
+    @property
+    def tenant(self) -> str | None:
+        tenant = self._tenant
+        if tenant is False:
+            resolve = self._guard.tenant
+            tenant = self._tenant = resolve(self.scope) if resolve is not None else None
+        assert tenant is not True
+        return tenant
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.scope["headers"]:
+            if key == wanted:
+                found: str = value.decode("latin-1")
+                return found
+        return None
+
+    def promote(self) -> None:
+        """Still running after the grace period: arm the deadline, watch the client."""
+        if not self.finished:
+            self.arm()
+            if self.reading:
+                self.watch_requested = True  # never two readers: start when the app's read returns
+            else:
+                self._watch()
+
+    def _watch(self) -> None:
+        if self.inbox is None and self.disconnect is None and not self.finished:
+            self.inbox = Inbox(self._receive, self.cancel, body_complete=self.body_complete)
+            self.inbox.start_watching()
+
+    async def receive(self) -> Message:
+        """The ``receive`` the app gets: the server's own until a watcher takes over."""
+        inbox = self.inbox
+        if inbox is not None:
+            return await inbox.receive()
+        self.reading = True
+        try:
+            message = await self._receive()
+        finally:
+            self.reading = False
+        if message["type"] == "http.disconnect":
+            self.disconnect = message
+        elif not message.get("more_body", False):
+            self.body_complete = True
+        if self.watch_requested:
+            self._watch()
+        return message
+
+    def arm(self) -> None:
+        """Schedule the cancellation at the deadline, if there is one."""
+        deadline = self.deadline
+        if deadline is not None and self.timer is None:
+            loop = self._task.get_loop()
+            when = loop.time() + (deadline.at - monotonic())
+            self.timer = loop.call_at(when, self.cancel)
+
+    def disarm(self) -> None:
+        """The request is over: drop its timer, if it has one."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def cancel(self) -> None:
+        """Cancel the request's task: its deadline passed or its client left."""
+        if not self.finished and not self.fired:
+            self.fired = True
+            self._task.cancel()
+
+    def withdraw_cancel(self) -> bool:
+        """Take back this request's cancel request, as ``asyncio.timeout`` does.
+
+        True when the request did cancel its task and no one else has asked
+        for a cancellation since, i.e. the ``CancelledError`` is ours to absorb.
+        Called once: when the ``CancelledError`` arrives, or from :meth:`settle`
+        when the app swallowed it.
+        """
+        if not self.fired or self.withdrawn:
+            return False
+        self.withdrawn = True
+        return self._task.uncancel() <= self.cancelling
+
+    def send(self, message: Message) -> Awaitable[None]:
+        # A plain function returning the server's awaitable: no extra coroutine
+        # frame per message, the app awaits the server's send directly.
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = message["status"]
+        elif not message.get("more_body", False):
+            self.complete = True
+            # The deadline bounds the response. Work after it (Starlette's
+            # background tasks) is not cut off by a budget the client no
+            # longer waits on.
+            self.finished = True
+            self.ended = monotonic()
+            if self.timer is not None:
+                self.disarm()
+            _context.current.set(None)
+        return self._send(message)
+
+    async def queue_for(self, limiter: Limiter, resolved: ResolvedRoute) -> Permit:
+        """Wait for a slot of ``limiter`` (none was free), within the deadline."""
+        deadline = self.deadline
+        try:
+            permit = await limiter.acquire(
+                priority=resolved.policy.priority,
+                tenant=self.tenant,
+                deadline_at=None if deadline is None else deadline.at,
+                service_estimate=resolved.service_time.estimate(),
+            )
+        finally:
+            self.admitted_at = monotonic()
+            self.queue_wait = waited = self.admitted_at - self.arrived
+            catalog = telemetry.active()
+            if catalog is not None:
+                catalog.queue_wait.labels(limiter.name, "route").observe(waited)
+        return permit
+
+    def charge(self, dependency: str, seconds: float) -> None:
+        """Account ``seconds`` of this request's time to a call of ``dependency``."""
+        spent = self.spent
+        if spent is None:
+            spent = self.spent = {}
+        spent[dependency] = spent.get(dependency, 0.0) + seconds
+
+    def report(self, metrics: RouteMetrics) -> None:
+        """Count the finished request and account for its time."""
+        status = self.status
+        outcome = self.outcome
+        if outcome is None:
+            outcome = "ok" if status < 500 else "error"
+        end = self.ended or monotonic()
+        metrics.end(
+            status,
+            outcome,
+            duration=end - self.arrived,
+            queue_wait=self.queue_wait
+            if self.queue_wait is not None or self.resolved.limiter is None
+            else 0.0,
+            dependencies=self.spent,
+        )
+
+    async def settle(
+        self,
+        scope: Scope,
+        error: DeadlineExceeded | Rejected | None,
+        route: RouteMetrics | None,
+    ) -> None:
+        """Finish a request that was cancelled, ran out of time, or was shed."""
+        inbox = self.inbox
+        if self.fired:
+            self.withdraw_cancel()  # a no-op unless the app swallowed our cancellation
+            if inbox is not None and inbox.disconnected and not self.complete:
+                self.outcome = "disconnected"
+                self.cancel_pending()
+                logger.debug("client disconnected; cancelled %s %s", scope["method"], scope["path"])
+                return
+            error = DeadlineExceeded(self.deadline)
+        if error is None or self.complete:
+            return
+        self.cancel_pending()
+        if isinstance(error, Rejected):
+            self.outcome = "shed" if not self.started else "error"
+            if route is not None and not self.started:
+                route.shed(error.reason)
+        else:
+            self.outcome = "deadline_exceeded"
+            if route is not None:
+                route.deadline_exceeded("during_response" if self.started else "before_response")
+        if self.started:
+            # Never a second http.response.start: abort, so the server drops the
+            # connection and the client sees a truncated response, not a short one.
+            if isinstance(error, Rejected):
+                raise error
+            raise DeadlineExceeded(error.deadline, f"response aborted: {error}") from error
+        self.status = 503 if isinstance(error, Rejected) else 504
+        self.ended = monotonic()
+        if isinstance(error, Rejected):
+            await shed_response(self._send, error)
+        else:
+            await deadline_response(self._send)

@@ -1,0 +1,242 @@
+"""Per-request metrics recorded by the middleware: bounded labels, every outcome counted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import tailguard
+from tailguard import RoutePolicy, Tailguard
+from tailguard.admission import Rejected
+from tailguard.telemetry import catalog as telemetry
+from tailguard.telemetry.requests import RequestRecorder, status_class
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    yield registry
+    telemetry.activate(None)
+
+
+def build(registry: CollectorRegistry, **options: object) -> tuple[Starlette, Tailguard]:
+    gate = asyncio.Event()
+
+    async def item(request: Request) -> Response:
+        return PlainTextResponse(request.path_params["item_id"])
+
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(30)
+        return PlainTextResponse("never")
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("boom")
+
+    async def shed(request: Request) -> Response:
+        raise Rejected("queue_full", "inventory", 1.0)
+
+    async def stream(request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"partial"
+            await asyncio.sleep(30)
+
+        return StreamingResponse(body())
+
+    async def held(request: Request) -> Response:
+        await gate.wait()
+        return PlainTextResponse("held")
+
+    app = Starlette(
+        routes=[
+            Route("/items/{item_id}", item),
+            Route("/slow", slow),
+            Route("/broken", broken),
+            Route("/shed", shed),
+            Route("/stream", stream),
+            Route("/held", held),
+        ]
+    )
+    app.state.gate = gate
+    guard = Tailguard(
+        default=RoutePolicy(deadline=30.0),
+        routes={
+            "/slow": RoutePolicy(deadline=0.05),
+            "/stream": RoutePolicy(deadline=0.05),
+            "/held": RoutePolicy(max_concurrency=1, max_queue=4),
+        },
+        registry=registry,
+        **options,  # type: ignore[arg-type]
+    )
+    guard.install(app)
+    return app, guard
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    found = registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+def client(app: Starlette) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+    )
+
+
+async def test_labels_are_route_templates_not_paths(registry: CollectorRegistry) -> None:
+    app, _ = build(registry)
+    async with client(app) as http:
+        for item_id in range(100):
+            assert (await http.get(f"/items/{item_id}")).status_code == 200
+    series = [
+        sample
+        for metric in registry.collect()
+        if metric.name == "tailguard_requests"
+        for sample in metric.samples
+        if sample.name == "tailguard_requests_total"
+    ]
+    assert [(s.labels, s.value) for s in series] == [
+        (
+            {"route": "/items/{item_id}", "method": "GET", "status_class": "2xx", "outcome": "ok"},
+            100.0,
+        )
+    ]
+    count = value(
+        registry, "tailguard_request_duration_seconds_count", route="/items/{item_id}", method="GET"
+    )
+    assert count == 100
+    assert value(registry, "tailguard_requests_in_flight", route="/items/{item_id}") == 0
+    handler = value(
+        registry,
+        "tailguard_budget_spent_seconds_count",
+        route="/items/{item_id}",
+        phase="handler",
+        dependency="",
+    )
+    assert handler == 100
+
+
+async def test_unmatched_paths_and_odd_methods_stay_bounded(registry: CollectorRegistry) -> None:
+    app, _ = build(registry)
+    async with client(app) as http:
+        for n in range(5):
+            await http.get(f"/nowhere/{n}")
+            await http.request(f"BREW{n}", "/items/1")
+    labels = {"route": "unmatched", "method": "GET", "status_class": "4xx", "outcome": "ok"}
+    assert value(registry, "tailguard_requests_total", **labels) == 5
+    odd = {"route": "/items/{item_id}", "method": "other", "status_class": "4xx", "outcome": "ok"}
+    assert value(registry, "tailguard_requests_total", **odd) == 5
+
+
+async def test_each_outcome_is_counted_once(registry: CollectorRegistry) -> None:
+    app, _ = build(registry)
+    async with client(app) as http:
+        assert (await http.get("/slow")).status_code == 504
+        assert (await http.get("/broken")).status_code == 500
+        assert (await http.get("/shed")).status_code == 503
+        # The transport swallows the abort; the body just ends after the first chunk.
+        async with http.stream("GET", "/stream") as response:
+            assert await response.aread() == b"partial"
+
+    def requests(route: str, status: str, outcome: str) -> float:
+        return value(
+            registry,
+            "tailguard_requests_total",
+            route=route,
+            method="GET",
+            status_class=status,
+            outcome=outcome,
+        )
+
+    assert requests("/slow", "5xx", "deadline_exceeded") == 1
+    assert requests("/broken", "5xx", "error") == 1
+    assert requests("/shed", "5xx", "shed") == 1
+    assert requests("/stream", "2xx", "deadline_exceeded") == 1
+    assert (
+        value(registry, "tailguard_deadline_exceeded_total", route="/slow", stage="before_response")
+        == 1
+    )
+    assert (
+        value(
+            registry, "tailguard_deadline_exceeded_total", route="/stream", stage="during_response"
+        )
+        == 1
+    )
+    assert value(registry, "tailguard_requests_shed_total", route="/shed", reason="queue_full") == 1
+    for route in ("/slow", "/broken", "/shed", "/stream"):
+        assert value(registry, "tailguard_requests_in_flight", route=route) == 0
+
+
+async def test_queue_wait_is_accounted_for_limited_routes(registry: CollectorRegistry) -> None:
+    app, guard = build(registry)
+    limiter = guard.limiters["/held"]
+    async with client(app) as http:
+        first = asyncio.create_task(http.get("/held"))
+        while limiter.in_use == 0:
+            await asyncio.sleep(0.001)
+        second = asyncio.create_task(http.get("/held"))
+        while limiter.queued == 0:
+            await asyncio.sleep(0.001)
+        app.state.gate.set()
+        assert [(await first).status_code, (await second).status_code] == [200, 200]
+    queued = value(
+        registry,
+        "tailguard_budget_spent_seconds_count",
+        route="/held",
+        phase="queue",
+        dependency="",
+    )
+    assert queued == 2  # one admitted at once (a zero wait), one queued
+    waits = value(registry, "tailguard_queue_wait_seconds_count", limiter="/held", kind="route")
+    assert waits == 1
+    assert value(registry, "tailguard_queue_wait_seconds_sum", limiter="/held", kind="route") > 0
+
+
+async def test_metrics_off_records_nothing(registry: CollectorRegistry) -> None:
+    app, guard = build(registry, metrics=False)
+    assert guard.recorder is None
+    async with client(app) as http:
+        assert (await http.get("/items/1")).status_code == 200
+    assert value(registry, "tailguard_requests_total", route="/items/{item_id}") == 0
+    assert (
+        registry.get_sample_value("tailguard_requests_in_flight", {"route": "/items/{item_id}"})
+        is None
+    )
+
+
+def test_one_catalog_per_registry_and_the_last_guard_is_active(registry: CollectorRegistry) -> None:
+    first = Tailguard(registry=registry)
+    second = Tailguard(registry=registry)
+    assert first.recorder is not None
+    assert second.recorder is not None
+    assert first.recorder.catalog is second.recorder.catalog is telemetry.active()
+
+
+def test_dependency_charges_show_in_the_budget(registry: CollectorRegistry) -> None:
+    recorder = RequestRecorder(telemetry.catalog_for(registry))
+    route = recorder.route("/checkout", "POST")
+    route.begin()
+    route.end(200, "ok", duration=0.3, queue_wait=0.05, dependencies={"payments": 0.2})
+    assert recorder.route("/checkout", "POST") is route
+    spent = {
+        phase: value(
+            registry,
+            "tailguard_budget_spent_seconds_sum",
+            route="/checkout",
+            phase=phase,
+            dependency=dependency,
+        )
+        for phase, dependency in (("queue", ""), ("dependency", "payments"), ("handler", ""))
+    }
+    assert spent == pytest.approx({"queue": 0.05, "dependency": 0.2, "handler": 0.05})
+    assert status_class(503) == "5xx"
+    assert tailguard.Tailguard is Tailguard
