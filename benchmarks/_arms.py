@@ -95,8 +95,33 @@ def tailguard_deadlines() -> ASGIApp:
     guard = Tailguard(
         default=RoutePolicy(deadline=1.0),
         routes={"GET /items/{item_id}": RoutePolicy(deadline=0.5)},
+        metrics=False,
     )
-    return guard.install(make_app())
+    return guard.install(make_app(), metrics_path=None, tracing=False)
+
+
+def tailguard_metrics() -> ASGIApp:
+    """Metrics only: no deadlines, no limiters, no tracing; a registry of its own."""
+    from prometheus_client import CollectorRegistry
+
+    from tailguard import Tailguard
+
+    guard = Tailguard(registry=CollectorRegistry())
+    return guard.install(make_app(), tracing=False)
+
+
+def tailguard_full() -> ASGIApp:
+    """Deadlines, admission, metrics and tracing (OTel's ASGI middleware, tailguard's spans)."""
+    from prometheus_client import CollectorRegistry
+
+    from tailguard import RoutePolicy, Tailguard
+
+    guard = Tailguard(
+        default=RoutePolicy(deadline=1.0, max_concurrency=64, max_queue=128),
+        routes={"GET /items/{item_id}": RoutePolicy(deadline=0.5)},
+        registry=CollectorRegistry(),
+    )
+    return guard.install(make_app(), tracer_provider=_discarding_tracer_provider())
 
 
 def passthrough() -> ASGIApp:
@@ -164,6 +189,17 @@ def starlette_exporter() -> ASGIApp:
     return app
 
 
+def otel_asgi_and_starlette_exporter() -> ASGIApp:
+    """OTel's ASGI middleware (default spans) and starlette-exporter: a common pair today."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from starlette_exporter import PrometheusMiddleware
+
+    app = make_app()
+    app.add_middleware(PrometheusMiddleware, prefix=f"bench{next(_exporter_ids)}")
+    app.add_middleware(OpenTelemetryMiddleware, tracer_provider=_discarding_tracer_provider())
+    return app
+
+
 def basehttp() -> ASGIApp:
     app = make_app()
     app.add_middleware(NoOpBaseHTTP)
@@ -173,11 +209,14 @@ def basehttp() -> ASGIApp:
 ARMS: dict[str, Callable[[], ASGIApp]] = {
     "bare": bare,
     "tailguard": tailguard_deadlines,
+    "tailguard-metrics": tailguard_metrics,
+    "tailguard-full": tailguard_full,
     "passthrough": passthrough,
     "otel-asgi": otel_asgi,
     "otel-asgi-noreceive-send": otel_asgi_noreceive_send,
     "prometheus-fastapi-instrumentator": prometheus_fastapi_instrumentator,
     "starlette-exporter": starlette_exporter,
+    "otel-asgi+starlette-exporter": otel_asgi_and_starlette_exporter,
     "basehttp": basehttp,
 }
 """Arm name to builder, in report order; ``bare`` is the baseline."""

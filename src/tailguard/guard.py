@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry
-from starlette.types import Scope
+from starlette.types import ASGIApp, Scope
 
 from tailguard.admission import Limiter
 from tailguard.dependency import Dependency
@@ -17,6 +17,9 @@ from tailguard.middleware.routing import RouteTable
 from tailguard.policy import RoutePolicy
 from tailguard.telemetry.catalog import activate, catalog_for
 from tailguard.telemetry.requests import RequestRecorder
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["Tailguard"]
 
@@ -77,6 +80,8 @@ class Tailguard:
         self.deadline_header = deadline_header
         self.tenant = tenant_resolver(tenant_header, tenant)
         self._dependencies: dict[str, Dependency] = {}
+        self.endpoints: tuple[tuple[str, ASGIApp], ...] = ()
+        """Paths tailguard answers itself (``/metrics``, the control API), by prefix."""
         self.recorder: RequestRecorder | None = None
         """Per-request metrics; ``None`` with ``metrics=False``."""
         if metrics:
@@ -127,19 +132,36 @@ class Tailguard:
         """Every dependency declared so far, by name (for telemetry and snapshots)."""
         return MappingProxyType(self._dependencies)
 
-    def install(self, app: _App) -> _App:
-        """Add tailguard's middleware to a Starlette or FastAPI ``app`` and return it.
+    def install(
+        self,
+        app: _App,
+        *,
+        metrics_path: str | None = "/metrics",
+        tracing: bool = True,
+        tracer_provider: TracerProvider | None = None,
+        exclude_spans: Sequence[str] | None = ("receive", "send"),
+    ) -> _App:
+        """Add tailguard to a Starlette or FastAPI ``app`` and return it.
+
+        * tailguard's middleware (deadlines, admission, metrics, task tracing);
+        * ``/metrics`` for Prometheus (``metrics_path=None``: not served), from
+          this guard's registry, or from every worker's files in multiprocess mode;
+        * with ``tracing``, OpenTelemetry's ASGI middleware outermost (unless the
+          app is instrumented already) with ``tracer_provider`` (default: the
+          global one), whose server span tailguard annotates; tailguard's own
+          spans come from the same provider. ``exclude_spans`` is passed on:
+          by default the per-message ``receive``/``send`` spans are left out.
 
         For any other ASGI app, wrap it instead:
         ``app = TailguardMiddleware(app, guard=guard)``.
         """
-        from tailguard.middleware.asgi import TailguardMiddleware
+        from tailguard._install import install
 
-        add_middleware = getattr(app, "add_middleware", None)
-        if add_middleware is None:
-            raise TypeError(
-                f"install() needs a Starlette or FastAPI application, got {type(app).__name__}; "
-                "for another ASGI app use TailguardMiddleware(app, guard=guard)"
-            )
-        add_middleware(TailguardMiddleware, guard=self)
-        return app
+        return install(
+            self,
+            app,
+            metrics_path=metrics_path,
+            tracing=tracing,
+            tracer_provider=tracer_provider,
+            exclude_spans=exclude_spans,
+        )

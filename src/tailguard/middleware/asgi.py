@@ -84,6 +84,12 @@ class TailguardMiddleware:
             await self.app(scope, receive, send)
             return
         guard = self.guard
+        if guard.endpoints:
+            path = scope["path"]
+            for prefix, endpoint in guard.endpoints:
+                if path == prefix or path.startswith(prefix + "/"):
+                    await endpoint(scope, receive, send)
+                    return
         resolved = guard.routes.lookup(scope["method"], self._template(scope))
         budget = resolved.policy.deadline
         source = "route"
