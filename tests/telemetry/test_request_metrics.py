@@ -240,3 +240,66 @@ def test_dependency_charges_show_in_the_budget(registry: CollectorRegistry) -> N
     assert spent == pytest.approx({"queue": 0.05, "dependency": 0.2, "handler": 0.05})
     assert status_class(503) == "5xx"
     assert tailguard.Tailguard is Tailguard
+
+
+def test_folded_histograms_match_direct_observations(registry: CollectorRegistry) -> None:
+    """Guards the use of prometheus_client's histogram internals when folding batches."""
+    from prometheus_client import Histogram
+
+    from tailguard.telemetry.catalog import LATENCY_BUCKETS
+
+    direct = Histogram("direct_seconds", "", buckets=LATENCY_BUCKETS, registry=registry)
+    recorder = RequestRecorder(telemetry.catalog_for(registry))
+    route = recorder.route("/r", "GET")
+    values = [0.0, 0.001, 0.0011, 0.003, 0.05, 0.7, 10.0, 11.0, 0.25]
+    for seconds in values:
+        direct.observe(seconds)
+        route.begin()
+        route.end(200, "ok", duration=seconds, queue_wait=None, dependencies=None)
+    folded = {
+        s.labels.get("le"): s.value
+        for m in registry.collect()
+        if m.name == "tailguard_request_duration_seconds"
+        for s in m.samples
+        if s.name.endswith("_bucket")
+    }
+    expected = {
+        s.labels["le"]: s.value
+        for m in registry.collect()
+        if m.name == "direct_seconds"
+        for s in m.samples
+        if s.name.endswith("_bucket")
+    }
+    assert folded == expected
+    assert value(
+        registry, "tailguard_request_duration_seconds_sum", route="/r", method="GET"
+    ) == pytest.approx(sum(values))
+
+
+def test_a_scrape_from_another_thread_lags_but_loses_nothing(registry: CollectorRegistry) -> None:
+    import threading
+
+    recorder = RequestRecorder(telemetry.catalog_for(registry))
+    route = recorder.route("/r", "GET")
+    labels = {"route": "/r", "method": "GET", "status_class": "2xx", "outcome": "ok"}
+
+    def record(n: int) -> None:
+        for _ in range(n):
+            route.begin()
+            route.end(200, "ok", duration=0.01, queue_wait=None, dependencies=None)
+
+    def scrape_elsewhere() -> float:
+        seen: list[float] = []
+        thread = threading.Thread(
+            target=lambda: seen.append(value(registry, "tailguard_requests_total", **labels))
+        )
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    record(3)
+    assert scrape_elsewhere() == 0  # the batch is retired, not read while it may be written
+    record(2)
+    assert scrape_elsewhere() == 3  # the retired batch is folded one scrape later
+    assert value(registry, "tailguard_requests_total", **labels) == 5  # the owner folds all
+    assert value(registry, "tailguard_requests_in_flight", route="/r") == 0

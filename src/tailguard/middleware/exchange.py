@@ -79,7 +79,7 @@ class Exchange(task_registry.RequestTasks):
         resolved: ResolvedRoute,
         guard: Tailguard,
     ) -> None:
-        self._live = None  # RequestTasks' only field, set inline: this runs per request
+        task_registry.RequestTasks.__init__(self)
         self._task = task
         self.timer: asyncio.TimerHandle | None = None
         self.cancelling = task.cancelling()

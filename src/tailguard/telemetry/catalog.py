@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.registry import Collector
 
 __all__ = ["Catalog", "TenantLabels", "activate", "active", "catalog_for"]
 
@@ -52,6 +53,11 @@ class Catalog:
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
         self.registry: Final = registry
+        self.before_collect: Final[weakref.WeakSet[_Flushable]] = weakref.WeakSet()
+        """Objects whose ``flush()`` folds pending counts in; run first by every collection."""
+        if registry is not None:
+            # Registered before the metrics, so collections flush, then read.
+            registry.register(_FlushFirst(self.before_collect))
         r = registry
 
         # -- requests (the middleware) ---------------------------------------------------
@@ -154,6 +160,13 @@ class Catalog:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.pool_jobs_queued: Final = Gauge(
+            "tailguard_pool_jobs_queued",
+            "Jobs waiting for a thread of their pool now.",
+            ["pool"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.pool_queue_wait: Final = Histogram(
             "tailguard_pool_queue_wait_seconds",
             "Time a job waited for a thread of its pool.",
@@ -219,14 +232,16 @@ class Catalog:
         )
         self.hedges: Final = Counter(
             "tailguard_hedges_total",
-            "Hedged attempts by call site and event: sent, won, or budget_exhausted "
-            "(a hedge that was due but not sent).",
+            "Hedges by call site and event: sent, won (a hedge answered first), and hedges "
+            "due but not sent: budget_exhausted (max_extra spent) or deadline (the remaining "
+            "budget could not fit a typical call).",
             ["site", "event"],
             registry=r,
         )
         self.fanout_calls: Final = Counter(
             "tailguard_fanout_calls_total",
-            "Fan-out calls by call site.",
+            "Fan-out calls judged for pace, by call site: named fan-outs whose required legs "
+            "all succeeded once the site knew its legs' p99 (the slow_paced denominator).",
             ["site"],
             registry=r,
         )
@@ -253,10 +268,33 @@ class Catalog:
         )
         self.chaos_aborts: Final = Counter(
             "tailguard_chaos_aborts_total",
-            "Experiments stopped before their TTL, by reason (halt, stopped, safeguard, expired).",
+            "Chaos experiments that ended, by reason: stopped, halt, safeguard (an AbortWhen "
+            "tripped) or expired (the TTL ran out).",
             ["experiment", "reason"],
             registry=r,
         )
+        self.chaos_skipped: Final = Counter(
+            "tailguard_chaos_injections_skipped_total",
+            "Faults not injected because max_injections calls were already under injection.",
+            ["experiment", "fault"],
+            registry=r,
+        )
+
+
+class _Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class _FlushFirst(Collector):
+    """Yields no metrics: collecting it flushes whatever batches counts for the catalog."""
+
+    def __init__(self, flushables: weakref.WeakSet[_Flushable]) -> None:
+        self._flushables = flushables
+
+    def collect(self) -> Iterable[Any]:
+        for flushable in list(self._flushables):
+            flushable.flush()
+        return ()
 
 
 class TenantLabels:

@@ -1,9 +1,18 @@
-"""Per-request metrics, recorded by the middleware through pre-bound series.
+"""Per-request metrics, counted in plain Python and folded into Prometheus at scrape time.
 
-``labels(...)`` costs a lock and a dict lookup per call; a request touches
-several series, so each (route, method) gets its bound children once and
-keeps them. Routes are templates and methods outside the standard set are
-``"other"``, so this cache is bounded by the application's routes.
+prometheus_client takes a lock and updates a value object on every
+``inc``/``observe``; a request touches four or five series, which cost more
+than the rest of tailguard's per-request work. So each (route, method) keeps
+plain counters and bucket counts, and :meth:`RequestRecorder.flush` folds them
+into the catalog's metrics. The catalog flushes its recorders first on every
+collection of its registry, so every exposition
+(``/metrics``, ``generate_latest``, ``start_http_server``) sees exact values;
+in multiprocess mode the telemetry monitor flushes periodically as well.
+
+Recording happens on the event loop's thread. A collection from another thread
+never touches counts that may still be written: it retires the current batch
+and folds the one retired before it, so such scrapes lag by at most one scrape
+and lose nothing.
 
 >>> from prometheus_client import CollectorRegistry
 >>> from tailguard.telemetry.catalog import Catalog
@@ -20,12 +29,14 @@ keeps them. Routes are templates and methods outside the standard set are
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any, Final
 
 from tailguard.telemetry.catalog import Catalog
 
-__all__ = ["OUTCOMES", "UNMATCHED", "RequestRecorder", "RouteMetrics"]
+__all__ = ["OUTCOMES", "UNMATCHED", "RequestRecorder", "RouteMetrics", "status_class"]
 
 UNMATCHED: Final = "unmatched"
 """The route label of requests no route matched (404s): never the raw path."""
@@ -48,38 +59,57 @@ def status_class(status: int) -> str:
     return _STATUS_CLASSES[index] if 0 < index < 6 else "none"
 
 
-class RouteMetrics:
-    """The bound series of one (route, method)."""
+class _Histogram:
+    """Observations of one histogram series not yet folded into it."""
 
-    __slots__ = (
-        "_by_result",
-        "_catalog",
-        "_dependency",
-        "_handler",
-        "_method",
-        "_queue",
-        "_requests",
-        "_route",
-        "duration",
-        "flight",
-    )
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds  # the series' upper bounds, +Inf last
+        self.counts = [0] * len(bounds)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # Same bucket as prometheus_client's ``value <= bound`` scan.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+class _Batch:
+    """Everything one (route, method) recorded since the last fold."""
+
+    __slots__ = ("dependency", "duration", "flight", "handler", "queue", "results")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.flight = 0  # arrivals minus ends
+        self.results: dict[tuple[int, str], int] = {}
+        self.duration = _Histogram(bounds)
+        self.handler = _Histogram(bounds)
+        self.queue = _Histogram(bounds)
+        self.dependency: dict[str, _Histogram] = {}
+
+
+class RouteMetrics:
+    """The counts of one (route, method), and the series they are folded into."""
+
+    __slots__ = ("_batch", "_bounds", "_catalog", "_method", "_retired", "_route", "owner")
 
     def __init__(self, catalog: Catalog, route: str, method: str) -> None:
         self._catalog = catalog
-        self.flight: Final = catalog.requests_in_flight.labels(route)
-        self.duration: Final = catalog.request_duration.labels(route, method)
-        self._by_result: dict[tuple[int, str], Any] = {}
-        self._handler = catalog.budget_spent.labels(route, "handler", "")
-        self._queue = catalog.budget_spent.labels(route, "queue", "")
-        self._dependency: dict[str, Any] = {}
-        # Result series are bound on first use: a route produces only a few shapes.
         self._route = route
         self._method = method
-        self._requests = catalog.requests
+        # Duration and budget histograms share buckets (LATENCY_BUCKETS).
+        self._bounds: list[float] = list(
+            catalog.request_duration.labels(route, method)._upper_bounds
+        )
+        self._batch = _Batch(self._bounds)
+        self._retired: _Batch | None = None
+        self.owner = threading.get_ident()
+        """The thread that records (the event loop's)."""
 
     def begin(self) -> None:
         """A request of this route arrived."""
-        self.flight.inc()
+        self._batch.flight += 1
 
     def end(
         self,
@@ -91,54 +121,97 @@ class RouteMetrics:
         dependencies: Mapping[str, float] | None,
     ) -> None:
         """The request is over: count it and account for how its time was spent."""
-        self.flight.dec()
-        self.duration.observe(duration)
+        batch = self._batch
+        batch.flight -= 1
+        batch.duration.observe(duration)
         key = (status // 100, outcome)
-        counter = self._by_result.get(key)
-        if counter is None:
-            counter = self._by_result[key] = self._requests.labels(
-                self._route, self._method, status_class(status), outcome
-            )
-        counter.inc()
+        results = batch.results
+        results[key] = results.get(key, 0) + 1
         handler = duration
         if queue_wait is not None:
-            self._queue.observe(queue_wait)
+            batch.queue.observe(queue_wait)
             handler -= queue_wait
         if dependencies:
             for name, spent in dependencies.items():
-                series = self._dependency.get(name)
+                series = batch.dependency.get(name)
                 if series is None:
-                    series = self._dependency[name] = self._catalog.budget_spent.labels(
-                        self._route, "dependency", name
-                    )
+                    series = batch.dependency[name] = _Histogram(self._bounds)
                 series.observe(spent)
                 handler -= spent
-        self._handler.observe(max(handler, 0.0))
+        batch.handler.observe(max(handler, 0.0))
 
     def shed(self, reason: str) -> None:
-        """Admission control answered 503 with ``reason``."""
+        """Admission control answered 503 with ``reason`` (rare: counted directly)."""
         self._catalog.requests_shed.labels(self._route, reason).inc()
 
     def deadline_exceeded(self, stage: str) -> None:
         """The deadline fired; ``stage`` is ``before_response`` (504) or ``during_response``."""
         self._catalog.deadline_exceeded.labels(self._route, stage).inc()
 
+    def flush(self) -> None:
+        """Fold what was recorded into the catalog's metrics."""
+        if threading.get_ident() == self.owner:
+            retired, self._retired = self._retired, None
+            if retired is not None:
+                self._fold(retired)
+            self._fold(self._batch)
+            self._batch = _Batch(self._bounds)
+        else:
+            # The recording thread may still hold the current batch: fold the
+            # one retired by the previous foreign collection instead.
+            retired, self._retired = self._retired, self._batch
+            self._batch = _Batch(self._bounds)
+            if retired is not None:
+                self._fold(retired)
+
+    def _fold(self, batch: _Batch) -> None:
+        catalog, route, method = self._catalog, self._route, self._method
+        if batch.flight:
+            catalog.requests_in_flight.labels(route).inc(batch.flight)
+        for (hundreds, outcome), count in batch.results.items():
+            labels = (route, method, status_class(hundreds * 100), outcome)
+            catalog.requests.labels(*labels).inc(count)
+        _fold_histogram(batch.duration, catalog.request_duration.labels(route, method))
+        budget = catalog.budget_spent
+        _fold_histogram(batch.handler, budget.labels(route, "handler", ""))
+        _fold_histogram(batch.queue, budget.labels(route, "queue", ""))
+        for name, series in batch.dependency.items():
+            _fold_histogram(series, budget.labels(route, "dependency", name))
+
+
+def _fold_histogram(pending: _Histogram, child: Any) -> None:
+    if not any(pending.counts):
+        return
+    # prometheus_client keeps per-bucket (not cumulative) counts and a sum;
+    # adding to them is what ``observe`` does, once per observation.
+    for index, count in enumerate(pending.counts):
+        if count:
+            child._buckets[index].inc(count)
+    child._sum.inc(pending.total)
+
 
 class RequestRecorder:
     """Hands out the :class:`RouteMetrics` of each (route template, method)."""
 
-    __slots__ = ("_routes", "catalog")
+    __slots__ = ("__weakref__", "_routes", "catalog")
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog: Final = catalog
         self._routes: dict[tuple[str | None, str], RouteMetrics] = {}
+        catalog.before_collect.add(self)
 
     def route(self, template: str | None, method: str) -> RouteMetrics:
         """The series for requests of ``method`` on ``template`` (``None``: unmatched)."""
         found = self._routes.get((template, method))
         if found is None:
             label = method if method in _STANDARD_METHODS else "other"
-            found = RouteMetrics(self.catalog, template or UNMATCHED, label)
-            if label == method:  # only standard methods are keys: clients pick methods
-                self._routes[(template, method)] = found
+            key = (template, label)
+            found = self._routes.get(key)
+            if found is None:
+                found = self._routes[key] = RouteMetrics(self.catalog, template or UNMATCHED, label)
         return found
+
+    def flush(self) -> None:
+        """Fold every route's counts into the catalog (done by every registry collection)."""
+        for route in list(self._routes.values()):
+            route.flush()
