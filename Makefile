@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# apt-get needs root: sudo only when not root already (a CI container usually is).
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: test demo lint typecheck pytest bench bench-overhead bench-overload bench-instructions clean
+.PHONY: test demo lint typecheck pytest promtool bench bench-overhead bench-overload bench-instructions clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tailguard needs Python >= 3.11")'
@@ -25,8 +27,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
-	$(BIN)/pytest --doctest-modules src tests --cov --cov-report=term-missing:skip-covered
+# The exposition test runs `promtool check metrics`; under make it fails rather than skips.
+pytest: $(STAMP) promtool
+	TAILGUARD_REQUIRE_PROMTOOL=1 $(BIN)/pytest --doctest-modules src tests --cov --cov-report=term-missing:skip-covered
+
+# Debian's `prometheus` package ships promtool.
+promtool:
+	@command -v promtool >/dev/null || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 
 bench: bench-overhead bench-overload bench-instructions
 

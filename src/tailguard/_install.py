@@ -59,12 +59,11 @@ def _checked_path(field: str, path: str) -> str:
 
 
 def _metrics_app(guard: Tailguard) -> ASGIApp:
-    from prometheus_client import make_asgi_app
+    from tailguard.telemetry.exposition import metrics_app
 
     recorder = guard.recorder
     registry = recorder.catalog.registry if recorder is not None else None
-    app: ASGIApp = make_asgi_app(registry) if registry is not None else make_asgi_app()
-    return app
+    return metrics_app(registry, before_scrape=guard.refresher)
 
 
 def _instrument(app: Any, provider: TracerProvider | None, exclude: Sequence[str] | None) -> None:

@@ -22,7 +22,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["ThreadPool"]
+from tailguard.telemetry.catalog import Catalog, active
+
+__all__ = ["ThreadPool", "WaitObserver"]
 
 T = TypeVar("T")
 
@@ -35,8 +37,10 @@ class ThreadPool:
 
     ``in_use`` counts threads running a job *now*: a job whose caller gave up
     still counts until it returns, because a thread cannot be stopped from
-    outside. ``mean_wait`` is the recent mean of seconds from :meth:`run`
-    to the job starting. :meth:`shutdown` lets running jobs finish; a later
+    outside. ``queued`` counts jobs submitted but not started. ``mean_wait``
+    is the recent mean of seconds from :meth:`run` to the job starting; each
+    wait is also observed into ``tailguard_pool_queue_wait_seconds{pool=name}``
+    when metrics are on. :meth:`shutdown` lets running jobs finish; a later
     :meth:`run` starts a fresh pool (thread numbers keep counting).
     """
 
@@ -45,16 +49,21 @@ class ThreadPool:
         "_lock",
         "_mean_wait",
         "_numbers",
+        "_observe_wait",
         "_prefix",
         "_running",
         "_waits",
         "in_use",
         "max_workers",
+        "name",
+        "queued",
     )
 
     def __init__(self, name: str, max_workers: int) -> None:
+        self.name = name
         self.max_workers = max_workers
         self.in_use = 0
+        self.queued = 0
         self._prefix = f"tailguard-{name}-"
         self._numbers = itertools.count()
         self._lock = threading.Lock()
@@ -62,6 +71,7 @@ class ThreadPool:
         self._running: set[Future[Any]] = set()  # jobs whose done() has not run yet
         self._waits = 0
         self._mean_wait = 0.0
+        self._observe_wait = WaitObserver(name)
 
     @property
     def mean_wait(self) -> float:
@@ -104,7 +114,14 @@ class ThreadPool:
             executor = self._executor = ThreadPoolExecutor(
                 self.max_workers, initializer=self._name_thread
             )
-        return executor.submit(self._run, time.monotonic(), job)
+        with self._lock:
+            self.queued += 1
+        try:
+            return executor.submit(self._run, time.monotonic(), job)
+        except BaseException:
+            with self._lock:
+                self.queued -= 1
+            raise
 
     def _finished(
         self,
@@ -113,7 +130,12 @@ class ThreadPool:
         done: Callable[[BaseException | None], None],
     ) -> None:
         # On the worker thread, or on the loop's if the job was cancelled before it started.
-        error = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if future.cancelled():
+            error: BaseException | None = asyncio.CancelledError()
+            with self._lock:
+                self.queued -= 1  # it never reached _run
+        else:
+            error = future.exception()
         try:
             loop.call_soon_threadsafe(self._forget, future, done, error)
         except RuntimeError:  # the loop is closed: nobody is left to tell
@@ -134,11 +156,44 @@ class ThreadPool:
     def _run(self, submitted: float, job: Callable[[], T]) -> T:
         wait = time.monotonic() - submitted
         with self._lock:
+            self.queued -= 1
             self.in_use += 1
             waits = self._waits = self._waits + 1
             self._mean_wait += (wait - self._mean_wait) / (waits if waits < _WARMUP else _WARMUP)
+        self._observe_wait(wait)
         try:
             return job()
         finally:
             with self._lock:
                 self.in_use -= 1
+
+
+class WaitObserver:
+    """Observes a pool's job waits into ``tailguard_pool_queue_wait_seconds{pool=...}``.
+
+    Does nothing while metrics are off; safe to call from any thread.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> from tailguard.telemetry.catalog import Catalog, activate
+    >>> activate(catalog := Catalog(CollectorRegistry()))
+    >>> WaitObserver("db")(0.002)
+    >>> catalog.registry.get_sample_value("tailguard_pool_queue_wait_seconds_sum", {"pool": "db"})
+    0.002
+    >>> activate(None)
+    """
+
+    __slots__ = ("_series", "pool")
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        self._series: tuple[Catalog, Any] | None = None  # the catalog and this pool's child
+
+    def __call__(self, wait: float) -> None:
+        catalog = active()
+        if catalog is None:
+            return
+        series = self._series
+        if series is None or series[0] is not catalog:
+            # Threads racing here both get the same child from labels().
+            series = self._series = (catalog, catalog.pool_queue_wait.labels(self.pool))
+        series[1].observe(wait)

@@ -16,6 +16,8 @@ from tailguard.middleware.inbound import InboundDeadlines
 from tailguard.middleware.routing import RouteTable
 from tailguard.policy import RoutePolicy
 from tailguard.telemetry.catalog import activate, catalog_for
+from tailguard.telemetry.loop import LoopMonitor
+from tailguard.telemetry.pools import Refresher
 from tailguard.telemetry.requests import RequestRecorder
 
 if TYPE_CHECKING:
@@ -84,10 +86,16 @@ class Tailguard:
         """Paths tailguard answers itself (``/metrics``, the control API), by prefix."""
         self.recorder: RequestRecorder | None = None
         """Per-request metrics; ``None`` with ``metrics=False``."""
+        self.refresher: Refresher | None = None
+        """Copies limiter, dependency and thread-pool state into the gauges."""
+        self.loop_monitor: LoopMonitor | None = None
+        """Measures event-loop lag and refreshes the gauges periodically."""
         if metrics:
             catalog = catalog_for(registry)
             activate(catalog)
             self.recorder = RequestRecorder(catalog)
+            self.refresher = Refresher(lambda: self.limiters, lambda: self._dependencies)
+            self.loop_monitor = LoopMonitor(refresh=self._refresh)
 
     def dependency(
         self,
@@ -126,6 +134,13 @@ class Tailguard:
                 f"max_queue={have[1]}, queue_timeout={have[2]}"
             )
         return existing
+
+    def _refresh(self) -> None:
+        """Periodic: fold batched request counts (multiprocess files) and refresh the gauges."""
+        if self.recorder is not None:
+            self.recorder.flush()
+        if self.refresher is not None:
+            self.refresher()
 
     @property
     def dependencies(self) -> Mapping[str, Dependency]:

@@ -18,6 +18,8 @@ from tailguard.middleware.routing import ResolvedRoute, RouteMatcher, route_temp
 from tailguard.middleware.sweeper import Sweeper
 from tailguard.policy import RoutePolicy
 from tailguard.telemetry import tasks as task_registry
+from tailguard.telemetry.exposition import retire_worker
+from tailguard.telemetry.pools import instrument_threads
 
 if TYPE_CHECKING:
     from tailguard.guard import Tailguard
@@ -79,7 +81,7 @@ class TailguardMiddleware:
         kind = scope["type"]
         if kind != "http":
             if kind == "lifespan":
-                task_registry.ensure_task_factory(asyncio.get_running_loop())
+                _start_telemetry(self.guard, asyncio.get_running_loop())
                 send = self._closing_dependencies(send)
             await self.app(scope, receive, send)
             return
@@ -102,7 +104,7 @@ class TailguardMiddleware:
         assert task is not None
         sweeper = self._sweeper
         if sweeper is None or sweeper.loop is not task.get_loop():
-            sweeper = self._sweeper = _new_sweeper(task.get_loop())
+            sweeper = self._sweeper = _new_sweeper(guard, task.get_loop())
         now = monotonic()
         if budget is None:
             deadline = None
@@ -180,6 +182,9 @@ class TailguardMiddleware:
             if message["type"] == "lifespan.shutdown.complete":
                 for dependency in list(guard.dependencies.values()):
                     await dependency.aclose()
+                if guard.loop_monitor is not None:
+                    guard.loop_monitor.stop()
+                    retire_worker()  # multiprocess mode: this worker's live gauges go
             await send(message)
 
         return lifespan_send
@@ -195,9 +200,18 @@ class TailguardMiddleware:
         return matcher.template(scope) if matcher is not None else route_template(scope)
 
 
-def _new_sweeper(loop: asyncio.AbstractEventLoop) -> Sweeper:
-    task_registry.ensure_task_factory(loop)
+def _new_sweeper(guard: Tailguard, loop: asyncio.AbstractEventLoop) -> Sweeper:
+    # The first request on a loop: the fallback for apps whose lifespan never runs.
+    _start_telemetry(guard, loop)
     return Sweeper(loop, DISCONNECT_GRACE)
+
+
+def _start_telemetry(guard: Tailguard, loop: asyncio.AbstractEventLoop) -> None:
+    """Task attribution, thread-pool measurement and the loop monitor; all idempotent."""
+    task_registry.ensure_task_factory(loop)
+    if guard.loop_monitor is not None:
+        instrument_threads(loop)
+        guard.loop_monitor.start(loop)
 
 
 def _shed_if_too_late(budget: float, resolved: ResolvedRoute) -> None:

@@ -1,0 +1,196 @@
+"""The /metrics ASGI app: formats, refresh before scrape, methods, registries, multiprocess."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import ASGIApp
+
+from tailguard.telemetry.catalog import activate
+from tailguard.telemetry.exposition import metrics_app, multiprocess_dir, retire_worker
+from tests.asgi import Sent, http_scope
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def registry() -> Iterator[CollectorRegistry]:
+    registry = CollectorRegistry()
+    yield registry
+    activate(None)
+
+
+def scrape_client(app: ASGIApp) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+def samples(text: str) -> dict[str, float]:
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_text_format_by_default(registry: CollectorRegistry) -> None:
+    Counter("jobs_total", "Jobs.", registry=registry).inc(3)
+    async with scrape_client(metrics_app(registry)) as http:
+        response = await http.get("/metrics", headers={"accept-encoding": "identity"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert samples(response.text)["jobs_total"] == 3
+
+
+async def test_openmetrics_for_scrapers_that_ask(registry: CollectorRegistry) -> None:
+    Counter("jobs_total", "Jobs.", registry=registry).inc()
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    async with scrape_client(metrics_app(registry)) as http:
+        response = await http.get("/metrics", headers={"accept": accept})
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.endswith("# EOF\n")
+
+
+async def test_gzip_when_accepted(registry: CollectorRegistry) -> None:
+    Counter("jobs_total", "Jobs.", registry=registry).inc()
+    sent = Sent()
+    scope = http_scope("/metrics", headers=[("accept-encoding", "gzip, deflate")])
+    await metrics_app(registry)(scope, _no_receive, sent)
+    assert sent.headers[b"content-encoding"] == b"gzip"
+    assert b"jobs_total 1.0" in gzip.decompress(sent.body)
+
+
+async def test_name_filter(registry: CollectorRegistry) -> None:
+    Counter("jobs_total", "Jobs.", registry=registry).inc()
+    Gauge("workers", "Workers.", registry=registry).set(4)
+    async with scrape_client(metrics_app(registry)) as http:
+        response = await http.get("/metrics", params={"name[]": "workers"})
+    assert samples(response.text) == {"workers": 4.0}
+
+
+async def test_before_scrape_runs_before_the_exposition_is_made(
+    registry: CollectorRegistry,
+) -> None:
+    gauge = Gauge("refreshed", "Set right before each scrape.", registry=registry)
+    scrapes = iter(range(1, 10))
+
+    def refresh() -> None:
+        gauge.set(next(scrapes))
+
+    async with scrape_client(metrics_app(registry, before_scrape=refresh)) as http:
+        first = await http.get("/metrics")
+        second = await http.get("/metrics")
+    assert samples(first.text)["refreshed"] == 1
+    assert samples(second.text)["refreshed"] == 2
+
+
+async def test_a_failing_refresh_is_logged_and_the_scrape_still_answers(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    Counter("jobs_total", "Jobs.", registry=registry).inc()
+
+    def refresh() -> None:
+        raise RuntimeError("limiter state unavailable")
+
+    with caplog.at_level(logging.ERROR, logger="tailguard.telemetry"):
+        async with scrape_client(metrics_app(registry, before_scrape=refresh)) as http:
+            response = await http.get("/metrics")
+    assert response.status_code == 200
+    assert samples(response.text)["jobs_total"] == 1
+    assert "limiter state unavailable" in caplog.text
+
+
+async def test_head_has_headers_and_no_body(registry: CollectorRegistry) -> None:
+    Counter("jobs_total", "Jobs.", registry=registry).inc()
+    async with scrape_client(metrics_app(registry)) as http:
+        get = await http.get("/metrics", headers={"accept-encoding": "identity"})
+        head = await http.head("/metrics", headers={"accept-encoding": "identity"})
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == str(len(get.content))
+
+
+async def test_other_methods_are_refused(registry: CollectorRegistry) -> None:
+    async with scrape_client(metrics_app(registry)) as http:
+        response = await http.post("/metrics", content=b"x")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD"
+
+
+async def test_only_http_is_served(registry: CollectorRegistry) -> None:
+    with pytest.raises(ValueError, match="HTTP only, not 'websocket'"):
+        await metrics_app(registry)({"type": "websocket"}, _no_receive, Sent())
+
+
+async def test_each_app_serves_its_own_registry() -> None:
+    first, second = CollectorRegistry(), CollectorRegistry()
+    Counter("first_total", "First.", registry=first).inc()
+    Counter("second_total", "Second.", registry=second).inc()
+    async with scrape_client(metrics_app(second)) as http:
+        response = await http.get("/metrics")
+    assert "second_total" in samples(response.text)
+    assert "first_total" not in samples(response.text)
+
+
+async def test_the_default_registry_is_prometheus_clients() -> None:
+    private = CollectorRegistry()
+    Counter("only_in_a_private_registry_total", "Not on the default.", registry=private).inc()
+    async with scrape_client(metrics_app()) as http:
+        response = await http.get("/metrics")
+    assert response.status_code == 200
+    assert "python_info" in samples(response.text)  # prometheus_client's own collectors
+    assert "only_in_a_private_registry_total" not in samples(response.text)
+
+
+async def test_a_multiprocess_directory_is_served_instead_of_the_registry(
+    registry: CollectorRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Counter("in_process_total", "Only in this process's registry.", registry=registry).inc()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert multiprocess_dir() == str(tmp_path)
+    refreshed: list[bool] = []
+    app = metrics_app(registry, before_scrape=lambda: refreshed.append(True))
+    async with scrape_client(app) as http:
+        response = await http.get("/metrics")
+    assert response.status_code == 200
+    assert samples(response.text) == {}  # no worker wrote anything yet
+    assert refreshed == [True]  # this worker's gauges are still refreshed first
+    # (test_multiprocess.py serves real workers' files.)
+
+
+def test_multiprocess_dir_needs_a_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    assert multiprocess_dir() is None
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    assert multiprocess_dir() is None
+
+
+def test_retire_worker_removes_only_live_gauges(tmp_path: Path) -> None:
+    files = ("gauge_livesum_41.db", "gauge_livemax_41.db", "counter_41.db", "gauge_livesum_42.db")
+    for name in files:
+        (tmp_path / name).write_bytes(b"")
+    retire_worker(41, multiprocess=str(tmp_path))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "counter_41.db",
+        "gauge_livesum_42.db",
+    ]
+
+
+def test_retire_worker_in_a_single_process_does_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    retire_worker()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def _no_receive() -> dict[str, object]:
+    raise AssertionError("the metrics app never reads the request body")
