@@ -17,6 +17,16 @@ from tailguard.dependency import Dependency, DependencyState
 from tailguard.guard import Tailguard
 from tailguard.middleware.asgi import TailguardMiddleware
 from tailguard.policy import RoutePolicy
+from tailguard.tail import (
+    FanoutResult,
+    HedgeSite,
+    amplification,
+    fallback,
+    fanout,
+    hedge,
+    quorum,
+    race,
+)
 
 __version__ = "0.1.0"
 
@@ -25,14 +35,22 @@ __all__ = [
     "DeadlineExceeded",
     "Dependency",
     "DependencyState",
+    "FanoutResult",
     "Gradient2",
+    "HedgeSite",
     "Rejected",
     "RoutePolicy",
     "Tailguard",
     "TailguardMiddleware",
     "__version__",
+    "amplification",
     "current_deadline",
     "deadline",
+    "fallback",
+    "fanout",
+    "hedge",
+    "quorum",
+    "race",
     "remaining",
 ]
 
@@ -42,7 +60,9 @@ for _public in (
     Deadline,
     DeadlineExceeded,
     Dependency,
+    FanoutResult,
     Gradient2,
+    HedgeSite,
     Rejected,
     RoutePolicy,
     Tailguard,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from starlette.types import ASGIApp
+
+from tailguard.telemetry import otel
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -25,6 +27,8 @@ def install(
     tracing: bool,
     tracer_provider: TracerProvider | None,
     exclude_spans: Sequence[str] | None,
+    control_token: str | None,
+    control_path: str,
 ) -> _App:
     from tailguard.middleware.asgi import TailguardMiddleware
 
@@ -34,16 +38,23 @@ def install(
             f"install() needs a Starlette or FastAPI application, got {type(app).__name__}; "
             "for another ASGI app use TailguardMiddleware(app, guard=guard)"
         )
+    if tracing:
+        otel.check_options(exclude_spans)  # before anything changes
     endpoints: list[tuple[str, ASGIApp]] = []
     if metrics_path is not None:
         endpoints.append((_checked_path("metrics_path", metrics_path), _metrics_app(guard)))
+    if control_token is not None:
+        # Built before the app is touched: a bad token raises and changes nothing.
+        from tailguard.chaos.control import ControlAPI
+
+        path = _checked_path("control_path", control_path)
+        control = ControlAPI(guard.chaos, token=control_token, snapshot=guard.snapshot, prefix=path)
+        endpoints.append((path, control))
     guard.endpoints = tuple(endpoints)
     add_middleware(TailguardMiddleware, guard=guard)
     if tracing:
-        from tailguard.telemetry.tracing import use_tracer_provider
-
-        use_tracer_provider(tracer_provider)
-        _instrument(app, tracer_provider, exclude_spans)
+        # Added last, so outermost: the server span is current inside tailguard.
+        otel.instrument(app, tracer_provider, exclude_spans=exclude_spans)
     return app
 
 
@@ -64,17 +75,3 @@ def _metrics_app(guard: Tailguard) -> ASGIApp:
     recorder = guard.recorder
     registry = recorder.catalog.registry if recorder is not None else None
     return metrics_app(registry, before_scrape=guard.refresher)
-
-
-def _instrument(app: Any, provider: TracerProvider | None, exclude: Sequence[str] | None) -> None:
-    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-
-    already = any(m.cls is OpenTelemetryMiddleware for m in getattr(app, "user_middleware", ()))
-    if already or getattr(app, "_is_instrumented_by_opentelemetry", False):
-        return
-    # Added last, so outermost: the server span is current inside tailguard.
-    app.add_middleware(
-        OpenTelemetryMiddleware,
-        tracer_provider=provider,
-        exclude_spans=list(exclude) if exclude is not None else None,
-    )

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +28,9 @@ __all__ = ["CommandError", "build_parser", "import_app", "main"]
 
 DEFAULT_APP = "examples.shop:app"
 MAX_DEMO_REQUESTS = 1000
+DEFAULT_URL = "http://127.0.0.1:8000"
+TOKEN_ENV = "TAILGUARD_TOKEN"
+URL_ENV = "TAILGUARD_URL"
 
 _Handler = Callable[[argparse.Namespace], int]
 
@@ -60,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
     _add_demo(commands)
+    _add_chaos(commands)
     return parser
 
 
@@ -74,7 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except CommandError as exc:
-        print(f"tailguard {args.command}: error: {exc}", file=sys.stderr)
+        action = getattr(args, "action", None)
+        print(
+            f"tailguard {args.command}{f' {action}' if action else ''}: error: {exc}",
+            file=sys.stderr,
+        )
         return 2
 
 
@@ -125,6 +135,16 @@ def _positive_requests(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 # ``commands`` is what add_subparsers() returns; argparse keeps that class private.
 def _add_demo(commands: argparse._SubParsersAction[_Parser]) -> None:
     demo = commands.add_parser(
@@ -170,3 +190,93 @@ def _run_demo(args: argparse.Namespace) -> int:
         raise CommandError(
             f"the demo needs httpx and uvicorn: pip install 'tailguard[httpx,server]' ({exc})"
         ) from exc
+
+
+def _add_chaos(commands: argparse._SubParsersAction[_Parser]) -> None:
+    chaos = commands.add_parser(
+        "chaos",
+        help="start, stop and list chaos experiments on a running service",
+        description=(
+            "Talk to a service's chaos control API (mounted with "
+            "guard.install(app, control_token=...)). The token comes from --token or, "
+            f"better (it stays out of the process list), from ${TOKEN_ENV}. Exit status: "
+            "0 done, 1 the service refused or could not be reached, 2 a usage error."
+        ),
+    )
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV, DEFAULT_URL),
+        help=f"the service's base URL (default: ${URL_ENV} or {DEFAULT_URL})",
+    )
+    common.add_argument("--token", help=f"the control token (default: ${TOKEN_ENV})")
+    common.add_argument(
+        "--prefix", default="/_tailguard", help="where the API is mounted (default: /_tailguard)"
+    )
+    common.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the service (default: 10)",
+    )
+    common.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    actions = chaos.add_subparsers(
+        dest="action", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    start = actions.add_parser(
+        "start",
+        parents=[common],
+        help="start the experiment in FILE (.json, .yaml or .yml)",
+        description="Send the experiment in FILE to the service, which validates and starts it.",
+    )
+    start.add_argument("file", metavar="FILE")
+    stop = actions.add_parser("stop", parents=[common], help="stop the running experiment NAME")
+    stop.add_argument("name", metavar="NAME")
+    actions.add_parser("halt", parents=[common], help="kill switch: stop every experiment now")
+    actions.add_parser("status", parents=[common], help="show running and recently stopped ones")
+    chaos.set_defaults(handler=_run_chaos)
+
+
+def _run_chaos(args: argparse.Namespace) -> int:
+    from tailguard.chaos._client import ControlClient, ControlError, duration, render_status
+    from tailguard.chaos.schema import ExperimentError, read_experiment_file
+
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise CommandError(f"no control token: pass --token or set {TOKEN_ENV}")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise CommandError("the control token must be printable ASCII without spaces")
+    document = None
+    if args.action == "start":
+        try:
+            document = read_experiment_file(args.file)
+        except (ExperimentError, OSError, ImportError) as exc:
+            raise CommandError(f"{args.file}: {exc}") from None
+    try:
+        with ControlClient(args.url, token, prefix=args.prefix, timeout=args.timeout) as client:
+            answer: object
+            if args.action == "start":
+                answer = running = client.start(document)
+                experiment = running["experiment"]
+                left = duration(float(running["expires_at"]) - float(running["started_at"]))
+                count = len(experiment["faults"])
+                text = (
+                    f"started {experiment['name']}: {count} fault{'s' if count != 1 else ''}, "
+                    f"stops by itself in {left}"
+                )
+            elif args.action == "stop":
+                answer = client.stop(args.name)
+                text = f"stopped {args.name}"
+            elif args.action == "halt":
+                halted = client.halt()
+                answer = {"halted": halted}
+                text = f"halted: {halted} experiment{'s' if halted != 1 else ''} stopped"
+            else:
+                answer = status = client.status()
+                text = render_status(status, url=args.url)
+    except ControlError as exc:
+        print(f"tailguard chaos {args.action}: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2) if args.json else text)
+    return 0

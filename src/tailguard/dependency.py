@@ -9,8 +9,10 @@ a slow dependency fills its own queue and is shed with
 Waits for a slot never outlast the request's deadline.
 
 This is the one seam where bulkhead, deadline, chaos, metrics and spans meet
-for an outbound call: every entry point goes through ``Dependency._enter`` and
-``Dependency._exit``.
+for an outbound call: every entry point takes its slot with
+``Dependency._acquire``, meets chaos inside the slot (``_enter`` for most
+seams; the transport and ``run_sync`` carry faults out their own way), and
+gives the slot back with ``Dependency._exit``.
 
 >>> import asyncio
 >>> db = Dependency("db", max_concurrency=4)
@@ -27,23 +29,27 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import importlib
 import inspect
 import math
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
-from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, ParamSpec, TypeVar, overload
+from time import monotonic
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, ParamSpec, TypeVar, overload
 
 from tailguard._threads import ThreadPool
 from tailguard.admission import Limiter, LimiterState, Permit, Rejected
 from tailguard.deadlines import DeadlineExceeded, current_deadline
+from tailguard.integrations._bulkhead import bulkhead_transport
 from tailguard.integrations._transport import DEFAULT_HEADER, MIN_BUDGET
+from tailguard.tail.hedge import hedge as _hedge
+from tailguard.telemetry import dependencies as dependency_telemetry
 
 if TYPE_CHECKING:
     import httpx
     import httpx2
+
+    from tailguard.chaos import Chaos
 
 __all__ = ["Dependency", "DependencyState"]
 
@@ -67,6 +73,8 @@ class DependencyState(NamedTuple):
     threads_max: int
     thread_queue_wait: float
     """Recent mean seconds a job waited for a thread of the pool."""
+    threads_queued: int = 0
+    """Jobs waiting for a thread of the pool now."""
 
 
 class _Held(NamedTuple):
@@ -98,7 +106,10 @@ class Dependency:
     * ``await dependency.run_sync(fn, ...)`` for blocking work, in the
       dependency's own pool of ``max_concurrency`` threads.
 
-    One dependency serves one event loop at a time.
+    One dependency serves one event loop at a time. ``chaos`` is the
+    :class:`~tailguard.chaos.Chaos` engine whose experiments may hit the
+    dependency's calls (:meth:`Tailguard.dependency <tailguard.Tailguard.dependency>`
+    passes ``guard.chaos``); ``None``: none ever do.
 
     >>> import asyncio
     >>> inventory = Dependency("inventory", max_concurrency=8, max_queue=16)
@@ -109,7 +120,7 @@ class Dependency:
     1
     """
 
-    __slots__ = ("_pool", "limiter", "name")
+    __slots__ = ("_pool", "chaos", "limiter", "name")
 
     def __init__(
         self,
@@ -118,6 +129,7 @@ class Dependency:
         max_concurrency: int,
         max_queue: int = 0,
         queue_timeout: float | None = None,
+        chaos: Chaos | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"dependency name must be a non-empty str, got {name!r}")
@@ -137,7 +149,16 @@ class Dependency:
         self.limiter: Final = Limiter(
             name, max_concurrency=max_concurrency, max_queue=max_queue, queue_timeout=queue_timeout
         )
+        if chaos is not None:
+            from tailguard.chaos.engine import Chaos
+
+            if not isinstance(chaos, Chaos):
+                raise TypeError(
+                    f"dependency {name!r}: chaos must be a Chaos or None, got {chaos!r}"
+                )
         self._pool = ThreadPool(name, max_concurrency)
+        self.chaos: Final = chaos
+        """The chaos engine whose experiments may hit this dependency (``guard.chaos``)."""
 
     def __repr__(self) -> str:
         limiter = self.limiter
@@ -165,16 +186,49 @@ class Dependency:
         """A snapshot of the bulkhead and the thread pool, for telemetry."""
         pool = self._pool
         return DependencyState(
-            self.name, self.limiter.state(), pool.in_use, pool.max_workers, pool.mean_wait
+            self.name,
+            self.limiter.state(),
+            pool.in_use,
+            pool.max_workers,
+            pool.mean_wait,
+            pool.queued,
         )
 
     # -- the seam -----------------------------------------------------------------------
 
     async def _enter(self) -> Permit:
-        """Take a slot for one call; every entry point starts here.
+        """Take a slot for one call, then meet chaos inside it.
 
-        Chaos, metrics and spans hook in here and in :meth:`_exit`.
+        Injected delays and hangs hold the slot, as a slow dependency would:
+        filling the bulkhead is what a game-day wants to see.
         """
+        permit = await self._acquire()
+        chaos = self.chaos
+        if chaos is not None and chaos.armed:
+            injection = chaos.plan(self.name)
+            if injection is not None:
+                try:
+                    await injection.apply()
+                except BaseException as exc:
+                    self._exit(permit, exc)
+                    raise
+        return permit
+
+    async def _acquire(self) -> Permit:
+        """Take a slot for one call; every entry point starts here."""
+        name = self.name
+        span = dependency_telemetry.call_started(name)
+        requested = monotonic()
+        try:
+            permit = await self._slot()
+        except BaseException as exc:
+            dependency_telemetry.call_refused(name, exc, span, monotonic() - requested)
+            raise
+        permit.requested_at = min(requested, permit.acquired_at)
+        permit.span = span
+        return permit
+
+    async def _slot(self) -> Permit:
         deadline = current_deadline()
         if deadline is None:
             return await self.limiter.acquire()
@@ -192,6 +246,34 @@ class Dependency:
     def _exit(self, permit: Permit, error: BaseException | None) -> None:
         """Give a call's slot back; ``error`` is what the call raised, ``None`` if it went well."""
         permit.release(ok=error is None)
+        dependency_telemetry.call_ended(self.name, permit, error)
+
+    async def hedge(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        /,
+        *,
+        delay: float | str = "p95",
+        max_hedges: int = 1,
+        max_extra: float = 0.05,
+    ) -> T:
+        """:func:`tailguard.hedge` for this dependency: each attempt takes a slot of its own.
+
+        The call site is the dependency's name, so its latency estimate and
+        hedge budget are shared by every hedged call of this dependency.
+
+        >>> import asyncio
+        >>> replica = Dependency("replica", max_concurrency=4)
+        >>> asyncio.run(replica.hedge(lambda: asyncio.sleep(0, "row"), delay=0.05))
+        'row'
+        """
+        return await _hedge(
+            functools.partial(self.call, fn),
+            delay=delay,
+            max_hedges=max_hedges,
+            max_extra=max_extra,
+            name=self.name,
+        )
 
     # -- entry points -------------------------------------------------------------------
 
@@ -272,10 +354,17 @@ class Dependency:
         """
         if inspect.iscoroutinefunction(fn):
             raise TypeError(f"run_sync() runs blocking functions, not {fn!r}; await call() instead")
-        permit = await self._enter()
+        permit = await self._acquire()
         context = contextvars.copy_context()
-        job = functools.partial(context.run, fn, *args, **kwargs)
-        return await self._pool.run(job, functools.partial(self._exit, permit))
+        job: Callable[[], T] = functools.partial(context.run, fn, *args, **kwargs)
+        done: Callable[[BaseException | None], None] = functools.partial(self._exit, permit)
+        chaos = self.chaos
+        if chaos is not None and chaos.armed:
+            injection = chaos.plan(self.name)
+            if injection is not None:
+                # In the worker thread, as a slow blocking call's time is spent.
+                job, done = injection.wrap_sync(job, done)
+        return await self._pool.run(job, done)
 
     def close(self) -> None:
         """Shut the thread pool down without waiting; jobs still running finish on their own.
@@ -322,104 +411,7 @@ class Dependency:
         >>> asyncio.run(main())
         ('ok', 0)
         """
-        integration = _integration_for(inner)
-        return _transport_class(integration)(
-            self, integration.DeadlineTransport(inner, header=header)
-        )
-
-
-class _BulkheadTransport:
-    """Takes a slot of ``dependency`` per request and holds it until the response closes."""
-
-    _stream: ClassVar[type[_SlotStream]]
-    _async_stream: ClassVar[type[Any]]
-
-    def __init__(self, dependency: Dependency, inner: Any) -> None:
-        self.dependency = dependency
-        self._inner = inner
-
-    async def handle_async_request(self, request: Any) -> Any:
-        dependency = self.dependency
-        permit = await dependency._enter()
-        try:
-            response = await self._inner.handle_async_request(request)
-        except BaseException as exc:
-            dependency._exit(permit, exc)
-            raise
-        # A body read already (a mock's), or one an async client cannot read (it
-        # will say so), is done with the dependency: only open streams hold the slot.
-        if response.is_closed or not isinstance(response.stream, self._async_stream):
-            dependency._exit(permit, None)
-        else:
-            response.stream = self._stream(response.stream, dependency, permit)
-        return response
-
-    def handle_request(self, *request: Any) -> Any:
-        raise TypeError(
-            f"the transport of dependency {self.dependency.name!r} is async-only: use an "
-            "AsyncClient, or a sync client inside dependency.run_sync()"
-        )
-
-    __enter__ = handle_request  # a sync client opens its transport first
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _SlotStream:
-    """A response body that gives the slot back when it is closed, or fails."""
-
-    def __init__(self, stream: Any, dependency: Dependency, permit: Permit) -> None:
-        self._stream = stream
-        self._dependency = dependency
-        self._permit: Permit | None = permit
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._stream:
-                yield chunk
-        except GeneratorExit:  # the reader stopped early; closing the response releases
-            raise
-        except BaseException as exc:
-            self._release(exc)
-            raise
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            self._release(None)
-
-    def _release(self, error: BaseException | None) -> None:
-        permit, self._permit = self._permit, None
-        if permit is not None:
-            self._dependency._exit(permit, error)
-
-
-def _integration_for(inner: object) -> ModuleType:
-    """``tailguard.integrations.httpx`` or ``.httpx2``, whichever ``inner`` belongs to."""
-    if inner is None:
-        try:
-            return importlib.import_module("tailguard.integrations.httpx")
-        except ImportError:
-            return importlib.import_module("tailguard.integrations.httpx2")
-    for library in ("httpx", "httpx2"):
-        module = sys.modules.get(library)
-        if module is not None and isinstance(inner, module.AsyncBaseTransport):
-            return importlib.import_module(f"tailguard.integrations.{library}")
-    raise TypeError(
-        "inner must be an httpx or httpx2 AsyncBaseTransport (or None),"
-        f" not {type(inner).__module__}.{type(inner).__qualname__}"
-    )
-
-
-@functools.cache
-def _transport_class(integration: ModuleType) -> type[_BulkheadTransport]:
-    # Subclass the library's own base classes: clients and Response.aread() check them.
-    library = integration.DeadlineTransport._library
-    stream = type("DependencyStream", (_SlotStream, library.async_stream), {"__module__": __name__})
-    attrs = {"__module__": __name__, "_stream": stream, "_async_stream": library.async_stream}
-    return type("DependencyTransport", (_BulkheadTransport, library.async_transport), attrs)
+        return bulkhead_transport(self, inner, header)
 
 
 def _check_int(name: str, field: str, value: object, low: int) -> None:

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Scope
 
 from tailguard.admission import Limiter
+from tailguard.chaos.engine import Chaos
 from tailguard.dependency import Dependency
 from tailguard.middleware.admission import build_limiters, tenant_resolver
 from tailguard.middleware.inbound import InboundDeadlines
 from tailguard.middleware.routing import RouteTable
 from tailguard.policy import RoutePolicy
 from tailguard.telemetry.catalog import activate, catalog_for
+from tailguard.telemetry.live import LiveRequests
 from tailguard.telemetry.loop import LoopMonitor
 from tailguard.telemetry.pools import Refresher
 from tailguard.telemetry.requests import RequestRecorder
+from tailguard.telemetry.snapshot import build_snapshot
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -56,7 +59,14 @@ class Tailguard:
     Metrics (see :mod:`tailguard.telemetry.catalog`) are recorded into
     ``registry`` (prometheus_client's default registry if omitted); the
     guard created last is the one tailguard's other features record into.
-    ``metrics=False`` turns per-request metrics off.
+    ``metrics=False`` turns per-request metrics off. Tasks a request spawned
+    that are still running when it finishes are *orphans*: counted, logged
+    once per coroutine, listed by :meth:`snapshot`, and cancelled with
+    ``orphans="cancel"``.
+
+    ``chaos`` is the :class:`~tailguard.chaos.Chaos` engine for fault
+    injection, available as :attr:`chaos`; without one, a disabled engine
+    (unless ``TAILGUARD_CHAOS=1`` enables it).
     """
 
     def __init__(
@@ -71,7 +81,13 @@ class Tailguard:
         tenant_weights: Mapping[str, float] | None = None,
         metrics: bool = True,
         registry: CollectorRegistry | None = None,
+        orphans: Literal["leave", "cancel"] = "leave",
+        chaos: Chaos | None = None,
     ) -> None:
+        if chaos is not None and not isinstance(chaos, Chaos):
+            raise TypeError(f"chaos must be a tailguard.chaos.Chaos or None, got {chaos!r}")
+        if orphans not in ("leave", "cancel"):
+            raise ValueError(f"orphans must be 'leave' or 'cancel', got {orphans!r}")
         if routes is not None and not isinstance(routes, Mapping):
             raise TypeError(f"routes must be a mapping of route key to RoutePolicy, got {routes!r}")
         default = default if default is not None else RoutePolicy()
@@ -82,6 +98,12 @@ class Tailguard:
         self.deadline_header = deadline_header
         self.tenant = tenant_resolver(tenant_header, tenant)
         self._dependencies: dict[str, Dependency] = {}
+        self.chaos: Chaos = chaos if chaos is not None else Chaos()
+        """Fault injection; every dependency made by :meth:`dependency` consults it."""
+        self.cancel_orphans = orphans == "cancel"
+        """Cancel tasks still pending when their request finishes (``orphans="cancel"``)."""
+        self.live = LiveRequests()
+        """Requests in flight (for :meth:`snapshot`)."""
         self.endpoints: tuple[tuple[str, ASGIApp], ...] = ()
         """Paths tailguard answers itself (``/metrics``, the control API), by prefix."""
         self.recorder: RequestRecorder | None = None
@@ -123,6 +145,7 @@ class Tailguard:
                 max_concurrency=8 if max_concurrency is None else max_concurrency,
                 max_queue=16 if max_queue is None else max_queue,
                 queue_timeout=queue_timeout,
+                chaos=self.chaos,
             )
             self._dependencies[name] = created
             return created
@@ -142,6 +165,14 @@ class Tailguard:
         if self.refresher is not None:
             self.refresher()
 
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able "asyncio ps" of the service: requests, tasks and pools right now.
+
+        >>> sorted(Tailguard(metrics=False).snapshot())
+        ['dependencies', 'limiters', 'requests', 'taken_at', 'tasks']
+        """
+        return build_snapshot(self)
+
     @property
     def dependencies(self) -> Mapping[str, Dependency]:
         """Every dependency declared so far, by name (for telemetry and snapshots)."""
@@ -155,6 +186,8 @@ class Tailguard:
         tracing: bool = True,
         tracer_provider: TracerProvider | None = None,
         exclude_spans: Sequence[str] | None = ("receive", "send"),
+        control_token: str | None = None,
+        control_path: str = "/_tailguard",
     ) -> _App:
         """Add tailguard to a Starlette or FastAPI ``app`` and return it.
 
@@ -165,7 +198,9 @@ class Tailguard:
           app is instrumented already) with ``tracer_provider`` (default: the
           global one), whose server span tailguard annotates; tailguard's own
           spans come from the same provider. ``exclude_spans`` is passed on:
-          by default the per-message ``receive``/``send`` spans are left out.
+          by default the per-message ``receive``/``send`` spans are left out;
+        * with a ``control_token``, the chaos control API under ``control_path``
+          (see docs/chaos-control.md); without one, no control API is mounted.
 
         For any other ASGI app, wrap it instead:
         ``app = TailguardMiddleware(app, guard=guard)``.
@@ -179,4 +214,6 @@ class Tailguard:
             tracing=tracing,
             tracer_provider=tracer_provider,
             exclude_spans=exclude_spans,
+            control_token=control_token,
+            control_path=control_path,
         )

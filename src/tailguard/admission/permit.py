@@ -31,12 +31,16 @@ class Permit:
     (True, 0)
     """
 
-    __slots__ = ("_limiter", "acquired_at", "tenant")
+    __slots__ = ("_limiter", "acquired_at", "requested_at", "span", "tenant")
 
     def __init__(self, limiter: Limiter, tenant: Hashable, acquired_at: float) -> None:
         self._limiter: Limiter | None = limiter
         self.tenant = tenant
         self.acquired_at = acquired_at
+        self.requested_at = acquired_at
+        """When the caller asked (earlier than ``acquired_at`` if it waited); set by callers."""
+        self.span: object = None
+        """A span the holder attaches (a dependency call's), ended when the slot goes back."""
 
     @property
     def released(self) -> bool:

@@ -17,6 +17,7 @@ from tailguard.middleware.exchange import Exchange
 from tailguard.middleware.routing import ResolvedRoute, RouteMatcher, route_template
 from tailguard.middleware.sweeper import Sweeper
 from tailguard.policy import RoutePolicy
+from tailguard.telemetry import otel
 from tailguard.telemetry import tasks as task_registry
 from tailguard.telemetry.exposition import retire_worker
 from tailguard.telemetry.pools import instrument_threads
@@ -119,6 +120,13 @@ class TailguardMiddleware:
             else:
                 sweeper.add(exchange, now)
         token = _context.current.set(tuple.__new__(_context.Frame, (deadline, exchange)))
+        guard.live[exchange] = now
+        span = otel.recording_span()
+        if span is not None:  # sampled: annotate the server span; spawned tasks get spans
+            exchange.span = span
+            otel.annotate_request(
+                span, scope["method"], scope["path"], resolved.template, budget, source
+            )
         recorder = guard.recorder
         metrics = None
         if recorder is not None:
@@ -128,14 +136,23 @@ class TailguardMiddleware:
         permit: Permit | None = None
         error: DeadlineExceeded | Rejected | None = None
         settled = False  # False while an exception of the app's (or a server's cancel) propagates
+        answered = False  # by a chaos Respond fault, for the app
         try:
             if source != "route" and budget is not None:
                 _shed_if_too_late(budget, resolved)
-            if limiter is not None:
-                permit = limiter.try_acquire(resolved.policy.priority, exchange.tenant)
-                if permit is None:
-                    permit = await exchange.queue_for(limiter, resolved)
-            await self.app(scope, exchange.receive, exchange.send)
+            if guard.chaos.armed:
+                # Route faults come before admission: an injected delay or answer
+                # never holds a slot or enters the limiters' latency samples.
+                answered = await guard.chaos.inbound(exchange, exchange.send)
+                exchange.admitted_at = monotonic()
+            if not answered:
+                if limiter is not None:
+                    permit = limiter.try_acquire(resolved.policy.priority, exchange.tenant)
+                    if permit is None:
+                        permit = await exchange.queue_for(limiter, resolved)
+                    elif span is not None:
+                        otel.set_admitted(span, limiter.name)
+                await self.app(scope, exchange.receive, exchange.send)
             settled = True
         except (DeadlineExceeded, Rejected) as exc:  # ran out, or shed here or downstream
             error = exc
@@ -149,30 +166,30 @@ class TailguardMiddleware:
         finally:
             exchange.finished = True
             sweeper.discard(exchange)
+            del guard.live[exchange]
             if exchange.timer is not None:
                 exchange.disarm()
             if exchange.inbox is not None:
                 exchange.inbox.close()
             _context.current.reset(token)
             ok = exchange.complete and exchange.status < 500 and not exchange.fired
-            if ok:
+            if ok and not answered:
                 resolved.service_time.observe(monotonic() - exchange.admitted_at)
             if permit is not None:
                 permit.release(ok=ok)
-            if not settled and metrics is not None:
+            if not settled:
                 # The app raised: outer layers answer 500, unless the response started.
                 exchange.outcome = "error"
                 exchange.status = exchange.status or 500
-                exchange.report(metrics)
+                exchange.close(metrics)
         if exchange.fired or error is not None:
             try:
                 await exchange.settle(scope, error, metrics)
             finally:
                 error = None  # no exception -> traceback -> this frame -> exception cycle
-                if metrics is not None:
-                    exchange.report(metrics)
-        elif metrics is not None:
-            exchange.report(metrics)
+                exchange.close(metrics)
+        else:
+            exchange.close(metrics)
 
     def _closing_dependencies(self, send: Send) -> Send:
         """Wrap lifespan ``send`` so dependency thread pools drain before shutdown completes."""

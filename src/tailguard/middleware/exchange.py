@@ -17,8 +17,9 @@ from tailguard.middleware.disconnect import Inbox
 from tailguard.middleware.responses import deadline_response, shed_response
 from tailguard.middleware.routing import ResolvedRoute
 from tailguard.telemetry import catalog as telemetry
+from tailguard.telemetry import otel
 from tailguard.telemetry import tasks as task_registry
-from tailguard.telemetry.requests import RouteMetrics
+from tailguard.telemetry.requests import UNMATCHED, RouteMetrics
 
 if TYPE_CHECKING:
     from tailguard.guard import Tailguard
@@ -47,6 +48,7 @@ class Exchange(task_registry.RequestTasks):
         "admitted_at",
         "arrived",
         "body_complete",
+        "budget_annotated",
         "cancelling",
         "complete",
         "deadline",
@@ -102,6 +104,7 @@ class Exchange(task_registry.RequestTasks):
         self.ended = 0.0
         self.outcome: str | None = None  # None: decided by the status when reported
         self.queue_wait: float | None = None
+        self.budget_annotated = False
         self.spent: dict[str, float] | None = None
         self.scope = scope
         self.resolved = resolved
@@ -214,6 +217,8 @@ class Exchange(task_registry.RequestTasks):
             # longer waits on.
             self.finished = True
             self.ended = monotonic()
+            if self.span is not None:
+                self._annotate_budget()
             if self.timer is not None:
                 self.disarm()
             _context.current.set(None)
@@ -222,20 +227,27 @@ class Exchange(task_registry.RequestTasks):
     async def queue_for(self, limiter: Limiter, resolved: ResolvedRoute) -> Permit:
         """Wait for a slot of ``limiter`` (none was free), within the deadline."""
         deadline = self.deadline
+        outcome = "granted"
         try:
-            permit = await limiter.acquire(
+            return await limiter.acquire(
                 priority=resolved.policy.priority,
                 tenant=self.tenant,
                 deadline_at=None if deadline is None else deadline.at,
                 service_estimate=resolved.service_time.estimate(),
             )
+        except Rejected as exc:
+            outcome = exc.reason
+            raise
         finally:
             self.admitted_at = monotonic()
             self.queue_wait = waited = self.admitted_at - self.arrived
             catalog = telemetry.active()
             if catalog is not None:
                 catalog.queue_wait.labels(limiter.name, "route").observe(waited)
-        return permit
+            if self.span is not None:
+                otel.record_queue_wait(
+                    self.span, limiter.name, self.arrived, self.admitted_at, outcome
+                )
 
     def charge(self, dependency: str, seconds: float) -> None:
         """Account ``seconds`` of this request's time to a call of ``dependency``."""
@@ -244,22 +256,55 @@ class Exchange(task_registry.RequestTasks):
             spent = self.spent = {}
         spent[dependency] = spent.get(dependency, 0.0) + seconds
 
-    def report(self, metrics: RouteMetrics) -> None:
-        """Count the finished request and account for its time."""
-        status = self.status
-        outcome = self.outcome
-        if outcome is None:
-            outcome = "ok" if status < 500 else "error"
-        end = self.ended or monotonic()
-        metrics.end(
-            status,
-            outcome,
-            duration=end - self.arrived,
-            queue_wait=self.queue_wait
-            if self.queue_wait is not None or self.resolved.limiter is None
-            else 0.0,
-            dependencies=self.spent,
-        )
+    def close(self, metrics: RouteMetrics | None) -> None:
+        """The request is over: count it, account for its time, and report its orphans."""
+        if metrics is not None:
+            status = self.status
+            outcome = self.outcome
+            if outcome is None:
+                outcome = "ok" if status < 500 else "error"
+            duration = (self.ended or monotonic()) - self.arrived
+            metrics.end(
+                status,
+                outcome,
+                duration=duration,
+                queue_wait=self._queue_share(),
+                dependencies=self.spent,
+            )
+        if self.span is not None:
+            self._annotate_budget()
+        guard = self._guard
+        if guard.chaos.watching:  # an experiment's safeguard watches the routes it affects
+            guard.chaos.observe_request(
+                self.method,
+                self.route,
+                self.status,
+                (self.ended or monotonic()) - self.arrived,
+                failed=self.outcome in ("error", "deadline_exceeded"),
+            )
+        self.finish(self.resolved.template or UNMATCHED, cancel=guard.cancel_orphans)
+
+    def _queue_share(self) -> float | None:
+        """Seconds queued for admission; 0 when admitted at once, ``None`` with no limiter."""
+        if self.queue_wait is None and self.resolved.limiter is not None:
+            return 0.0
+        return self.queue_wait
+
+    def _annotate_budget(self) -> None:
+        """Put the budget split on the server span, once, before the span can end.
+
+        OpenTelemetry's middleware ends the server span with the last body
+        message, so this runs just before that message goes out.
+        """
+        span = self.span
+        if span is None or self.budget_annotated:
+            return
+        self.budget_annotated = True
+        duration = (self.ended or monotonic()) - self.arrived
+        queue = self._queue_share()
+        spent = self.spent
+        handler = duration - (queue or 0.0) - (sum(spent.values()) if spent else 0.0)
+        otel.record_budget(span, handler=max(handler, 0.0), queue=queue, dependencies=spent)
 
     async def settle(
         self,
@@ -280,14 +325,23 @@ class Exchange(task_registry.RequestTasks):
         if error is None or self.complete:
             return
         self.cancel_pending()
+        span = self.span
         if isinstance(error, Rejected):
             self.outcome = "shed" if not self.started else "error"
-            if route is not None and not self.started:
-                route.shed(error.reason)
+            if not self.started:
+                if route is not None:
+                    route.shed(error.reason)
+                if span is not None:
+                    otel.record_shed(span, error.reason, error.limiter, error.retry_after)
         else:
             self.outcome = "deadline_exceeded"
+            stage = "during_response" if self.started else "before_response"
             if route is not None:
-                route.deadline_exceeded("during_response" if self.started else "before_response")
+                route.deadline_exceeded(stage)
+            if span is not None:
+                budget = self.deadline.budget if self.deadline is not None else None
+                otel.record_deadline_exceeded(span, stage, budget)
+        self._annotate_budget()
         if self.started:
             # Never a second http.response.start: abort, so the server drops the
             # connection and the client sees a truncated response, not a short one.

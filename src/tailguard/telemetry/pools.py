@@ -302,7 +302,7 @@ class Refresher:
             for name, dependency in self._dependencies().items():
                 state = dependency.state()
                 self._limiter(catalog, "dependency", name, state.limiter)
-                queued = dependency._pool.queued  # not (yet) part of DependencyState
+                queued = state.threads_queued
                 self._pool(catalog, name, state.threads_in_use, state.threads_max, queued)
         loop = _running_loop()
         threads = None if loop is None else _loops.get(loop)

@@ -1,0 +1,333 @@
+"""Deciding which faults hit one call, labelling them, and carrying them out at each seam.
+
+:func:`decide` rolls the faults that apply to a call (see ``docs/chaos.md``
+for the composition rule) and returns an :class:`Injection`, which each seam
+carries out its own way: :meth:`~Injection.apply` for ``async with``, ``@dep``
+and ``dep.call``; :meth:`~Injection.apply_http` at the httpx transport;
+:meth:`~Injection.wrap_sync` inside ``run_sync``'s worker thread; and
+:meth:`~Injection.apply_inbound` for route faults in the middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from opentelemetry import trace
+from starlette.types import Send
+
+from tailguard._context import RequestView
+from tailguard.chaos._run import Run
+from tailguard.chaos.faults import Fault, Raise, Respond
+from tailguard.telemetry.catalog import active
+
+if TYPE_CHECKING:
+    from tailguard.chaos.engine import Chaos
+    from tailguard.integrations._transport import Library
+
+__all__ = ["Entry", "Injection", "decide"]
+
+T = TypeVar("T")
+
+Entry = tuple[Run, Fault]
+"""A fault of a running experiment that targets the call's dependency or route."""
+
+CHAOS_HEADER = "x-tailguard-chaos"
+"""Set on every synthesized response to the name of the experiment that made it."""
+
+TIMER_SLACK = 0.0005
+"""How much earlier than drawn an injected delay is scheduled on the event loop.
+
+asyncio's selector rounds every timeout up to a whole millisecond, so a timer
+fires on average half a millisecond late; scheduling that much early centres
+the error on zero (benchmarks/chaos.py measures it). Worker threads wait on a
+``threading.Event``, which has no such rounding.
+"""
+
+
+def decide(
+    engine: Chaos,
+    entries: Sequence[Entry],
+    target: str,
+    request: RequestView | None,
+    *,
+    respond: bool,
+) -> Injection | None:
+    """Roll ``entries`` for one call on ``target``; ``None`` when nothing hits.
+
+    Latencies are rolled independently and add up; of the terminal faults,
+    the first to hit (in experiment start order, then fault order) applies
+    and the rest are not rolled. ``respond``: whether the seam can answer.
+    """
+    rng = engine.rng
+    delay = 0.0
+    terminal: Entry | None = None
+    hits: list[tuple[Run, Fault, float | None]] = []
+    verdicts: dict[Run, bool] = {}
+    for run, fault in entries:
+        if run.stopped:
+            continue
+        applies = verdicts.get(run)
+        if applies is None:
+            applies = verdicts[run] = run.applies(request)
+        if not applies:
+            continue
+        if fault.terminal:
+            if terminal is not None or (not respond and isinstance(fault, Respond)):
+                continue
+            if rng.random() < fault.rate:
+                terminal = (run, fault)
+                hits.append((run, fault, None))
+        elif rng.random() < fault.rate:
+            drawn = fault.distribution.sample(rng)  # type: ignore[attr-defined]
+            delay += drawn
+            hits.append((run, fault, drawn))
+    if not hits:
+        return None
+    catalog = active()
+    if not engine._take_slot():
+        for run, fault, _ in hits:
+            run.skipped += 1
+            if catalog is not None:
+                catalog.chaos_skipped.labels(run.name, fault.kind).inc()
+        return None
+    span = trace.get_current_span()
+    recording = span.is_recording()
+    for run, fault, drawn in hits:
+        run.injections += 1
+        if catalog is not None:
+            catalog.chaos_injections.labels(run.name, target, fault.kind).inc()
+        if recording:
+            attributes: dict[str, str | float] = {
+                "tailguard.chaos.experiment": run.name,
+                "tailguard.chaos.fault": fault.kind,
+                "tailguard.chaos.target": target,
+            }
+            if drawn is not None:
+                attributes["tailguard.chaos.delay"] = drawn
+            span.add_event("tailguard.chaos.injection", attributes)
+    if recording:
+        span.set_attribute("tailguard.chaos.injected", True)
+    runs = tuple(dict.fromkeys(run for run, _, _ in hits))
+    return Injection(engine, delay, terminal, runs)
+
+
+def _wake_future(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+        loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _reset_error(experiment: str) -> ConnectionResetError:
+    return ConnectionResetError(
+        errno.ECONNRESET,
+        f"Connection reset by peer (injected by tailguard chaos experiment {experiment})",
+    )
+
+
+class Injection:
+    """The faults that hit one call: a total ``delay``, then at most one ``terminal`` fault.
+
+    When any experiment it came from ends (stop, halt, TTL, safeguard), a
+    delay or hang in progress ends at once and the call goes on to the real
+    dependency, as if the experiment had never hit it.
+    """
+
+    __slots__ = ("_engine", "_finished", "delay", "runs", "terminal")
+
+    def __init__(
+        self, engine: Chaos, delay: float, terminal: Entry | None, runs: tuple[Run, ...]
+    ) -> None:
+        self._engine = engine
+        self.delay = delay
+        self.terminal = terminal
+        self.runs = runs
+        self._finished = False
+
+    def finish(self) -> None:
+        """The injection is over: give back its place under ``max_injections`` (once)."""
+        if not self._finished:
+            self._finished = True
+            self._engine._release_slot()
+
+    def _ended(self) -> bool:
+        self._engine.expire()
+        return any(run.stopped for run in self.runs)
+
+    def _limit(self, seconds: float) -> float:
+        """``seconds``, capped at the earliest end of the experiments involved."""
+        expires = min(run.expires_at for run in self.runs)
+        return max(0.0, min(seconds, expires - self._engine.clock()))
+
+    # -- waiting ----------------------------------------------------------------------
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` (``inf``: until cancelled); False if an experiment ended first."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        wake = functools.partial(_wake_future, loop, future)
+        runs = self.runs
+        for run in runs:
+            run.add_waker(wake)
+        handle = None
+        try:
+            if not any(run.stopped for run in runs):
+                limit = self._limit(seconds)
+                early = min(TIMER_SLACK, limit / 2)
+                handle = loop.call_later(limit - early, _resolve, future)
+                await future
+        finally:
+            if handle is not None:
+                handle.cancel()
+            for run in runs:
+                run.discard_waker(wake)
+        return not self._ended()
+
+    def _block(self, seconds: float) -> bool:
+        """:meth:`_wait` in a worker thread (nothing can cancel it; the experiment ends it)."""
+        event = threading.Event()
+        runs = self.runs
+        for run in runs:
+            run.add_waker(event.set)
+        try:
+            if not any(run.stopped for run in runs):
+                event.wait(self._limit(seconds))
+        finally:
+            for run in runs:
+                run.discard_waker(event.set)
+        return not self._ended()
+
+    # -- the seams --------------------------------------------------------------------
+
+    async def apply(self) -> None:
+        """``async with``, ``@dep`` and ``dep.call``: delay, then hang, raise or reset."""
+        try:
+            if self.delay > 0 and not await self._wait(self.delay):
+                return
+            if self.terminal is not None:
+                run, fault = self.terminal
+                if fault.kind == "hang":
+                    await self._wait(math.inf)
+                elif isinstance(fault, Raise):
+                    raise fault.exception(run.name)
+                else:
+                    raise _reset_error(run.name)
+        finally:
+            self.finish()
+
+    async def apply_http(self, request: Any, library: Library) -> Any:
+        """The httpx transport: a synthesized response, or ``None`` to send the request.
+
+        The request's own read timeout applies to injected waits as it would
+        to a slow or silent server: a delay or hang longer than it ends in the
+        library's ``ReadTimeout``.
+        """
+        timeout = (request.extensions.get("timeout") or {}).get("read")
+        try:
+            if self.delay > 0:
+                if timeout is not None and self.delay > timeout:
+                    if await self._wait(timeout):
+                        raise self._read_timeout(request, library)
+                    return None
+                if not await self._wait(self.delay):
+                    return None
+            if self.terminal is None:
+                return None
+            run, fault = self.terminal
+            if isinstance(fault, Respond):
+                return library.module.Response(
+                    fault.status,
+                    headers=_headers(fault, run.name),
+                    content=fault.body.encode(),
+                    request=request,
+                    extensions={"tailguard_chaos": run.name},
+                )
+            if fault.kind == "hang":
+                if timeout is None:
+                    await self._wait(math.inf)
+                elif await self._wait(timeout):
+                    raise self._read_timeout(request, library)
+                return None
+            if isinstance(fault, Raise):
+                raise fault.exception(run.name)
+            message = (
+                f"Connection reset by peer (injected by tailguard chaos experiment {run.name})"
+            )
+            raise library.module.ReadError(message, request=request)
+        finally:
+            self.finish()
+
+    def _read_timeout(self, request: Any, library: Library) -> Exception:
+        names = ", ".join(run.name for run in self.runs)
+        error: Exception = library.module.ReadTimeout(
+            f"timed out (injected by tailguard chaos experiment {names})", request=request
+        )
+        return error
+
+    async def apply_inbound(self, send: Send) -> bool:
+        """A route fault, before the app: True when the request was answered here."""
+        try:
+            if self.delay > 0 and not await self._wait(self.delay):
+                return False
+            if self.terminal is None:
+                return False
+            run, fault = self.terminal
+            if isinstance(fault, Respond):
+                headers = [(k.lower().encode(), v.encode()) for k, v in _headers(fault, run.name)]
+                await send(
+                    {"type": "http.response.start", "status": fault.status, "headers": headers}
+                )
+                await send({"type": "http.response.body", "body": fault.body.encode()})
+                return True
+            if isinstance(fault, Raise):
+                raise fault.exception(run.name)
+            await self._wait(math.inf)  # hang (reset has no inbound form)
+            return False
+        finally:
+            self.finish()
+
+    def wrap_sync(
+        self, job: Callable[[], T], done: Callable[[BaseException | None], None]
+    ) -> tuple[Callable[[], T], Callable[[BaseException | None], None]]:
+        """``run_sync``: the delay and the fault happen in the worker thread, as a slow SDK's would.
+
+        The thread is held (and the slot with it) for the delay even if the
+        caller is cancelled, just as with a real blocking call; the
+        experiment's end releases it.
+        """
+
+        def injected() -> T:
+            if self.delay > 0 and not self._block(self.delay):
+                return job()
+            if self.terminal is not None:
+                run, fault = self.terminal
+                if fault.kind == "hang":
+                    self._block(math.inf)
+                elif isinstance(fault, Raise):
+                    raise fault.exception(run.name)
+                else:
+                    raise _reset_error(run.name)
+            return job()
+
+        def finished(error: BaseException | None) -> None:
+            self.finish()
+            done(error)
+
+        return injected, finished
+
+
+def _headers(fault: Respond, experiment: str) -> list[tuple[str, str]]:
+    headers = [*fault.headers, (CHAOS_HEADER, experiment)]
+    if fault.body and not any(name.lower() == "content-type" for name, _ in fault.headers):
+        headers.append(("content-type", "text/plain; charset=utf-8"))
+    return headers

@@ -1,0 +1,204 @@
+"""The experiment document as a JSON Schema (draft 2020-12, as OpenAPI 3.1 uses).
+
+Self-contained (no ``$ref``), so it can be embedded in an OpenAPI document or
+handed to an editor as it is. It states everything a schema can: types,
+required and unknown keys, ranges, lengths and patterns. What only the
+validator knows — that an ``exc`` path names an exception class this process
+has imported, that ``high >= low`` and ``p99 >= p50`` — is in the descriptions.
+
+>>> EXPERIMENT_JSON_SCHEMA["required"]
+['name', 'ttl', 'faults']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tailguard.chaos import _fields as f
+
+__all__ = ["EXPERIMENT_JSON_SCHEMA"]
+
+_Schema = dict[str, Any]
+
+
+def _object(properties: _Schema, required: tuple[str, ...] = (), **extra: Any) -> _Schema:
+    schema: _Schema = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = list(required)
+    return schema | extra
+
+
+def _seconds(description: str, *, positive: bool = False, **extra: Any) -> _Schema:
+    bound = {"exclusiveMinimum": 0} if positive else {"minimum": 0}
+    return {"type": "number", **bound, "description": description, **extra}
+
+
+_TEXT: _Schema = {"type": "string", "minLength": 1, "maxLength": f.MAX_TEXT}
+_TEXTS: _Schema = {"type": "array", "items": _TEXT, "maxItems": f.MAX_SCOPES}
+
+_DELAY: _Schema = {
+    "description": "Seconds, or a distribution to draw each delay from.",
+    "oneOf": [
+        _seconds("A fixed delay in seconds."),
+        _object({"fixed": _seconds("A fixed delay in seconds.")}, ("fixed",)),
+        _object(
+            {
+                "uniform": _object(
+                    {"low": _seconds("Seconds."), "high": _seconds("Seconds; at least low.")},
+                    ("low", "high"),
+                )
+            },
+            ("uniform",),
+        ),
+        _object(
+            {
+                "lognormal": _object(
+                    {
+                        "p50": _seconds("Median delay.", positive=True),
+                        "p99": _seconds("99th percentile; at least p50.", positive=True),
+                    },
+                    ("p50", "p99"),
+                    description="A log-normal distribution fitted to two percentiles.",
+                )
+            },
+            ("lognormal",),
+        ),
+        _object(
+            {
+                "pareto": _object(
+                    {
+                        "minimum": _seconds("The smallest delay.", positive=True),
+                        "alpha": {"type": "number", "exclusiveMinimum": 0},
+                    },
+                    ("minimum", "alpha"),
+                )
+            },
+            ("pareto",),
+        ),
+        _object(
+            {
+                "empirical": {
+                    "type": "array",
+                    "items": _seconds("An observed delay."),
+                    "minItems": 1,
+                    "maxItems": f.MAX_SAMPLES,
+                    "description": "Observed delays; each injection draws one.",
+                }
+            },
+            ("empirical",),
+        ),
+    ],
+}
+
+_COMMON: _Schema = {
+    "target": {
+        **_TEXT,
+        "description": "A dependency name glob ('payments*'), or a route key for inbound faults.",
+    },
+    "rate": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "default": 1.0,
+        "description": "The share of matching calls that get the fault.",
+    },
+}
+
+
+def _fault(kind: str, description: str, fields: _Schema, required: tuple[str, ...] = ()) -> _Schema:
+    properties = {"kind": {"const": kind}, **_COMMON, **fields}
+    return _object(properties, ("kind", "target", *required), description=description)
+
+
+_FAULT: _Schema = {
+    "oneOf": [
+        _fault("latency", "Delay the call, then make it.", {"delay": _DELAY}, ("delay",)),
+        _fault(
+            "raise",
+            "Raise an exception instead of making the call.",
+            {
+                "exc": {
+                    **_TEXT,
+                    "pattern": r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+                    "description": (
+                        "Dotted path of an Exception subclass in a module the service has "
+                        "already imported, e.g. 'builtins.ConnectionResetError'."
+                    ),
+                }
+            },
+            ("exc",),
+        ),
+        _fault(
+            "respond",
+            "Answer with this response instead of making the call.",
+            {
+                "status": {"type": "integer", "minimum": 200, "maximum": 599},
+                "body": {"type": "string", "maxLength": f.MAX_BODY_TEXT, "default": ""},
+                "headers": {
+                    "type": "object",
+                    "maxProperties": f.MAX_HEADERS,
+                    "propertyNames": {"pattern": f.TOKEN_PATTERN, "maxLength": f.MAX_TEXT},
+                    "additionalProperties": {"type": "string", "maxLength": 4096},
+                },
+            },
+            ("status",),
+        ),
+        _fault("hang", "Block until the deadline or cancellation.", {}),
+        _fault("reset", "Raise the seam's connection-reset error.", {}),
+    ]
+}
+
+EXPERIMENT_JSON_SCHEMA: _Schema = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "tailguard chaos experiment",
+    **_object(
+        {
+            "name": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": f.MAX_NAME_LENGTH,
+                "pattern": f.NAME_PATTERN,
+            },
+            "ttl": _seconds(
+                "Seconds until the experiment stops by itself.",
+                positive=True,
+                maximum=f.MAX_TTL,
+            ),
+            "faults": {"type": "array", "items": _FAULT, "minItems": 1, "maxItems": f.MAX_FAULTS},
+            "routes": {**_TEXTS, "description": "Route keys the experiment is limited to."},
+            "tenants": {**_TEXTS, "description": "Tenants the experiment is limited to."},
+            "header": {
+                "type": "string",
+                "pattern": f.TOKEN_PATTERN,
+                "maxLength": f.MAX_TEXT,
+                "description": "Only requests carrying this header, with the secret as its value.",
+            },
+            "secret": {
+                "type": "string",
+                "minLength": f.MIN_SECRET_LENGTH,
+                "maxLength": f.MAX_TEXT,
+                "pattern": "^[!-~]+$",
+                "description": "The value the header must carry (compared in constant time).",
+            },
+            "abort": _object(
+                {
+                    "error_rate": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                    "p99": _seconds("A p99 latency in seconds.", positive=True),
+                    "window": _seconds(
+                        "Seconds of history the conditions look at.",
+                        positive=True,
+                        maximum=f.MAX_TTL,
+                    ),
+                    "min_requests": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                },
+                anyOf=[{"required": ["error_rate"]}, {"required": ["p99"]}],
+                description=(
+                    "Stop the experiment when the affected routes' error rate or p99 over "
+                    "the window passes these."
+                ),
+            ),
+        },
+        ("name", "ttl", "faults"),
+    ),
+    "dependentRequired": {"header": ["secret"], "secret": ["header"]},
+}

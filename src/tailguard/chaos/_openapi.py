@@ -1,0 +1,171 @@
+"""The OpenAPI 3.1 description of the control API, with the experiment schema inside.
+
+>>> document = openapi_document("/_tailguard", version="0.1.0")
+>>> document["openapi"], sorted(document["paths"])[:2]
+('3.1.0', ['/_tailguard/experiments', '/_tailguard/experiments/{name}'])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tailguard.chaos._jsonschema import EXPERIMENT_JSON_SCHEMA
+
+__all__ = ["openapi_document"]
+
+_Schema = dict[str, Any]
+
+_ERROR: _Schema = {
+    "type": "object",
+    "properties": {
+        "detail": {"type": "string", "description": "What was wrong, for people."},
+        "field": {
+            "type": ["string", "null"],
+            "description": "Dotted path of the offending field ('faults[0].rate'); "
+            "'' for the body as a whole; null when no field is at fault.",
+        },
+    },
+    "required": ["detail", "field"],
+}
+
+_STATUS: _Schema = {
+    "type": "object",
+    "description": "The engine's state: enabled, seed, running experiments, recent stops, "
+    "injections in flight and their cap.",
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "experiments": {"type": "array", "items": {"$ref": "#/components/schemas/Running"}},
+        "stopped": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["enabled", "experiments"],
+}
+
+_RUNNING: _Schema = {
+    "type": "object",
+    "description": "A running experiment (its secret redacted), when it started and expires "
+    "(Unix time) and how many faults it injected.",
+    "properties": {"experiment": {"$ref": "#/components/schemas/Experiment"}},
+}
+
+
+def _json(schema: _Schema) -> _Schema:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> _Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> _Schema:
+    return {"description": description, **_json(_ref("Error"))}
+
+
+_UNAUTHORIZED = _error("No bearer token, or the wrong one. Nothing changed.")
+
+
+def _operation(summary: str, responses: dict[str, _Schema], **extra: Any) -> _Schema:
+    return {"summary": summary, "responses": {**responses, "401": _UNAUTHORIZED}, **extra}
+
+
+def openapi_document(prefix: str, *, version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for a control API mounted at ``prefix``."""
+    experiment = {k: v for k, v in EXPERIMENT_JSON_SCHEMA.items() if k != "$schema"}
+    name_parameter = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tailguard chaos control",
+            "version": version,
+            "description": "Start, list and stop chaos experiments in this worker process, "
+            "halt them all, and read a snapshot. Every call needs "
+            "'Authorization: Bearer <token>'. State is per process: with several workers, "
+            "each has its own.",
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            f"{prefix}/status": {
+                "get": _operation(
+                    "The chaos engine's state",
+                    {"200": {"description": "OK", **_json(_ref("Status"))}},
+                )
+            },
+            f"{prefix}/experiments": {
+                "get": _operation(
+                    "Running experiments",
+                    {
+                        "200": {
+                            "description": "OK",
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "experiments": {"type": "array", "items": _ref("Running")}
+                                    },
+                                }
+                            ),
+                        }
+                    },
+                ),
+                "post": _operation(
+                    "Start an experiment",
+                    {
+                        "201": {
+                            "description": "Started; Location names it.",
+                            **_json(_ref("Running")),
+                        },
+                        "400": _error("The body is not JSON."),
+                        "409": _error(
+                            "Chaos is disabled in this process, or an experiment with this "
+                            "name is running."
+                        ),
+                        "413": _error("The body is larger than the limit (64 KiB by default)."),
+                        "415": _error("The body is not application/json."),
+                        "422": _error("The experiment is invalid; 'field' names the culprit."),
+                    },
+                    requestBody={"required": True, **_json(_ref("Experiment"))},
+                ),
+            },
+            f"{prefix}/experiments/{{name}}": {
+                "delete": _operation(
+                    "Stop a running experiment",
+                    {
+                        "200": {"description": "Stopped."},
+                        "404": _error("No running experiment has this name."),
+                    },
+                    parameters=[name_parameter],
+                )
+            },
+            f"{prefix}/halt": {
+                "post": _operation(
+                    "Kill switch: stop every experiment now",
+                    {"200": {"description": "How many experiments were stopped."}},
+                )
+            },
+            f"{prefix}/snapshot": {
+                "get": _operation(
+                    "The service's live state, as the application defines it",
+                    {
+                        "200": {"description": "OK", **_json({"type": "object"})},
+                        "404": _error("No snapshot source is configured."),
+                    },
+                )
+            },
+            f"{prefix}/openapi.json": {
+                "get": _operation("This document", {"200": {"description": "OK"}})
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Experiment": experiment,
+                "Running": _RUNNING,
+                "Status": _STATUS,
+                "Error": _ERROR,
+            },
+        },
+    }

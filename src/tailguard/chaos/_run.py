@@ -1,0 +1,100 @@
+"""A running experiment: its clock, its scope check, its counters and its sleepers."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from collections.abc import Callable
+
+from tailguard._context import RequestView
+from tailguard.chaos._safeguard import Watcher
+from tailguard.chaos.experiment import Experiment
+
+__all__ = ["Run"]
+
+
+class Run:
+    """One experiment from :meth:`Chaos.start <tailguard.chaos.Chaos.start>` until it stops.
+
+    ``stopped`` is set once, under the engine's lock, and never cleared;
+    everything that was waiting on the run's faults is woken then.
+    """
+
+    __slots__ = (
+        "_secret",
+        "_wakers",
+        "experiment",
+        "expires_at",
+        "injections",
+        "name",
+        "scoped",
+        "skipped",
+        "started_at",
+        "stopped",
+        "timer",
+        "watcher",
+    )
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        started_at: float,
+        expires_at: float,
+        timer: threading.Timer,
+    ) -> None:
+        self.experiment = experiment
+        self.name = experiment.name
+        self.started_at = started_at
+        """Wall-clock time (``time.time()``) of the start, for status and logs."""
+        self.expires_at = expires_at
+        """When the TTL runs out, on the engine's (monotonic) clock."""
+        self.scoped = experiment.scoped
+        secret = experiment.secret
+        self._secret = secret.encode() if secret is not None else b""
+        self.stopped = False
+        self.injections = 0
+        self.skipped = 0
+        self.timer = timer
+        """Wakes the engine at the TTL, so an idle experiment still ends on time."""
+        abort = experiment.abort
+        self.watcher = Watcher(abort) if abort is not None else None
+        self._wakers: set[Callable[[], None]] = set()
+
+    def applies(self, request: RequestView | None) -> bool:
+        """Whether the experiment's scope (routes, tenants, header secret) covers ``request``."""
+        if not self.scoped:
+            return True
+        if request is None:
+            return False
+        experiment = self.experiment
+        keys = experiment.route_keys
+        if keys:
+            method, route = request.method, request.route
+            if not any(key.matches(method, route) for key in keys):
+                return False
+        if experiment.tenants and request.tenant not in experiment.tenants:
+            return False
+        header = experiment.header
+        if header is not None:
+            value = request.header(header)
+            if value is None:
+                return False
+            return hmac.compare_digest(value.encode("utf-8", "replace"), self._secret)
+        return True
+
+    def watches(self, method: str, route: str) -> bool:
+        """Whether the safeguard counts a request on ``route``: the experiment's routes, or all."""
+        keys = self.experiment.route_keys
+        return not keys or any(key.matches(method, route) for key in keys)
+
+    def add_waker(self, wake: Callable[[], None]) -> None:
+        self._wakers.add(wake)
+
+    def discard_waker(self, wake: Callable[[], None]) -> None:
+        self._wakers.discard(wake)
+
+    def wake_all(self) -> None:
+        """Wake every injection sleeping on this run's faults (they end at once)."""
+        for wake in list(self._wakers):
+            wake()
+        self._wakers.clear()

@@ -1,0 +1,365 @@
+"""The live control API: start, list and stop experiments over HTTP during a game-day.
+
+A small pure-ASGI app. Mount it in front of everything else, so that an
+overloaded service still answers its operator and chaos never hits the
+control path:
+
+>>> from starlette.applications import Starlette
+>>> from tailguard.chaos import Chaos
+>>> from tailguard.chaos.control import ControlAPI, ControlMiddleware
+>>> app = Starlette()
+>>> control = ControlAPI(Chaos(enabled=True), token="s3cret-t0ken-0123456789")
+>>> app.add_middleware(ControlMiddleware, control=control)  # add it last: outermost
+
+Every request under the prefix needs ``Authorization: Bearer <token>``; the
+token is compared in constant time, and a wrong or missing one gets 401 and
+changes nothing. Bodies are validated by :mod:`tailguard.chaos.schema`. Each
+action goes to the engine with ``actor="api:<client address>"``, so the
+engine's log says who did what. See ``docs/chaos-control.md``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tailguard.chaos._fields import ExperimentError, parse_json
+from tailguard.chaos._log import log_event, logger
+from tailguard.chaos._openapi import openapi_document
+from tailguard.chaos.engine import Chaos, ChaosDisabled, ExperimentStatus
+from tailguard.chaos.schema import experiment_from_dict
+
+__all__ = ["DEFAULT_PREFIX", "MAX_BODY_SIZE", "MIN_TOKEN_LENGTH", "ControlAPI", "ControlMiddleware"]
+
+DEFAULT_PREFIX = "/_tailguard"
+MAX_BODY_SIZE = 64 * 1024
+"""The largest request body accepted (413 beyond it): experiments are small."""
+MIN_TOKEN_LENGTH = 16
+"""Shorter tokens are refused: a control token must not be guessable."""
+
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)*")
+_JSON_TYPES = (b"application/json",)
+_Snapshot = Callable[[], Mapping[str, Any]]
+_Headers = tuple[tuple[bytes, bytes], ...]
+_Answer = tuple[int, Any, _Headers]
+_Endpoint = Callable[[Scope, Receive, str], Awaitable[_Answer]]
+
+
+class _Refusal(Exception):
+    """An answer other than success; raised anywhere in a handler, sent by ``__call__``."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        field: str | None = None,
+        headers: _Headers = (),
+        *,
+        logged: bool = False,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.field, self.headers = status, detail, field, headers
+        self.logged = logged
+
+
+class ControlAPI:
+    """The control API for ``chaos``, answering under ``prefix``; an ASGI app.
+
+    ``token`` is required: at least :data:`MIN_TOKEN_LENGTH` printable ASCII
+    characters without spaces (``python -c "import secrets;
+    print(secrets.token_urlsafe(32))"`` makes a good one). ``snapshot``, if
+    given, is called for ``GET {prefix}/snapshot``. ``prefix`` may be ``""``
+    when the app is mounted by a router that strips its own path.
+
+    >>> ControlAPI(Chaos(enabled=True), token="")
+    Traceback (most recent call last):
+    ...
+    ValueError: the control token must not be empty: the control API refuses to run without one
+    """
+
+    def __init__(
+        self,
+        chaos: Chaos,
+        *,
+        token: str,
+        snapshot: _Snapshot | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        max_body_size: int = MAX_BODY_SIZE,
+    ) -> None:
+        if not isinstance(token, str) or not token:
+            raise ValueError(
+                "the control token must not be empty: the control API refuses to run without one"
+            )
+        if len(token) < MIN_TOKEN_LENGTH or not _TOKEN.fullmatch(token):
+            raise ValueError(
+                f"the control token must be at least {MIN_TOKEN_LENGTH} printable ASCII characters "
+                'without spaces; make one with: python -c "import secrets; '
+                'print(secrets.token_urlsafe(32))"'
+            )
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+            raise ValueError(
+                f"prefix must be '' or a path like '/_tailguard' without a trailing slash, "
+                f"got {prefix!r}"
+            )
+        if (
+            isinstance(max_body_size, bool)
+            or not isinstance(max_body_size, int)
+            or max_body_size < 1
+        ):
+            raise ValueError(f"max_body_size must be a positive int, got {max_body_size!r}")
+        self.chaos = chaos
+        self.prefix = prefix
+        self.max_body_size = max_body_size
+        self._token = token.encode("ascii")
+        self._snapshot = snapshot
+        self._routes: dict[str, dict[str, _Endpoint]] = {
+            "/status": {"GET": self._status},
+            "/experiments": {"GET": self._list, "POST": self._start},
+            "/halt": {"POST": self._halt},
+            "/snapshot": {"GET": self._read_snapshot},
+            "/openapi.json": {"GET": self._openapi},
+        }
+
+    def __repr__(self) -> str:
+        return f"ControlAPI(prefix={self.prefix!r})"  # never the token
+
+    def handles(self, scope: Scope) -> bool:
+        """Whether ``scope`` is an HTTP request under this API's prefix."""
+        if scope["type"] != "http":
+            return False
+        path = _route_path(scope)
+        return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI 3.1 document this API serves at ``{prefix}/openapi.json``."""
+        import tailguard
+
+        return openapi_document(self.prefix, version=tailguard.__version__)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":  # a websocket: refuse it (the server answers 403)
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        client = scope.get("client")
+        actor = f"api:{client[0] if client else 'unknown'}"
+        try:
+            status, payload, headers = await self._dispatch(scope, receive, actor)
+        except _Refusal as refusal:
+            status, headers = refusal.status, refusal.headers
+            payload = {"detail": refusal.detail, "field": refusal.field}
+            if not refusal.logged:
+                log_event(
+                    "refused",
+                    actor=actor,
+                    reason=refusal.detail,
+                    level=logging.WARNING if status == 401 else logging.INFO,
+                    request=f"{scope['method']} {scope['path']}",
+                    status=status,
+                )
+        await _send_json(send, status, payload, headers)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
+        if not self.handles(scope):
+            raise _Refusal(404, "not found")
+        self._authenticate(scope)
+        endpoint = _route_path(scope)[len(self.prefix) :]
+        name = endpoint.removeprefix("/experiments/")
+        if name and name != endpoint:
+            if scope["method"] != "DELETE":
+                raise _Refusal(405, "use DELETE", headers=((b"allow", b"DELETE"),))
+            return self._stop(name, actor)
+        methods = self._routes.get(endpoint)
+        if methods is None:
+            raise _Refusal(404, f"no such endpoint: {endpoint or '/'}")
+        handler = methods.get(scope["method"])
+        if handler is None:
+            allow = ", ".join(methods)
+            raise _Refusal(405, f"use {allow}", headers=((b"allow", allow.encode()),))
+        return await handler(scope, receive, actor)
+
+    def _authenticate(self, scope: Scope) -> None:
+        values = [v for k, v in scope["headers"] if k.lower() == b"authorization"]
+        presented = b""
+        if len(values) == 1:
+            scheme, _, credentials = values[0].strip().partition(b" ")
+            if scheme.lower() == b"bearer":
+                presented = credentials.strip()
+        if not presented:
+            raise _Refusal(
+                401,
+                "send 'Authorization: Bearer <token>'",
+                headers=((b"www-authenticate", b'Bearer realm="tailguard"'),),
+            )
+        if not hmac.compare_digest(presented, self._token):
+            raise _Refusal(
+                401,
+                "the bearer token is not valid",
+                headers=(
+                    (b"www-authenticate", b'Bearer realm="tailguard", error="invalid_token"'),
+                ),
+            )
+
+    async def _status(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
+        return 200, self.chaos.status(), ()
+
+    async def _list(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
+        return 200, {"experiments": [status.to_dict() for status in self.chaos.experiments()]}, ()
+
+    async def _start(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
+        _require_json(scope)
+        body = await _read_body(scope, receive, self.max_body_size)
+        try:
+            data = parse_json(body)
+        except ExperimentError as error:
+            raise _Refusal(400, error.message, error.field) from None
+        try:
+            experiment = experiment_from_dict(data)
+        except ExperimentError as error:
+            raise _Refusal(422, error.message, error.field) from None
+        name = experiment.name
+        try:
+            self.chaos.start(experiment, actor=actor)
+        except ChaosDisabled as refused:  # the engine has logged the refusal
+            raise _Refusal(409, str(refused), logged=True) from None
+        except ValueError as refused:  # one of that name is running; logged too
+            raise _Refusal(409, str(refused), "name", logged=True) from None
+        running = next((s for s in self.chaos.experiments() if s.experiment.name == name), None)
+        if running is None:  # its TTL has run out already
+            now = time.time()
+            answer = ExperimentStatus(experiment, now, now, 0, 0).to_dict()
+        else:
+            answer = running.to_dict()
+        location = f"{self.prefix}/experiments/{quote(name, safe='')}".encode()
+        return 201, answer, ((b"location", location),)
+
+    def _stop(self, name: str, actor: str) -> _Answer:
+        if not self.chaos.stop(name, actor=actor):
+            raise _Refusal(404, f"no running experiment named {name!r}")
+        return 200, {"stopped": name}, ()
+
+    async def _halt(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
+        return 200, {"halted": self.chaos.halt(actor=actor)}, ()
+
+    async def _read_snapshot(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
+        if self._snapshot is None:
+            raise _Refusal(404, "no snapshot source is configured")
+        try:
+            return 200, dict(self._snapshot()), ()
+        except Exception as exc:
+            logger.exception("chaos control: the snapshot failed")
+            raise _Refusal(500, f"the snapshot failed: {type(exc).__name__}") from None
+
+    async def _openapi(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
+        return 200, self.openapi(), ()
+
+
+class ControlMiddleware:
+    """Serve ``control`` under its prefix and everything else with ``app``.
+
+    Add it after :class:`~tailguard.TailguardMiddleware` (Starlette's last
+    ``add_middleware`` is the outermost), so control requests skip deadlines,
+    admission and inbound chaos.
+    """
+
+    def __init__(self, app: ASGIApp, *, control: ControlAPI) -> None:
+        self.app = app
+        self.control = control
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.control.handles(scope):
+            await self.control(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _require_json(scope: Scope) -> None:
+    for key, value in scope["headers"]:
+        if key.lower() == b"content-type":
+            media, _, parameters = value.partition(b";")
+            charset = parameters.strip().lower()
+            if media.strip().lower() in _JSON_TYPES and charset in (b"", b"charset=utf-8"):
+                return
+            break
+    raise _Refusal(415, "send the experiment as 'Content-Type: application/json'")
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    too_large = _Refusal(413, f"the body must be at most {limit} bytes")
+    for key, value in scope["headers"]:
+        if key.lower() == b"content-length" and value.isdigit() and int(value) > limit:
+            raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Refusal(400, "the client went away before sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: string ``secret`` values redacted, non-finite numbers as null."""
+    if isinstance(value, Mapping):
+        return {
+            str(k): "<redacted>" if k == "secret" and isinstance(v, str) else _clean(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_clean(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+async def _send_json(send: Send, status: int, payload: Any, headers: _Headers = ()) -> None:
+    body = json.dumps(_clean(payload), default=str, allow_nan=False).encode() + b"\n"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                (b"x-content-type-options", b"nosniff"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:  # lifespan.shutdown, the only other message
+            await send({"type": "lifespan.shutdown.complete"})
+            return

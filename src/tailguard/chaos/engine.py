@@ -1,0 +1,411 @@
+"""The chaos engine: :class:`Chaos` starts, stops and applies experiments.
+
+A :class:`Chaos` belongs to a :class:`~tailguard.Tailguard` (``guard.chaos``)
+and is consulted by every dependency seam and, for route faults, by the
+middleware. It is off unless enabled in code or with ``TAILGUARD_CHAOS=1``;
+while no experiment runs, a seam pays for one attribute check.
+
+>>> from tailguard.chaos import Chaos, Experiment, Raise
+>>> chaos = Chaos(enabled=True, seed=7)
+>>> chaos.start(Experiment("db-down", faults=[Raise("db", exc=ConnectionError)], ttl=60))
+>>> [status.experiment.name for status in chaos.experiments()]
+['db-down']
+>>> chaos.halt()
+1
+>>> try:
+...     Chaos(enabled=False).start(Experiment("x", faults=[Raise("db", exc=OSError)], ttl=1))
+... except ChaosDisabled as refused:
+...     print(refused)
+chaos is disabled: enable it with Chaos(enabled=True) or TAILGUARD_CHAOS=1
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Final
+
+from starlette.types import Send
+
+from tailguard._context import RequestView, current_request
+from tailguard.chaos._inject import Entry, Injection, decide
+from tailguard.chaos._log import log_event
+from tailguard.chaos._run import Run
+from tailguard.chaos.experiment import Experiment
+from tailguard.telemetry.catalog import active
+
+__all__ = ["ENV_VAR", "Chaos", "ChaosDisabled", "ExperimentStatus"]
+
+ENV_VAR: Final = "TAILGUARD_CHAOS"
+_ON: Final = frozenset({"1", "true", "yes", "on"})
+_OFF: Final = frozenset({"", "0", "false", "no", "off"})
+_RECENT_STOPS: Final = 20
+
+
+class ChaosDisabled(RuntimeError):
+    """An experiment was started while chaos is disabled (the default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentStatus:
+    """A running experiment, as :meth:`Chaos.experiments` reports it."""
+
+    experiment: Experiment
+    started_at: float
+    """Wall-clock start (``time.time()``)."""
+    expires_at: float
+    """Wall-clock time at which the TTL runs out."""
+    injections: int
+    """Faults injected so far (a call hit by two faults counts two)."""
+    skipped: int
+    """Faults that would have been injected but for ``max_injections``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form; the header secret is redacted."""
+        from tailguard.chaos.schema import experiment_to_dict
+
+        try:
+            experiment = experiment_to_dict(self.experiment, redact_secret=True)
+        except ValueError:  # a fault with no data form: a Raise factory, a custom distribution
+            experiment = _plain(self.experiment)
+        return {
+            "experiment": experiment,
+            "started_at": self.started_at,
+            "expires_at": self.expires_at,
+            "injections": self.injections,
+            "skipped": self.skipped,
+        }
+
+
+def _plain(experiment: Experiment) -> dict[str, Any]:
+    """A status form for experiments the schema cannot express: faults by their repr."""
+    out: dict[str, Any] = {
+        "name": experiment.name,
+        "ttl": experiment.ttl,
+        "faults": [
+            {"kind": fault.kind, "target": fault.target, "rate": fault.rate, "repr": repr(fault)}
+            for fault in experiment.faults
+        ],
+        "routes": list(experiment.routes),
+        "tenants": list(experiment.tenants),
+    }
+    if experiment.header is not None:
+        out["header"] = experiment.header
+        out["secret"] = "<redacted>"
+    return out
+
+
+def _enabled_from_env() -> bool:
+    value = os.environ.get(ENV_VAR, "").strip().lower()
+    if value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    raise ValueError(f"{ENV_VAR} must be one of 1, true, yes, on, 0, false, no, off; got {value!r}")
+
+
+class Chaos:
+    """Runs chaos experiments for one service (one worker process).
+
+    * ``enabled``: ``None`` (default) reads ``TAILGUARD_CHAOS`` (``1``,
+      ``true``, ``yes``, ``on``: enabled; unset, ``0``, ``false``, ``no``,
+      ``off``: disabled; anything else is an error). Disabled, nothing can be
+      started and seams never look further than one attribute.
+    * ``seed``: seeds the random draws (rates and delays), for replayable runs.
+    * ``max_injections``: at most this many calls under injection at once;
+      more are left alone and counted as skipped.
+    * ``clock``: the monotonic clock TTLs and the safeguard's window run on.
+
+    Experiments are per process: with several workers, start them in each
+    (the control API answers for the worker that served it).
+    """
+
+    def __init__(
+        self,
+        *,
+        enabled: bool | None = None,
+        seed: int | None = None,
+        max_injections: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ValueError(f"enabled must be True, False or None, got {enabled!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        if isinstance(max_injections, bool) or not isinstance(max_injections, int):
+            raise ValueError(f"max_injections must be an int >= 1, got {max_injections!r}")
+        if max_injections < 1:
+            raise ValueError(f"max_injections must be an int >= 1, got {max_injections!r}")
+        self._enabled = _enabled_from_env() if enabled is None else enabled
+        self.seed: Final = seed
+        self.rng: Final = random.Random(seed)
+        self.max_injections: Final = max_injections
+        self.clock: Final = clock
+        self.armed = False
+        """True while an experiment runs: the one thing a seam checks before anything else."""
+        self.watching = False
+        """True while an experiment with a safeguard runs: :meth:`observe_request` has work."""
+        self._runs: tuple[Run, ...] = ()
+        self._by_name: dict[str, tuple[Entry, ...]] = {}
+        self._by_route: dict[tuple[str, str], tuple[Entry, ...]] = {}
+        self._inbound = False
+        self._watchers: tuple[Run, ...] = ()
+        self._next_expiry = math.inf
+        self._lock = threading.RLock()
+        self._slots_lock = threading.Lock()
+        self._in_flight = 0
+        self._skipped = 0
+        self._stopped: deque[dict[str, Any]] = deque(maxlen=_RECENT_STOPS)
+
+    def __repr__(self) -> str:
+        state = "enabled" if self._enabled else "disabled"
+        return f"<Chaos {state} experiments={[run.name for run in self._runs]}>"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether experiments may be started (fixed when the engine is created)."""
+        return self._enabled
+
+    # -- control ------------------------------------------------------------------------
+
+    def start(self, experiment: Experiment, *, actor: str = "code") -> None:
+        """Start ``experiment`` now; it stops by itself after its TTL.
+
+        Raises :class:`ChaosDisabled` when chaos is disabled, and
+        ``ValueError`` when an experiment of that name is running; either way
+        nothing changes. Works with or without a running event loop.
+        """
+        if not isinstance(experiment, Experiment):
+            raise TypeError(f"start() takes an Experiment, got {type(experiment).__name__}")
+        name = experiment.name
+        if not self._enabled:
+            log_event("refused", actor=actor, experiment=name, reason="disabled")
+            raise ChaosDisabled(
+                f"chaos is disabled: enable it with Chaos(enabled=True) or {ENV_VAR}=1"
+            )
+        with self._lock:
+            self.expire()
+            if any(run.name == name for run in self._runs):
+                log_event("refused", actor=actor, experiment=name, reason="already running")
+                raise ValueError(f"experiment {name!r} is already running; stop it first")
+            timer = threading.Timer(experiment.ttl, self.expire)
+            run = Run(experiment, time.time(), self.clock() + experiment.ttl, timer)
+            timer.daemon = True
+            timer.name = f"tailguard-chaos-ttl-{name}"
+            self._publish((*self._runs, run))
+            timer.start()
+        log_event(
+            "start",
+            actor=actor,
+            experiment=name,
+            ttl=experiment.ttl,
+            faults=[
+                f"{fault.kind} {fault.target} rate={fault.rate:g}" for fault in experiment.faults
+            ],
+        )
+
+    def stop(self, name: str, *, actor: str = "code") -> bool:
+        """Stop the experiment ``name``; False if no experiment of that name is running."""
+        with self._lock:
+            run = next((run for run in self._runs if run.name == name), None)
+            if run is None:
+                return False
+            self._end(run, "stopped", actor)
+        return True
+
+    def halt(self, *, actor: str = "code") -> int:
+        """The kill switch: stop every experiment now and end injections in progress.
+
+        Returns how many experiments were running.
+        """
+        with self._lock:
+            runs = self._runs
+            for run in runs:
+                self._end(run, "halt", actor)
+        log_event("halt", actor=actor, level=logging.WARNING, stopped=len(runs))
+        return len(runs)
+
+    def expire(self) -> None:
+        """Stop the experiments whose TTL has run out (seams and a timer call this)."""
+        if self.clock() < self._next_expiry:
+            return
+        with self._lock:
+            now = self.clock()
+            for run in self._runs:
+                if run.expires_at <= now:
+                    self._end(run, "expired", "ttl")
+
+    def experiments(self) -> list[ExperimentStatus]:
+        """The running experiments, in start order."""
+        self.expire()
+        runs = self._runs
+        return [
+            ExperimentStatus(
+                run.experiment,
+                run.started_at,
+                run.started_at + run.experiment.ttl,
+                run.injections,
+                run.skipped,
+            )
+            for run in runs
+        ]
+
+    def status(self) -> dict[str, Any]:
+        """Everything an operator needs at a glance, JSON-able.
+
+        >>> Chaos(enabled=False, seed=3).status()["experiments"]
+        []
+        """
+        return {
+            "enabled": self._enabled,
+            "seed": self.seed,
+            "experiments": [status.to_dict() for status in self.experiments()],
+            "stopped": list(self._stopped),
+            "injections_in_flight": self._in_flight,
+            "injections_skipped": self._skipped,
+            "max_injections": self.max_injections,
+        }
+
+    def _end(self, run: Run, reason: str, actor: str, detail: str | None = None) -> None:
+        """Stop ``run`` (the lock is held): publish, wake its sleepers, count, log."""
+        if run.stopped:
+            return
+        run.stopped = True
+        self._publish(tuple(other for other in self._runs if other is not run))
+        run.timer.cancel()
+        run.wake_all()
+        catalog = active()
+        if catalog is not None:
+            catalog.chaos_aborts.labels(run.name, reason).inc()
+        record = {
+            "experiment": run.name,
+            "reason": reason,
+            "detail": detail,
+            "actor": actor,
+            "at": time.time(),
+            "injections": run.injections,
+        }
+        self._stopped.appendleft(record)
+        level = logging.WARNING if reason in ("safeguard", "halt") else logging.INFO
+        log_event(
+            "stop",
+            actor=actor,
+            experiment=run.name,
+            reason=reason,
+            level=level,
+            detail=detail,
+            injections=run.injections,
+        )
+
+    def _publish(self, runs: tuple[Run, ...]) -> None:
+        # Readers take the caches first and the runs second, so a lookup
+        # racing with this can only fill a cache that is being thrown away.
+        self._runs = runs
+        self._by_name = {}
+        self._by_route = {}
+        self._inbound = any(fault.inbound for run in runs for fault in run.experiment.faults)
+        self._watchers = tuple(run for run in runs if run.watcher is not None)
+        self.watching = bool(self._watchers)
+        self._next_expiry = min((run.expires_at for run in runs), default=math.inf)
+        self.armed = bool(runs)
+        catalog = active()
+        if catalog is not None:
+            catalog.chaos_experiments_active.set(len(runs))
+
+    # -- the seams --------------------------------------------------------------------
+
+    def plan(self, dependency: str, *, respond: bool = False) -> Injection | None:
+        """The faults that hit this call to ``dependency``, or ``None`` (the usual answer).
+
+        Seams call it only while :attr:`armed`. ``respond``: whether the seam
+        can synthesize a response (the httpx transport).
+        """
+        cache = self._by_name
+        entries = cache.get(dependency)
+        if entries is None:
+            entries = cache[dependency] = tuple(
+                (run, fault)
+                for run in self._runs
+                for fault in run.experiment.faults
+                if fault.route is None and fnmatchcase(dependency, fault.target)
+            )
+        if not entries:
+            return None
+        # Only calls a fault targets need the TTL checked (decide skips ended runs).
+        if self.clock() >= self._next_expiry:
+            self.expire()
+        return decide(self, entries, dependency, current_request(), respond=respond)
+
+    async def inbound(self, request: RequestView, send: Send) -> bool:
+        """Apply route faults to ``request`` before the app; True if it was answered here.
+
+        The middleware calls it, while :attr:`armed`, before the route's
+        admission limiter: injected delays and answers never take a slot or
+        skew the limiter's latency samples. ``send`` gets the synthesized
+        response of a :class:`~tailguard.chaos.Respond`.
+        """
+        if not self._inbound:
+            return False
+        method, route = request.method, request.route
+        cache = self._by_route
+        entries = cache.get((method, route))
+        if entries is None:
+            entries = cache[(method, route)] = tuple(
+                (run, fault)
+                for run in self._runs
+                for fault in run.experiment.faults
+                if fault.route is not None and fault.route.matches(method, route)
+            )
+        if not entries:
+            return False
+        if self.clock() >= self._next_expiry:
+            self.expire()
+        injection = decide(self, entries, f"{method} {route}", request, respond=True)
+        if injection is None:
+            return False
+        return await injection.apply_inbound(send)
+
+    def observe_request(
+        self, method: str, route: str, status: int, duration: float, *, failed: bool = False
+    ) -> None:
+        """Feed the safeguards one finished request; the middleware calls it while :attr:`watching`.
+
+        ``route`` is the template (``""`` if none matched), ``status`` the
+        response status (0 if none was sent: not counted), ``duration`` in
+        seconds. A 5xx is an error, and so is any request with ``failed``
+        (a response aborted after it started).
+        """
+        watchers = self._watchers
+        if not watchers:
+            return
+        now = self.clock()
+        for run in watchers:
+            watcher = run.watcher
+            if run.stopped or watcher is None or not run.watches(method, route):
+                continue
+            reason = watcher.observe(now, status, duration, failed)
+            if reason is not None:
+                with self._lock:
+                    self._end(run, "safeguard", "safeguard", reason)
+
+    # -- the cap on concurrent injections -----------------------------------------------
+
+    def _take_slot(self) -> bool:
+        with self._slots_lock:
+            if self._in_flight >= self.max_injections:
+                self._skipped += 1
+                return False
+            self._in_flight += 1
+            return True
+
+    def _release_slot(self) -> None:
+        with self._slots_lock:
+            self._in_flight -= 1
