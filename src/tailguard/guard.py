@@ -16,7 +16,7 @@ from tailguard.middleware.admission import build_limiters, tenant_resolver
 from tailguard.middleware.inbound import InboundDeadlines
 from tailguard.middleware.routing import RouteTable
 from tailguard.policy import RoutePolicy
-from tailguard.telemetry.catalog import activate, catalog_for
+from tailguard.telemetry.catalog import TenantLabels, activate, catalog_for
 from tailguard.telemetry.live import LiveRequests
 from tailguard.telemetry.loop import LoopMonitor
 from tailguard.telemetry.pools import Refresher
@@ -97,6 +97,8 @@ class Tailguard:
         self.inbound = InboundDeadlines(deadline_header) if inbound_deadlines else None
         self.deadline_header = deadline_header
         self.tenant = tenant_resolver(tenant_header, tenant)
+        self.tenant_labels = TenantLabels(tenant_weights or {})
+        """Tenant label values for per-tenant metrics: weighted tenants, the rest ``other``."""
         self._dependencies: dict[str, Dependency] = {}
         self.chaos: Chaos = chaos if chaos is not None else Chaos()
         """Fault injection; every dependency made by :meth:`dependency` consults it."""

@@ -303,3 +303,32 @@ def test_a_scrape_from_another_thread_lags_but_loses_nothing(registry: Collector
     assert scrape_elsewhere() == 3  # the retired batch is folded one scrape later
     assert value(registry, "tailguard_requests_total", **labels) == 5  # the owner folds all
     assert value(registry, "tailguard_requests_in_flight", route="/r") == 0
+
+
+async def test_tenants_are_labelled_only_when_configured_and_bounded(
+    registry: CollectorRegistry,
+) -> None:
+    app, _ = build(registry, tenant_header="x-tenant", tenant_weights={"acme": 2.0})
+    async with client(app) as http:
+        for tenant in ("acme", "acme", "initech", "globex"):
+            await http.get("/items/1", headers={"x-tenant": tenant})
+        await http.get("/items/1")
+    counts = {
+        tenant: value(registry, "tailguard_tenant_requests_total", tenant=tenant, outcome="ok")
+        for tenant in ("acme", "other", "none")
+    }
+    assert counts == {"acme": 2, "other": 2, "none": 1}
+    untenanted, _ = build(CollectorRegistry())
+    async with client(untenanted) as http:
+        await http.get("/items/1")
+    assert value(registry, "tailguard_tenant_requests_total", tenant="none", outcome="ok") == 1
+
+
+def test_tenant_labels_refuse_reserved_names_and_bad_caps() -> None:
+    from tailguard.telemetry.catalog import TenantLabels
+
+    with pytest.raises(ValueError, match="reserved"):
+        TenantLabels(["other"])
+    with pytest.raises(ValueError, match="cap"):
+        TenantLabels([], cap=-1)
+    assert TenantLabels(["b", "a"], cap=1)("a") == "a"

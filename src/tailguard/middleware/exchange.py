@@ -271,6 +271,8 @@ class Exchange(task_registry.RequestTasks):
                 queue_wait=self._queue_share(),
                 dependencies=self.spent,
             )
+            if self._guard.tenant is not None:
+                metrics.tenant(self._guard.tenant_labels(self.tenant), outcome)
         if self.span is not None:
             self._annotate_budget()
         guard = self._guard

@@ -25,7 +25,7 @@ then. Dashboards and tests import the same objects.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -298,17 +298,33 @@ class _FlushFirst(Collector):
 
 
 class TenantLabels:
-    """Bounded tenant label values: the configured tenants, and ``"other"`` for the rest.
+    """Bounded tenant label values: up to ``cap`` named tenants, ``"other"`` for the rest.
 
-    >>> labels = TenantLabels(["acme", "globex"])
-    >>> labels("acme"), labels("initech"), labels(None)
-    ('acme', 'other', 'none')
+    Given weights (``tenant_weights``), the heaviest tenants get their own
+    label; ``"none"`` marks requests without a tenant.
+
+    >>> labels = TenantLabels({"acme": 4.0, "globex": 1.0, "initech": 2.0}, cap=2)
+    >>> labels("acme"), labels("initech"), labels("globex"), labels(None)
+    ('acme', 'initech', 'other', 'none')
     """
 
     __slots__ = ("_known",)
 
-    def __init__(self, known: Iterable[str], cap: int = 20) -> None:
-        self._known = frozenset(sorted(known)[:cap])
+    RESERVED = frozenset({"other", "none"})
+
+    def __init__(self, known: Mapping[str, float] | Iterable[str], cap: int = 20) -> None:
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise ValueError(f"cap must be an int >= 0, got {cap!r}")
+        if isinstance(known, Mapping):
+            ranked = sorted(known, key=lambda tenant: (-known[tenant], tenant))
+        else:
+            ranked = sorted(known)
+        clash = self.RESERVED.intersection(ranked)
+        if clash:
+            raise ValueError(
+                f"tenant names {sorted(clash)} are reserved as metric label values; rename them"
+            )
+        self._known = frozenset(ranked[:cap])
 
     def __call__(self, tenant: str | None) -> str:
         if tenant is None:

@@ -140,6 +140,10 @@ class RouteMetrics:
                 handler -= spent
         batch.handler.observe(max(handler, 0.0))
 
+    def tenant(self, tenant: str, outcome: str) -> None:
+        """Count the request for its (bounded) ``tenant`` label."""
+        self._catalog.tenant_requests.labels(tenant, outcome).inc()
+
     def shed(self, reason: str) -> None:
         """Admission control answered 503 with ``reason`` (rare: counted directly)."""
         self._catalog.requests_shed.labels(self._route, reason).inc()
@@ -154,8 +158,10 @@ class RouteMetrics:
             retired, self._retired = self._retired, None
             if retired is not None:
                 self._fold(retired)
-            self._fold(self._batch)
-            self._batch = _Batch(self._bounds)
+            batch = self._batch
+            if batch.flight or batch.results:  # else nothing arrived or ended since
+                self._fold(batch)
+                self._batch = _Batch(self._bounds)
         else:
             # The recording thread may still hold the current batch: fold the
             # one retired by the previous foreign collection instead.
