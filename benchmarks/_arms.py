@@ -118,7 +118,9 @@ def tailguard_full() -> ASGIApp:
 
     guard = Tailguard(
         default=RoutePolicy(deadline=1.0, max_concurrency=64, max_queue=128),
-        routes={"GET /items/{item_id}": RoutePolicy(deadline=0.5)},
+        routes={
+            "GET /items/{item_id}": RoutePolicy(deadline=0.5, max_concurrency=64, max_queue=128)
+        },
         registry=CollectorRegistry(),
     )
     return guard.install(make_app(), tracer_provider=_discarding_tracer_provider())

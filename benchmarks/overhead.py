@@ -1,18 +1,27 @@
 """Per-request overhead of tailguard's deadline middleware, against bare Starlette and peers.
 
-Goals (from the issue): with deadlines only, tailguard adds at most 8 µs per
-request in-process and keeps at least 0.88x bare Starlette's requests per
-second over HTTP.
+Goals. Deadlines (issue 2): with deadlines only, tailguard adds at most 8 µs
+per request in-process and keeps at least 0.88x bare Starlette's requests per
+second over HTTP. Telemetry (issue 4), in-process, paired per round: the
+metrics-only arm costs at most 0.5x the cheaper of
+prometheus-fastapi-instrumentator and starlette-exporter; the full stack
+(deadlines, admission, metrics, OTel tracing with receive/send spans off, as
+``install()`` does by default) costs at most 15 µs more than OTel's ASGI
+middleware with the same span settings, and at most 0.5x OTel (default spans)
+plus starlette-exporter. Task attribution has its own script
+(``task_attribution.py``).
 
 Arms (built in ``_arms.py`` from one Starlette app whose measured route is
 ``GET /items/{item_id}``, returning a small ``PlainTextResponse``): ``bare``;
-``tailguard`` (deadlines only); ``passthrough``, a no-op pure-ASGI middleware
+``tailguard`` (deadlines only); ``tailguard-metrics`` (metrics only);
+``tailguard-full`` (deadlines, a route limiter, metrics and tracing through
+``guard.install``); ``passthrough``, a no-op pure-ASGI middleware
 (calibration, about 1.5 µs); ``otel-asgi`` and ``otel-asgi-noreceive-send``
 (OpenTelemetry's ASGI middleware with a real SDK tracer provider whose spans are
 dropped at export); ``prometheus-fastapi-instrumentator``;
-``starlette-exporter``; and ``basehttp``, a no-op ``BaseHTTPMiddleware``, the
-control that must come out clearly costly or the harness is not measuring
-middleware at all.
+``starlette-exporter``; ``otel-asgi+starlette-exporter``; and ``basehttp``, a
+no-op ``BaseHTTPMiddleware``, the control that must come out clearly costly or
+the harness is not measuring middleware at all.
 
 Method. Machines are shared and noisy, so every measurement is interleaved:
 each round runs every arm once, the order rotates by one arm per round (no arm
@@ -100,6 +109,12 @@ BASELINE = "bare"
 SUBJECT = "tailguard"
 GOAL_OVERHEAD_US = 8.0
 GOAL_RATIO = 0.88
+GOAL_METRICS_SHARE = 0.5
+"""Issue 4: metrics-only overhead ≤ 0.5x the cheaper Prometheus middleware's."""
+GOAL_OVER_OTEL_US = 15.0
+"""Issue 4: the full stack costs ≤ 15 µs more than OTel's ASGI middleware, same span settings."""
+GOAL_FULL_SHARE = 0.5
+"""Issue 4: the full stack costs ≤ 0.5x OTel (default spans) + starlette-exporter."""
 PEERS = (
     "opentelemetry-instrumentation-asgi",
     "opentelemetry-sdk",
@@ -618,6 +633,74 @@ def paired(
     return _median([op(a, b) for a, b in zip(arm, base, strict=True)]) if arm else None
 
 
+def per_round(
+    results: dict[str, ArmResult], combine: Callable[[dict[str, float]], float], *names: str
+) -> float | None:
+    """Median over rounds of ``combine({arm: in-process overhead over bare})`` for ``names``."""
+    base = results[BASELINE].us
+    columns = [results[name].us for name in names]
+    if not base or not all(columns):
+        return None
+    rounds = [
+        combine({name: column[i] - base[i] for name, column in zip(names, columns, strict=True)})
+        for i in range(len(base))
+    ]
+    return statistics.median(rounds)
+
+
+def telemetry_goals(results: dict[str, ArmResult], valid: bool | None) -> list[str]:
+    """The telemetry issue's goals, judged on in-process overheads paired per round."""
+    rows = []
+    needed = {
+        "tailguard-metrics",
+        "tailguard-full",
+        "otel-asgi-noreceive-send",
+        "prometheus-fastapi-instrumentator",
+        "starlette-exporter",
+        "otel-asgi+starlette-exporter",
+    }
+    if not needed <= results.keys():
+        return rows
+    metrics = per_round(
+        results,
+        lambda o: (
+            o["tailguard-metrics"]
+            / min(o["prometheus-fastapi-instrumentator"], o["starlette-exporter"])
+        ),
+        "tailguard-metrics",
+        "prometheus-fastapi-instrumentator",
+        "starlette-exporter",
+    )
+    over_otel = per_round(
+        results,
+        lambda o: o["tailguard-full"] - o["otel-asgi-noreceive-send"],
+        "tailguard-full",
+        "otel-asgi-noreceive-send",
+    )
+    against_pair = per_round(
+        results,
+        lambda o: o["tailguard-full"] / o["otel-asgi+starlette-exporter"],
+        "tailguard-full",
+        "otel-asgi+starlette-exporter",
+    )
+    rows.append(
+        "| tailguard metrics-only vs the cheaper of instrumentator / starlette-exporter "
+        f"| ≤ {GOAL_METRICS_SHARE:g}x their overhead "
+        f"| {_verdict(valid, metrics, lambda v: v <= GOAL_METRICS_SHARE, '.2f', 'x')} |"
+    )
+    rows.append(
+        "| tailguard full stack (deadlines + admission + metrics + tracing) over OTel ASGI "
+        f"alone, same spans | ≤ +{GOAL_OVER_OTEL_US:g} µs/request "
+        f"| {_verdict(valid, over_otel, lambda v: v <= GOAL_OVER_OTEL_US, '+.1f', ' µs')} |"
+    )
+    rows.append(
+        "| tailguard full stack vs OTel (default spans) + starlette-exporter "
+        f"| ≤ {GOAL_FULL_SHARE:g}x their overhead "
+        f"| {_verdict(valid, against_pair, lambda v: v <= GOAL_FULL_SHARE, '.2f', 'x')} |"
+    )
+    return rows
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -746,6 +829,7 @@ def render(
         f"| {verdicts.overhead()} |",
         f"| tailguard (deadlines only) over HTTP | ≥ {GOAL_RATIO:g}x bare req/s "
         f"| {verdicts.throughput()} |",
+        *telemetry_goals(results, verdicts.in_process_valid),
         "",
         "| arm | in-process µs/request | overhead vs bare (µs) | HTTP req/s | ratio vs bare "
         "| server CPU µs/request | server overhead (µs) |",

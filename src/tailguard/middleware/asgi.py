@@ -124,8 +124,15 @@ class TailguardMiddleware:
         span = otel.recording_span()
         if span is not None:  # sampled: annotate the server span; spawned tasks get spans
             exchange.span = span
+            exchange.span_attributes = {}  # set in one call when the response completes
             otel.annotate_request(
-                span, scope["method"], scope["path"], resolved.template, budget, source
+                span,
+                scope["method"],
+                scope["path"],
+                resolved.template,
+                budget,
+                source,
+                exchange.span_attributes,
             )
         recorder = guard.recorder
         metrics = None
@@ -151,7 +158,7 @@ class TailguardMiddleware:
                     if permit is None:
                         permit = await exchange.queue_for(limiter, resolved)
                     elif span is not None:
-                        otel.set_admitted(span, limiter.name)
+                        otel.set_admitted(span, limiter.name, exchange.span_attributes)
                 await self.app(scope, exchange.receive, exchange.send)
             settled = True
         except (DeadlineExceeded, Rejected) as exc:  # ran out, or shed here or downstream

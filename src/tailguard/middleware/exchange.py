@@ -62,6 +62,7 @@ class Exchange(task_registry.RequestTasks):
         "reading",
         "resolved",
         "scope",
+        "span_attributes",
         "spent",
         "started",
         "status",
@@ -105,6 +106,7 @@ class Exchange(task_registry.RequestTasks):
         self.outcome: str | None = None  # None: decided by the status when reported
         self.queue_wait: float | None = None
         self.budget_annotated = False
+        self.span_attributes: dict[str, Any] | None = None  # pending, for the server span
         self.spent: dict[str, float] | None = None
         self.scope = scope
         self.resolved = resolved
@@ -306,7 +308,11 @@ class Exchange(task_registry.RequestTasks):
         queue = self._queue_share()
         spent = self.spent
         handler = duration - (queue or 0.0) - (sum(spent.values()) if spent else 0.0)
-        otel.record_budget(span, handler=max(handler, 0.0), queue=queue, dependencies=spent)
+        attributes = self.span_attributes if self.span_attributes is not None else {}
+        otel.record_budget(
+            span, handler=max(handler, 0.0), queue=queue, dependencies=spent, into=attributes
+        )
+        span.set_attributes(attributes)
 
     async def settle(
         self,

@@ -198,15 +198,18 @@ def annotate_request(
     route: str | None,
     budget: float | None,
     source: str,
+    into: dict[str, Any] | None = None,
 ) -> None:
     """Set the route template and the deadline on a request's server span.
 
     The ASGI middleware names spans ``"{method} {path}"``, one name per item
     id; with a template known the span is renamed ``"{method} {route}"``, as
     the HTTP semantic conventions ask. Names chosen by someone else are kept.
-    ``source`` is ``"route"`` or the header the budget came from.
+    ``source`` is ``"route"`` or the header the budget came from. With
+    ``into``, the attributes are added to that dict (to be set in one call
+    later, which is cheaper) instead of to the span.
     """
-    attributes: dict[str, Any] = {}
+    attributes: dict[str, Any] = {} if into is None else into
     if route:
         attributes["http.route"] = route
         if getattr(span, "name", None) == f"{method} {path}":
@@ -214,13 +217,17 @@ def annotate_request(
     if budget is not None:
         attributes["tailguard.deadline.budget_ms"] = budget * 1000.0
         attributes["tailguard.deadline.source"] = source
-    if attributes:
+    if attributes and into is None:
         span.set_attributes(attributes)
 
 
-def set_admitted(span: Span, limiter: str) -> None:
-    """A limiter admitted the request at once."""
-    span.set_attributes({"tailguard.admission": "admitted", "tailguard.limiter": limiter})
+def set_admitted(span: Span, limiter: str, into: dict[str, Any] | None = None) -> None:
+    """A limiter admitted the request at once (``into``: see :func:`annotate_request`)."""
+    attributes = {"tailguard.admission": "admitted", "tailguard.limiter": limiter}
+    if into is None:
+        span.set_attributes(attributes)
+    else:
+        into.update(attributes)
 
 
 def record_queue_wait(
@@ -281,19 +288,22 @@ def record_budget(
     handler: float,
     queue: float | None = None,
     dependencies: Mapping[str, float] | None = None,
+    into: dict[str, Any] | None = None,
 ) -> None:
     """How the request's time was spent, in milliseconds, as server span attributes.
 
     ``tailguard.budget.queue_ms``, ``tailguard.budget.handler_ms`` and one
     ``tailguard.budget.dependency.<name>_ms`` per dependency (names are the
-    operator's, so the keys stay bounded).
+    operator's, so the keys stay bounded). ``into``: see :func:`annotate_request`.
     """
-    attributes: dict[str, Any] = {"tailguard.budget.handler_ms": handler * 1000.0}
+    attributes: dict[str, Any] = {} if into is None else into
+    attributes["tailguard.budget.handler_ms"] = handler * 1000.0
     if queue is not None:
         attributes["tailguard.budget.queue_ms"] = queue * 1000.0
     for name, seconds in (dependencies or {}).items():
         attributes[f"tailguard.budget.dependency.{name}_ms"] = seconds * 1000.0
-    span.set_attributes(attributes)
+    if into is None:
+        span.set_attributes(attributes)
 
 
 # -- child spans ---------------------------------------------------------------------------
