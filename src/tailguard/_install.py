@@ -51,6 +51,7 @@ def install(
         control = ControlAPI(guard.chaos, token=control_token, snapshot=guard.snapshot, prefix=path)
         endpoints.append((path, control))
     guard.endpoints = tuple(endpoints)
+    guard.tracing = tracing
     add_middleware(TailguardMiddleware, guard=guard)
     if tracing:
         # Added last, so outermost: the server span is current inside tailguard.

@@ -104,6 +104,8 @@ class Tailguard:
         """Fault injection; every dependency made by :meth:`dependency` consults it."""
         self.cancel_orphans = orphans == "cancel"
         """Cancel tasks still pending when their request finishes (``orphans="cancel"``)."""
+        self.tracing = True
+        """Annotate the server span and trace spawned tasks (``install(tracing=False)``: off)."""
         self.live = LiveRequests()
         """Requests in flight (for :meth:`snapshot`)."""
         self.endpoints: tuple[tuple[str, ASGIApp], ...] = ()
@@ -200,7 +202,9 @@ class Tailguard:
           app is instrumented already) with ``tracer_provider`` (default: the
           global one), whose server span tailguard annotates; tailguard's own
           spans come from the same provider. ``exclude_spans`` is passed on:
-          by default the per-message ``receive``/``send`` spans are left out;
+          by default the per-message ``receive``/``send`` spans are left out.
+          ``tracing=False`` also stops tailguard annotating spans and tracing
+          spawned tasks (for services that trace nothing);
         * with a ``control_token``, the chaos control API under ``control_path``
           (see docs/chaos-control.md); without one, no control API is mounted.
 

@@ -103,3 +103,21 @@ def test_an_instrumented_app_is_not_instrumented_twice() -> None:
     marked._is_instrumented_by_opentelemetry = True  # type: ignore[attr-defined]
     Tailguard(registry=CollectorRegistry()).install(marked)
     assert OpenTelemetryMiddleware not in [m.cls for m in marked.user_middleware]
+
+
+async def test_tracing_off_leaves_spans_alone() -> None:
+    from opentelemetry import trace
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    guard = Tailguard(registry=CollectorRegistry())
+    app = guard.install(make_app(), tracing=False)
+    assert not guard.tracing
+    # The service's own OTel, outermost: its server span is current inside tailguard.
+    app.add_middleware(OpenTelemetryMiddleware, tracer_provider=provider)
+    async with client(app) as http:
+        assert (await http.get("/items/3")).status_code == 200
+    (server,) = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
+    assert not any(key.startswith("tailguard.") for key in server.attributes or {})
+    assert trace.get_current_span() is trace.INVALID_SPAN

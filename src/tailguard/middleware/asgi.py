@@ -121,7 +121,7 @@ class TailguardMiddleware:
                 sweeper.add(exchange, now)
         token = _context.current.set(tuple.__new__(_context.Frame, (deadline, exchange)))
         guard.live[exchange] = now
-        span = otel.recording_span()
+        span = otel.recording_span() if guard.tracing else None
         if span is not None:  # sampled: annotate the server span; spawned tasks get spans
             exchange.span = span
             exchange.span_attributes = {}  # set in one call when the response completes

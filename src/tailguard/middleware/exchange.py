@@ -82,7 +82,11 @@ class Exchange(task_registry.RequestTasks):
         resolved: ResolvedRoute,
         guard: Tailguard,
     ) -> None:
-        task_registry.RequestTasks.__init__(self)
+        # RequestTasks' four fields, set inline: this runs per request.
+        self._live = None
+        self.spawned = 0
+        self.span = None
+        self._after = None
         self._task = task
         self.timer: asyncio.TimerHandle | None = None
         self.cancelling = task.cancelling()
@@ -286,7 +290,8 @@ class Exchange(task_registry.RequestTasks):
                 (self.ended or monotonic()) - self.arrived,
                 failed=self.outcome in ("error", "deadline_exceeded"),
             )
-        self.finish(self.resolved.template or UNMATCHED, cancel=guard.cancel_orphans)
+        if self.spawned:  # no tasks, no orphans: most requests stop here
+            self.finish(self.resolved.template or UNMATCHED, cancel=guard.cancel_orphans)
 
     def _queue_share(self) -> float | None:
         """Seconds queued for admission; 0 when admitted at once, ``None`` with no limiter."""
