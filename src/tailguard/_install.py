@@ -25,6 +25,7 @@ def install(
     *,
     metrics_path: str | None,
     tracing: bool,
+    instrument: bool,
     tracer_provider: TracerProvider | None,
     exclude_spans: Sequence[str] | None,
     control_token: str | None,
@@ -53,9 +54,13 @@ def install(
     guard.endpoints = tuple(endpoints)
     guard.tracing = tracing
     add_middleware(TailguardMiddleware, guard=guard)
-    if tracing:
+    if tracing and instrument:
         # Added last, so outermost: the server span is current inside tailguard.
         otel.instrument(app, tracer_provider, exclude_spans=exclude_spans)
+    elif tracing:
+        from tailguard.telemetry.tracing import use_tracer_provider
+
+        use_tracer_provider(tracer_provider)
     return app
 
 

@@ -188,6 +188,7 @@ class Tailguard:
         *,
         metrics_path: str | None = "/metrics",
         tracing: bool = True,
+        instrument: bool = True,
         tracer_provider: TracerProvider | None = None,
         exclude_spans: Sequence[str] | None = ("receive", "send"),
         control_token: str | None = None,
@@ -203,8 +204,9 @@ class Tailguard:
           global one), whose server span tailguard annotates; tailguard's own
           spans come from the same provider. ``exclude_spans`` is passed on:
           by default the per-message ``receive``/``send`` spans are left out.
-          ``tracing=False`` also stops tailguard annotating spans and tracing
-          spawned tasks (for services that trace nothing);
+          ``instrument=False`` keeps tailguard's annotations and spans but adds
+          no middleware (for an app wrapped in OTel from outside);
+          ``tracing=False`` turns tailguard's tracing off altogether;
         * with a ``control_token``, the chaos control API under ``control_path``
           (see docs/chaos-control.md); without one, no control API is mounted.
 
@@ -218,6 +220,7 @@ class Tailguard:
             app,
             metrics_path=metrics_path,
             tracing=tracing,
+            instrument=instrument,
             tracer_provider=tracer_provider,
             exclude_spans=exclude_spans,
             control_token=control_token,

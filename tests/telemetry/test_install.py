@@ -121,3 +121,21 @@ async def test_tracing_off_leaves_spans_alone() -> None:
     (server,) = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
     assert not any(key.startswith("tailguard.") for key in server.attributes or {})
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+async def test_an_app_wrapped_from_outside_is_annotated_without_a_second_middleware() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    guard = Tailguard(registry=CollectorRegistry())
+    inner = guard.install(make_app(), instrument=False, tracer_provider=provider)
+    assert OpenTelemetryMiddleware not in [m.cls for m in inner.user_middleware]
+    app = OpenTelemetryMiddleware(
+        inner, tracer_provider=provider, exclude_spans=["receive", "send"]
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        assert (await http.get("/items/3")).status_code == 200
+    (server,) = exporter.get_finished_spans()
+    assert (server.attributes or {})["http.route"] == "/items/{item_id}"
