@@ -173,7 +173,7 @@ class Tailguard:
         """A JSON-able "asyncio ps" of the service: requests, tasks and pools right now.
 
         >>> sorted(Tailguard(metrics=False).snapshot())
-        ['dependencies', 'limiters', 'requests', 'taken_at', 'tasks']
+        ['dependencies', 'limiters', 'pools', 'requests', 'taken_at', 'tasks']
         """
         return build_snapshot(self)
 

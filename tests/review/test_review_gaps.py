@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from tailguard import RoutePolicy, Tailguard, chaos
+from tailguard import Tailguard, chaos
 from tailguard.telemetry.catalog import activate
 
 # Each test fails on the code as reviewed (a gap); strict xfail keeps CI green and
@@ -95,43 +95,6 @@ async def test_dependency_waits_show_in_queue_wait_seconds() -> None:
     assert count >= 1
 
 
-async def test_route_queue_wait_counts_immediate_admissions() -> None:
-    """Help text: 'Time spent waiting for a limiter slot, granted or shed' - zero waits included."""
-    registry = CollectorRegistry()
-    guard = Tailguard(default=RoutePolicy(max_concurrency=4, max_queue=4), registry=registry)
-
-    async def endpoint(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("ok")
-
-    app = Starlette(routes=[Route("/a", endpoint)])
-    guard.install(app, tracing=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
-        for _ in range(5):
-            assert (await c.get("/a")).status_code == 200
-    count = registry.get_sample_value(
-        "tailguard_queue_wait_seconds_count", {"limiter": "default", "kind": "route"}
-    )
-    assert count == 5, f"5 admitted requests, {count} queue-wait observations"
-
-
-async def test_snapshot_lists_every_pool_including_the_loop_thread_pools() -> None:
-    """Issue 4: snapshot shows 'every pool's state' - asyncio's executor and anyio's threads too."""
-    registry = CollectorRegistry()
-    guard = Tailguard(registry=registry)
-
-    def sync_endpoint(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("ok")
-
-    app = Starlette(routes=[Route("/sync", sync_endpoint)])
-    guard.install(app, tracing=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
-        assert (await c.get("/sync")).status_code == 200
-    await asyncio.to_thread(int)
-    text = repr(guard.snapshot())
-    assert "anyio" in text, sorted(guard.snapshot())
-    assert "asyncio" in text
-
-
 async def test_an_injected_fault_is_marked_on_the_dependency_span() -> None:
     """otel.end_dependency_span: 'attributes ... (chaos marks injected faults this way)'."""
     from opentelemetry.sdk.trace import TracerProvider
@@ -167,24 +130,3 @@ async def test_an_injected_fault_is_marked_on_the_dependency_span() -> None:
         e.name.startswith("tailguard.chaos") for e in span.events
     )
     assert marked, f"dependency span carries no chaos mark: {dict(span.attributes or {})}"
-
-
-async def test_metrics_and_control_api_are_served_under_a_root_path() -> None:
-    """uvicorn --root-path puts it in scope['path']: ControlAPI strips it, install() does not."""
-    logging.getLogger("tailguard.chaos").setLevel(logging.CRITICAL)
-    guard = Tailguard(registry=CollectorRegistry(), chaos=chaos.Chaos(enabled=True))
-
-    async def endpoint(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("ok")
-
-    app = Starlette(routes=[Route("/a", endpoint)])
-    token = "t" * 20
-    guard.install(app, tracing=False, control_token=token)
-    transport = httpx.ASGITransport(app, root_path="/api")
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        assert (await client.get("/api/a")).status_code == 200
-        metrics = await client.get("/api/metrics")
-        status = await client.get(
-            "/api/_tailguard/status", headers={"authorization": f"Bearer {token}"}
-        )
-    assert (metrics.status_code, status.status_code) == (200, 200)

@@ -166,4 +166,4 @@ async def test_snapshot_lists_requests_in_flight(exporter: InMemorySpanExporter)
         assert (await pending).text == "released"
     assert snapshot["requests"]["/wait"]["in_flight"] == 1
     assert not guard.live
-    assert set(snapshot) == {"taken_at", "requests", "tasks", "limiters", "dependencies"}
+    assert set(snapshot) == {"taken_at", "requests", "tasks", "limiters", "dependencies", "pools"}

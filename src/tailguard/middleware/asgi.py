@@ -89,6 +89,9 @@ class TailguardMiddleware:
         guard = self.guard
         if guard.endpoints:
             path = scope["path"]
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):  # behind a proxy prefix (uvicorn --root-path)
+                path = path[len(root) :]
             for prefix, endpoint in guard.endpoints:
                 if path == prefix or path.startswith(prefix + "/"):
                     await endpoint(scope, receive, send)

@@ -113,7 +113,9 @@ class Catalog:
         # -- limiters and pools (refreshed from their state, not per request) ------------
         self.queue_wait: Final = Histogram(
             "tailguard_queue_wait_seconds",
-            "Time spent waiting for a limiter slot, granted or shed.",
+            "Time spent waiting for a limiter slot by requests and calls that had to wait "
+            "(granted or shed); immediate admissions are not observed (the queue phase of "
+            "tailguard_budget_spent_seconds counts them as 0).",
             ["limiter", "kind"],
             buckets=WAIT_BUCKETS,
             registry=r,
@@ -199,7 +201,8 @@ class Catalog:
         )
         self.tasks_live: Final = Gauge(
             "tailguard_tasks_live",
-            "Tasks spawned by requests that have not finished yet.",
+            "Tasks that outlived the request that spawned them and are still running "
+            "(orphans), by route template; tasks of requests in flight are in the snapshot.",
             ["route"],
             multiprocess_mode="livesum",
             registry=r,

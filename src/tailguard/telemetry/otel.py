@@ -203,17 +203,19 @@ def annotate_request(
     """Set the route template and the deadline on a request's server span.
 
     The ASGI middleware names spans ``"{method} {path}"``, one name per item
-    id; with a template known the span is renamed ``"{method} {route}"``, as
-    the HTTP semantic conventions ask. Names chosen by someone else are kept.
+    id; with a template known the span is renamed ``"{method} {route}"``, and
+    without one (a 404) just ``"{method}"``, as the HTTP semantic conventions
+    ask. Names chosen by someone else are kept.
     ``source`` is ``"route"`` or the header the budget came from. With
     ``into``, the attributes are added to that dict (to be set in one call
     later, which is cheaper) instead of to the span.
     """
     attributes: dict[str, Any] = {} if into is None else into
+    if getattr(span, "name", None) == f"{method} {path}":
+        # No route (a 404): just the method, so raw paths never become span names.
+        span.update_name(f"{method} {route}" if route else method)
     if route:
         attributes["http.route"] = route
-        if getattr(span, "name", None) == f"{method} {path}":
-            span.update_name(f"{method} {route}")
     if budget is not None:
         attributes["tailguard.deadline.budget_ms"] = budget * 1000.0
         attributes["tailguard.deadline.source"] = source

@@ -230,6 +230,34 @@ def instrument_threads(loop: asyncio.AbstractEventLoop | None = None) -> LoopThr
     return threads
 
 
+def loop_pools() -> dict[str, dict[str, float]]:
+    """The running loop's measured thread pools (asyncio's executor, anyio's threads), by name.
+
+    >>> loop_pools()  # outside a loop, or before instrument_threads(): none
+    {}
+    """
+    loop = _running_loop()
+    threads = None if loop is None else _loops.get(loop)
+    pools: dict[str, dict[str, float]] = {}
+    if threads is None:
+        return pools
+    executor = threads.executor
+    if executor is not None:
+        pools[ASYNCIO_POOL] = {
+            "threads_in_use": executor.in_use,
+            "threads_max": executor.max_workers,
+            "queued": executor.queued,
+        }
+    limiter = threads.anyio
+    if limiter is not None:
+        pools[ANYIO_POOL] = {
+            "threads_in_use": limiter.borrowed_tokens,
+            "threads_max": limiter.total_tokens,
+            "queued": limiter.statistics().tasks_waiting,
+        }
+    return pools
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()

@@ -2,7 +2,8 @@
 
 What is in flight per route, which tasks are alive (grouped by route, then by
 coroutine, with their ages, orphans counted apart), and the state of every
-pool (route limiters and dependency bulkheads with their thread pools).
+pool (route limiters, dependency bulkheads with their thread pools, and the
+loop's measured thread pools: asyncio's default executor and anyio's threads).
 Taking one walks the live requests once; nothing is recorded in between.
 
 >>> import json
@@ -12,7 +13,7 @@ Taking one walks the live requests once; nothing is recorded in between.
 >>> guard = SimpleNamespace(limiters={}, dependencies={"db": db}, live=LiveRequests())
 >>> snapshot = build_snapshot(guard)
 >>> sorted(snapshot)
-['dependencies', 'limiters', 'requests', 'taken_at', 'tasks']
+['dependencies', 'limiters', 'pools', 'requests', 'taken_at', 'tasks']
 >>> snapshot["dependencies"]["db"]["limiter"]["in_use"]
 0
 >>> json.loads(json.dumps(snapshot)) == snapshot
@@ -28,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from tailguard.telemetry.live import LiveRequests, Orphan, age, coroutine_name, orphans
+from tailguard.telemetry.pools import loop_pools
 
 if TYPE_CHECKING:
     from tailguard.admission import Limiter
@@ -87,6 +89,7 @@ def build_snapshot(guard: Guarded) -> dict[str, Any]:
         "tasks": {route: _route_tasks(by_name, now) for route, by_name in tasks.items()},
         "limiters": {name: _limiter(limiter) for name, limiter in guard.limiters.items()},
         "dependencies": {name: _dependency(dep) for name, dep in guard.dependencies.items()},
+        "pools": {name: _plain(pool) for name, pool in loop_pools().items()},
     }
 
 
