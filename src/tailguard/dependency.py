@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, ParamSpec, TypeVar, ov
 
 from tailguard._threads import ThreadPool
 from tailguard.admission import Limiter, LimiterState, Permit, Rejected
-from tailguard.deadlines import DeadlineExceeded, current_deadline
+from tailguard.deadlines import Deadline, DeadlineExceeded, current_deadline
 from tailguard.integrations._bulkhead import bulkhead_transport
 from tailguard.integrations._transport import DEFAULT_HEADER, MIN_BUDGET
 from tailguard.tail.hedge import hedge as _hedge
@@ -205,7 +205,7 @@ class Dependency:
         permit = await self._acquire()
         chaos = self.chaos
         if chaos is not None and chaos.armed:
-            injection = chaos.plan(self.name)
+            injection = chaos.plan(self.name, span=permit.span)
             if injection is not None:
                 try:
                     await injection.apply()
@@ -215,25 +215,35 @@ class Dependency:
         return permit
 
     async def _acquire(self) -> Permit:
-        """Take a slot for one call; every entry point starts here."""
+        """Take a slot for one call; every entry point starts here.
+
+        A call given a slot at once has waited zero seconds (its permit's
+        ``requested_at`` is its ``acquired_at``); only the others are
+        recorded as queue waits.
+        """
         name = self.name
         span = dependency_telemetry.call_started(name)
-        requested = monotonic()
-        try:
-            permit = await self._slot()
-        except BaseException as exc:
-            dependency_telemetry.call_refused(name, exc, span, monotonic() - requested)
-            raise
-        permit.requested_at = min(requested, permit.acquired_at)
+        deadline = current_deadline()
+        if deadline is not None and deadline.remaining() < MIN_BUDGET:
+            error = DeadlineExceeded(deadline)
+            dependency_telemetry.call_refused(name, error, span, 0.0)
+            raise error
+        permit = self.limiter.try_acquire()
+        if permit is None:
+            requested = monotonic()
+            try:
+                permit = await self._queue(deadline)
+            except BaseException as exc:
+                dependency_telemetry.call_refused(name, exc, span, monotonic() - requested)
+                raise
+            permit.requested_at = min(requested, permit.acquired_at)
         permit.span = span
         return permit
 
-    async def _slot(self) -> Permit:
-        deadline = current_deadline()
+    async def _queue(self, deadline: Deadline | None) -> Permit:
+        """Wait for a slot (none was free), for no longer than ``deadline`` allows."""
         if deadline is None:
             return await self.limiter.acquire()
-        if deadline.remaining() < MIN_BUDGET:
-            raise DeadlineExceeded(deadline)
         try:
             return await self.limiter.acquire(deadline_at=deadline.at)
         except Rejected as exc:
@@ -360,7 +370,7 @@ class Dependency:
         done: Callable[[BaseException | None], None] = functools.partial(self._exit, permit)
         chaos = self.chaos
         if chaos is not None and chaos.armed:
-            injection = chaos.plan(self.name)
+            injection = chaos.plan(self.name, span=permit.span)
             if injection is not None:
                 # In the worker thread, as a slow blocking call's time is spent.
                 job, done = injection.wrap_sync(job, done)

@@ -219,6 +219,27 @@ async def test_a_second_experiment_of_the_same_name_is_409(
     assert state(chaos) == before
 
 
+async def test_starting_beyond_max_experiments_is_409_naming_the_cap() -> None:
+    capped = Chaos(enabled=True, max_experiments=1)
+    api = ControlAPI(capped, token=TOKEN)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(api), base_url=BASE) as http:
+            first = await http.post("/_tailguard/experiments", json=experiment("a"), headers=AUTH)
+            assert first.status_code == 201
+            before = state(capped)
+            refused = await http.post("/_tailguard/experiments", json=experiment("b"), headers=AUTH)
+            after = state(capped)
+    finally:
+        capped.halt(actor="test")
+    assert refused.status_code == 409
+    assert refused.json() == {
+        "detail": "the most experiments this engine runs at once (max_experiments=1) are running;"
+        " stop one first",
+        "field": None,
+    }
+    assert after == before
+
+
 async def test_an_experiment_that_expires_at_once_is_still_reported_as_started() -> None:
     ticks = itertools.count(0, 1000)  # every look at the clock is 1000 s later
     chaos = Chaos(enabled=True, clock=lambda: float(next(ticks)))
@@ -263,6 +284,13 @@ async def test_starting_while_chaos_is_disabled_is_409_after_validation() -> Non
             "not a class",
         ),
         ([1, 2], "", "must be an object"),
+        (
+            experiment(
+                faults=[{"kind": "respond", "target": "db", "status": 503, "headers": {"TE": "x"}}]
+            ),
+            "faults[0].headers.TE",
+            "framing or hop-by-hop header",
+        ),
     ],
 )
 async def test_an_invalid_experiment_is_422_naming_the_field(

@@ -202,6 +202,14 @@ def test_a_latency_number_becomes_a_fixed_distribution() -> None:
         (lambda: Respond("db", status=200, headers={"a b": "c"}), "Respond: headers: 'a b' is not"),
         (lambda: Respond("db", status=200, headers={"a": "c\r\nx: y"}), r"Respond: headers\['a'\]"),
         (lambda: Respond("db", status=200, headers={"a": 1}), r"Respond: headers\['a'\]"),
+        (
+            lambda: Respond("db", status=200, headers={"Content-Length": "0"}),
+            "Respond: headers: 'Content-Length' is a framing or hop-by-hop header",
+        ),
+        (
+            lambda: Respond("/items/*", status=200, headers={"proxy-authenticate": "Basic"}),
+            "Respond: headers: 'proxy-authenticate' is a framing or hop-by-hop header",
+        ),
         (lambda: Hang("db", rate=2), "Hang: rate must be"),
         (lambda: Reset("/items/*"), "Reset: target must be a dependency name or glob, not a route"),
         (lambda: Reset("db", rate="1"), "Reset: rate must be"),
@@ -231,6 +239,32 @@ def test_a_factory_that_returns_no_exception_fails_loudly() -> None:
         TypeError, match=r"experiment 'x': the Raise factory for 'db' returned 'oops'"
     ):
         fault.exception("x")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "content-length",
+        "Transfer-Encoding",
+        "connection",
+        "Keep-Alive",
+        "TE",
+        "trailer",
+        "upgrade",
+        "Proxy-Connection",
+        "proxy-authorization",
+    ],
+)
+def test_respond_refuses_framing_and_hop_by_hop_headers(name: str) -> None:
+    with pytest.raises(ValueError, match=f"Respond: headers: '{name}' is a framing or hop-by-hop"):
+        Respond("db", status=503, headers={"retry-after": "1", name: "x"})
+
+
+@pytest.mark.parametrize(
+    "name", ["retry-after", "content-type", "tea", "x-te", "proxy", "trailers"]
+)
+def test_respond_accepts_headers_that_only_look_alike(name: str) -> None:
+    assert Respond("db", status=503, headers={name: "x"}).headers == ((name, "x"),)
 
 
 def test_respond_keeps_its_headers_as_pairs() -> None:

@@ -45,6 +45,7 @@ from tests.chaos.runtime_support import (  # noqa: F401 (fixtures)
 )
 
 Engines = Callable[..., Chaos]
+ENDED = "tailguard_chaos_experiments_ended_total"
 
 
 def planned(engine: Chaos, name: str = "db", **options: Any) -> Injection | None:
@@ -104,6 +105,8 @@ def test_an_unreadable_environment_variable_is_an_error(monkeypatch: pytest.Monk
         ({"seed": True}, "seed must be an int or None"),
         ({"max_injections": 0}, "max_injections must be an int >= 1"),
         ({"max_injections": 1.5}, "max_injections must be an int >= 1"),
+        ({"max_experiments": 0}, "max_experiments must be an int >= 1"),
+        ({"max_experiments": True}, "max_experiments must be an int >= 1"),
     ],
 )
 def test_bad_engine_settings_name_the_field(settings: dict[str, Any], message: str) -> None:
@@ -151,6 +154,7 @@ def test_start_stop_and_status(engines: Engines) -> None:
     assert status["enabled"] is True
     assert status["seed"] == 11
     assert status["max_injections"] == 100
+    assert status["max_experiments"] == 32
     assert status["experiments"][0]["experiment"]["faults"][0]["kind"] == "latency"
     assert engine.stop("slow", actor="bob") is True
     assert engine.stop("slow") is False
@@ -206,7 +210,7 @@ def test_halt_stops_everything_and_says_how_many(engines: Engines, catalog: Cata
     assert engine.halt() == 0
     assert sample(catalog, "tailguard_chaos_experiments_active") == 0
     for name in ("a", "b"):
-        assert sample(catalog, "tailguard_chaos_aborts_total", experiment=name, reason="halt") == 1
+        assert sample(catalog, ENDED, experiment=name, reason="halt") == 1
     assert [stop["reason"] for stop in engine.status()["stopped"]] == ["halt", "halt"]
 
 
@@ -257,9 +261,7 @@ def test_an_experiment_expires_by_its_clock_without_a_loop(
     assert not engine.armed
     assert engine.status()["stopped"][0]["reason"] == "expired"
     assert engine.status()["stopped"][0]["actor"] == "ttl"
-    assert (
-        sample(catalog, "tailguard_chaos_aborts_total", experiment="short", reason="expired") == 1
-    )
+    assert sample(catalog, ENDED, experiment="short", reason="expired") == 1
     assert any(getattr(r, "reason", None) == "expired" for r in caplog.records)
 
 
@@ -284,12 +286,14 @@ async def test_the_ttl_timer_stops_an_experiment_nobody_calls(engines: Engines) 
 def test_a_stopped_experiment_cancels_its_timer(engines: Engines) -> None:
     engine = engines()
     engine.start(experiment(Hang("db"), ttl=60, name="x"))
-    timer = engine._runs[0].timer
+    timer = engine._ticker.thread
+    assert timer is not None
     assert timer.daemon
     assert timer.is_alive()
     engine.stop("x")
-    timer.join(WAIT)
+    timer.join(WAIT)  # nothing left to wait for: the thread ends
     assert not timer.is_alive()
+    assert engine._ticker.thread is None
 
 
 # -- rates, composition, the cap ----------------------------------------------------------
@@ -556,7 +560,7 @@ def test_the_safeguard_stops_an_experiment_on_its_error_rate(
     stop = engine.status()["stopped"][0]
     assert (stop["experiment"], stop["reason"], stop["actor"]) == ("x", "safeguard", "safeguard")
     assert stop["detail"] == "error rate 0.333 > 0.25 over the last 10s (9 requests)"
-    assert sample(catalog, "tailguard_chaos_aborts_total", experiment="x", reason="safeguard") == 1
+    assert sample(catalog, ENDED, experiment="x", reason="safeguard") == 1
     [record] = [r for r in caplog.records if getattr(r, "reason", None) == "safeguard"]
     assert record.levelno == logging.WARNING
     assert record.detail == stop["detail"]  # type: ignore[attr-defined]
@@ -629,7 +633,7 @@ def test_ending_an_experiment_twice_changes_nothing(engines: Engines, catalog: C
     engine.stop("x")
     engine._end(run, "safeguard", "safeguard")  # a safeguard that lost the race to stop()
     assert [stop["reason"] for stop in engine.status()["stopped"]] == ["stopped"]
-    assert sample(catalog, "tailguard_chaos_aborts_total", experiment="x", reason="safeguard") == 0
+    assert sample(catalog, ENDED, experiment="x", reason="safeguard") == 0
 
 
 def test_a_stale_lookup_skips_experiments_that_ended(engines: Engines) -> None:

@@ -359,6 +359,16 @@ INVALID: list[tuple[object, str, str]] = [
         "Latin-1",
     ),
     (
+        fault_doc(kind="respond", target="db", status=503, headers={"Transfer-Encoding": "x"}),
+        "faults[0].headers.Transfer-Encoding",
+        "framing or hop-by-hop header",
+    ),
+    (
+        fault_doc(kind="respond", target="db", status=503, headers={"proxy-x": "1", "a": "b"}),
+        "faults[0].headers.proxy-x",
+        "framing or hop-by-hop header",
+    ),
+    (
         fault_doc(kind="respond", target="db", status=503, headers={"x-a": 1}),
         "faults[0].headers.x-a",
         "must be a string",

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import httpx2
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 import tailguard
 from tailguard.admission import Rejected
 from tailguard.chaos import Chaos, Hang, Latency, Raise, Reset, Respond
 from tailguard.dependency import Dependency
-from tailguard.telemetry.catalog import Catalog
+from tailguard.telemetry.catalog import Catalog, activate
+from tailguard.telemetry.tracing import tracer, use_tracer_provider
 from tests.chaos.runtime_support import (  # noqa: F401 (fixtures)
     FOREVER,
     GENERIC,
@@ -29,6 +38,7 @@ from tests.chaos.runtime_support import (  # noqa: F401 (fixtures)
     experiment,
     in_request,
     sample,
+    spans_fixture,
     through,
     wait_until,
 )
@@ -446,3 +456,108 @@ async def test_halt_from_another_thread_wakes_injections(
     assert await asyncio.to_thread(engine.halt, actor="signal-handler") == 1
     await asyncio.wait_for(call, WAIT)
     assert reached.count == 1
+
+
+# -- the dependency call's own span -----------------------------------------------------------
+
+
+@pytest.fixture
+def tracing(spans: tuple[TracerProvider, InMemorySpanExporter]) -> Iterator[InMemorySpanExporter]:
+    """tailguard's spans go to an in-memory exporter; yields it."""
+    provider, exporter = spans
+    use_tracer_provider(provider)
+    yield exporter
+    use_tracer_provider(None)
+
+
+def dependency_span(exporter: InMemorySpanExporter) -> dict[str, Any]:
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "tailguard.dependency db"]
+    return dict(span.attributes or {})
+
+
+@pytest.mark.parametrize("seam", SEAMS)
+async def test_an_injected_fault_is_marked_on_the_calls_span(
+    setup: tuple[Chaos, Dependency], tracing: InMemorySpanExporter, seam: str
+) -> None:
+    engine, dep = setup
+    engine.start(experiment(Latency("db", delay=0.002), name="slow-db"))
+    with tracer().start_as_current_span("request"):
+        await through(dep, seam)
+    attributes = dependency_span(tracing)
+    assert attributes["tailguard.chaos.injected"] is True
+    assert attributes["tailguard.chaos.experiment"] == "slow-db"
+    assert attributes["tailguard.chaos.fault"] == "latency"
+    assert attributes["tailguard.chaos.delay_ms"] == pytest.approx(2.0)
+    assert attributes["tailguard.dependency.outcome"] == "ok"
+
+
+async def test_the_span_names_every_experiment_and_fault_that_hit(
+    setup: tuple[Chaos, Dependency], tracing: InMemorySpanExporter
+) -> None:
+    engine, dep = setup
+    engine.start(experiment(Latency("db", delay=0.001), name="a"))
+    engine.start(experiment(Latency("d*", delay=0.001), Respond("db", status=503), name="b"))
+    with tracer().start_as_current_span("request"):
+        response = await through(dep, "transport")
+    assert response.status_code == 503
+    attributes = dependency_span(tracing)
+    assert attributes["tailguard.chaos.experiment"] == "a,b"
+    assert attributes["tailguard.chaos.fault"] == "latency,respond"
+    assert attributes["tailguard.chaos.delay_ms"] == pytest.approx(2.0)
+
+
+async def test_a_call_no_fault_hits_carries_no_mark(
+    setup: tuple[Chaos, Dependency], tracing: InMemorySpanExporter
+) -> None:
+    engine, dep = setup
+    engine.start(experiment(Raise("db", exc=OSError, rate=0.0), Reset("cache")))
+    with tracer().start_as_current_span("request"):
+        await through(dep, "call")
+    attributes = dependency_span(tracing)
+    assert not any(key.startswith("tailguard.chaos") for key in attributes)
+
+
+async def test_a_terminal_fault_marks_the_span_without_a_delay(
+    setup: tuple[Chaos, Dependency], tracing: InMemorySpanExporter
+) -> None:
+    engine, dep = setup
+    engine.start(experiment(Reset("db"), name="flaky"))
+    with tracer().start_as_current_span("request"), pytest.raises(ConnectionResetError):
+        await through(dep, "async_with")
+    attributes = dependency_span(tracing)
+    assert (attributes["tailguard.chaos.experiment"], attributes["tailguard.chaos.fault"]) == (
+        "flaky",
+        "reset",
+    )
+    assert "tailguard.chaos.delay_ms" not in attributes
+    assert attributes["tailguard.dependency.outcome"] == "error"
+
+
+async def test_an_injected_fault_is_marked_on_the_dependency_span() -> None:
+    """Through the real middleware: the request's span and the dependency's own."""
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    engine = Chaos(enabled=True, seed=1)
+    guard = tailguard.Tailguard(registry=CollectorRegistry(), chaos=engine)
+    db = guard.dependency("db", max_concurrency=2)
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        async with db:
+            pass
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/a", endpoint)])
+    guard.install(app, tracer_provider=provider)
+    engine.start(experiment(Latency("db", delay=0.0), name="slow-db"))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            assert (await c.get("/a")).status_code == 200
+    finally:
+        engine.halt()
+        use_tracer_provider(None)
+        activate(None)
+    attributes = dependency_span(exporter)
+    assert attributes["tailguard.chaos.injected"] is True
+    assert attributes["tailguard.chaos.experiment"] == "slow-db"
+    assert attributes["tailguard.chaos.fault"] == "latency"

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -21,9 +22,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tailguard import RoutePolicy, Tailguard, _context
-from tailguard.chaos import AbortWhen, Chaos, Hang, Latency, Raise, Reset, Respond
+from tailguard.chaos import AbortWhen, Chaos, Experiment, Hang, Latency, Raise, Reset, Respond
 from tailguard.middleware.routing import RouteMatcher
-from tailguard.telemetry.catalog import Catalog
+from tailguard.telemetry.catalog import Catalog, activate
 from tests.chaos.runtime_support import (  # noqa: F401 (fixtures)
     FOREVER,
     SECRET,
@@ -110,7 +111,7 @@ async def test_respond_answers_for_the_app(
     assert response.headers["retry-after"] == "3"
     assert response.headers["x-tailguard-chaos"] == "gate"
     assert handled.count == 0
-    labels = {"experiment": "gate", "target": "GET /items/{item_id}", "fault": "respond"}
+    labels = {"experiment": "gate", "target": "GET /items/*", "fault": "respond"}
     assert sample(catalog, "tailguard_chaos_injections_total", **labels) == 1
     # Other methods and routes are not targeted.
     assert (await client.post("/items/1")).status_code == 200
@@ -125,7 +126,7 @@ async def test_latency_delays_the_request_then_the_app_answers(
     engine.start(experiment(Latency("/orders", delay=0.001), name="slow"))
     response = await client.get("/orders")
     assert response.text == "from the app"
-    labels = {"experiment": "slow", "target": "GET /orders", "fault": "latency"}
+    labels = {"experiment": "slow", "target": "/orders", "fault": "latency"}
     assert sample(catalog, "tailguard_chaos_injections_total", **labels) == 1
 
 
@@ -192,6 +193,39 @@ async def test_rate_zero_and_expiry_let_requests_through(
     assert [s.experiment.name for s in engine.experiments()] == ["never"]
 
 
+async def test_labels_and_the_cache_stay_bounded_whatever_methods_clients_invent(
+    engine: Chaos, handled: Handled, client: httpx.AsyncClient, catalog: Catalog
+) -> None:
+    engine.start(
+        experiment(
+            Latency("/items/*", delay=0.0, rate=1.0),
+            Respond("PURGE /items/*", status=204),
+            name="methods",
+        )
+    )
+    for i in range(30):
+        assert (await client.request(f"X{i}", "/items/1")).status_code == 405  # the app's answer
+    assert (await client.request("PURGE", "/items/1")).status_code == 204  # the named method
+    assert (await client.request("X99", "/items/1")).status_code == 405  # still not answered
+    assert (await client.get("/items/1")).status_code == 200
+    assert handled.count == 1
+    targets = {
+        sample_.labels["target"]
+        for family in catalog.registry.collect()
+        for sample_ in family.samples
+        if sample_.name == "tailguard_chaos_injections_total"
+    }
+    assert targets == {"/items/*", "PURGE /items/*"}
+    latency = {"experiment": "methods", "target": "/items/*", "fault": "latency"}
+    assert sample(catalog, "tailguard_chaos_injections_total", **latency) == 33
+    # One entry for every method no fault names, one each for those that are used.
+    assert set(engine._by_route) == {
+        ("", "/items/{item_id}"),
+        ("PURGE", "/items/{item_id}"),
+        ("GET", "/items/{item_id}"),
+    }
+
+
 async def test_inbound_without_route_faults_is_a_no_op(engine: Chaos) -> None:
     sent: list[Any] = []
 
@@ -246,6 +280,36 @@ async def test_the_middleware_applies_route_faults_before_admission(
         engine.halt()
         assert (await asyncio.wait_for(call, WAIT)).text == "from the app"
         assert handled.count == 1
+
+
+async def test_inbound_chaos_target_label_is_bounded_by_the_method() -> None:
+    """Through the real middleware: client-chosen methods add no label values, no cache keys."""
+    registry = CollectorRegistry()
+    engine = Chaos(enabled=True, seed=1)
+    guard = Tailguard(registry=registry, chaos=engine)
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/a", endpoint, methods=["GET", "POST"])])
+    guard.install(app, tracing=False)
+    engine.start(Experiment("in", faults=[Latency("/a", delay=0.0)], ttl=60))
+    try:
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            for i in range(50):
+                await client.request(f"X{i}", "/a")  # any client can pick a method
+        assert set(engine._by_route) == {("", "/a")}
+    finally:
+        engine.halt()
+        activate(None)
+    targets = {
+        sample_.labels["target"]
+        for family in registry.collect()
+        for sample_ in family.samples
+        if sample_.name == "tailguard_chaos_injections_total"
+    }
+    assert targets == {"/a"}
 
 
 async def test_the_middleware_feeds_the_safeguard(engine: Chaos, handled: Handled) -> None:

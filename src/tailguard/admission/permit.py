@@ -7,6 +7,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from tailguard.admission.limiter import Limiter
 
 __all__ = ["Permit"]
@@ -39,7 +41,7 @@ class Permit:
         self.acquired_at = acquired_at
         self.requested_at = acquired_at
         """When the caller asked (earlier than ``acquired_at`` if it waited); set by callers."""
-        self.span: object = None
+        self.span: Span | None = None
         """A span the holder attaches (a dependency call's), ended when the slot goes back."""
 
     @property

@@ -28,7 +28,13 @@ from tailguard.chaos.distributions import (
     Pareto,
     Uniform,
 )
-from tailguard.chaos.engine import Chaos, ChaosDisabled, ExperimentStatus
+from tailguard.chaos.engine import (
+    MAX_EXPERIMENTS,
+    Chaos,
+    ChaosDisabled,
+    ExperimentStatus,
+    TooManyExperiments,
+)
 from tailguard.chaos.experiment import AbortWhen, Experiment
 from tailguard.chaos.faults import Fault, Hang, Latency, Raise, Reset, Respond
 from tailguard.chaos.schema import (
@@ -41,6 +47,7 @@ from tailguard.chaos.schema import (
 
 __all__ = [
     "EXPERIMENT_JSON_SCHEMA",
+    "MAX_EXPERIMENTS",
     "AbortWhen",
     "Chaos",
     "ChaosDisabled",
@@ -60,6 +67,7 @@ __all__ = [
     "Raise",
     "Reset",
     "Respond",
+    "TooManyExperiments",
     "Uniform",
     "experiment_from_dict",
     "experiment_to_dict",
@@ -84,6 +92,7 @@ for _public in (
     Raise,
     Reset,
     Respond,
+    TooManyExperiments,
     Uniform,
 ):
     _public.__module__ = "tailguard.chaos"

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import trace
+from opentelemetry.trace import Span
 from starlette.types import Send
 
 from tailguard._context import RequestView
@@ -54,16 +55,19 @@ the error on zero (benchmarks/chaos.py measures it). Worker threads wait on a
 def decide(
     engine: Chaos,
     entries: Sequence[Entry],
-    target: str,
+    target: str | None,
     request: RequestView | None,
     *,
     respond: bool,
+    span: Span | None = None,
 ) -> Injection | None:
     """Roll ``entries`` for one call on ``target``; ``None`` when nothing hits.
 
     Latencies are rolled independently and add up; of the terminal faults,
     the first to hit (in experiment start order, then fault order) applies
     and the rest are not rolled. ``respond``: whether the seam can answer.
+    ``target`` labels the injections (``None``: each fault's own target,
+    for route faults); ``span`` is the call's own span, marked when faults hit.
     """
     rng = engine.rng
     delay = 0.0
@@ -97,25 +101,42 @@ def decide(
             if catalog is not None:
                 catalog.chaos_skipped.labels(run.name, fault.kind).inc()
         return None
-    span = trace.get_current_span()
-    recording = span.is_recording()
+    current = trace.get_current_span()
+    recording = current.is_recording()
     for run, fault, drawn in hits:
         run.injections += 1
+        label = fault.target if target is None else target
         if catalog is not None:
-            catalog.chaos_injections.labels(run.name, target, fault.kind).inc()
+            catalog.chaos_injections.labels(run.name, label, fault.kind).inc()
         if recording:
             attributes: dict[str, str | float] = {
                 "tailguard.chaos.experiment": run.name,
                 "tailguard.chaos.fault": fault.kind,
-                "tailguard.chaos.target": target,
+                "tailguard.chaos.target": label,
             }
             if drawn is not None:
                 attributes["tailguard.chaos.delay"] = drawn
-            span.add_event("tailguard.chaos.injection", attributes)
+            current.add_event("tailguard.chaos.injection", attributes)
     if recording:
-        span.set_attribute("tailguard.chaos.injected", True)
+        current.set_attribute("tailguard.chaos.injected", True)
     runs = tuple(dict.fromkeys(run for run, _, _ in hits))
+    if span is not None:
+        _mark(span, runs, hits, delay)
     return Injection(engine, delay, terminal, runs)
+
+
+def _mark(
+    span: Span, runs: tuple[Run, ...], hits: list[tuple[Run, Fault, float | None]], delay: float
+) -> None:
+    """Mark a dependency call's own span with the faults that hit it (names comma-separated)."""
+    attributes: dict[str, str | bool | float] = {
+        "tailguard.chaos.injected": True,
+        "tailguard.chaos.experiment": ",".join(run.name for run in runs),
+        "tailguard.chaos.fault": ",".join(dict.fromkeys(fault.kind for _, fault, _ in hits)),
+    }
+    if delay > 0:
+        attributes["tailguard.chaos.delay_ms"] = delay * 1000.0
+    span.set_attributes(attributes)
 
 
 def _wake_future(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:

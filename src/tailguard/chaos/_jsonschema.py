@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from tailguard.chaos import _fields as f
+from tailguard.chaos.faults import RESERVED_HEADERS
 
 __all__ = ["EXPERIMENT_JSON_SCHEMA"]
 
@@ -32,6 +33,20 @@ def _seconds(description: str, *, positive: bool = False, **extra: Any) -> _Sche
     bound = {"exclusiveMinimum": 0} if positive else {"minimum": 0}
     return {"type": "number", **bound, "description": description, **extra}
 
+
+def _any_case(text: str) -> str:
+    """A regex for ``text`` in any letter case (JSON Schema patterns take no flags)."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in text)
+
+
+_RESERVED_HEADER = (
+    "^(?:"
+    + "|".join(_any_case(name) for name in sorted(RESERVED_HEADERS))
+    + "|"
+    + _any_case("proxy-")
+    + ".*)$"
+)
+"""Header names a ``respond`` fault may not set: framing and hop-by-hop headers."""
 
 _TEXT: _Schema = {"type": "string", "minLength": 1, "maxLength": f.MAX_TEXT}
 _TEXTS: _Schema = {"type": "array", "items": _TEXT, "maxItems": f.MAX_SCOPES}
@@ -137,7 +152,16 @@ _FAULT: _Schema = {
                 "headers": {
                     "type": "object",
                     "maxProperties": f.MAX_HEADERS,
-                    "propertyNames": {"pattern": f.TOKEN_PATTERN, "maxLength": f.MAX_TEXT},
+                    "propertyNames": {
+                        "pattern": f.TOKEN_PATTERN,
+                        "maxLength": f.MAX_TEXT,
+                        "not": {"pattern": _RESERVED_HEADER},
+                    },
+                    "description": (
+                        "Extra response headers; framing and hop-by-hop ones (content-length, "
+                        "transfer-encoding, connection, keep-alive, te, trailer, upgrade, "
+                        "proxy-*) are refused."
+                    ),
                     "additionalProperties": {"type": "string", "maxLength": 4096},
                 },
             },

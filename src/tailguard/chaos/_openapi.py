@@ -120,8 +120,8 @@ def openapi_document(prefix: str, *, version: str) -> dict[str, Any]:
                         },
                         "400": _error("The body is not JSON."),
                         "409": _error(
-                            "Chaos is disabled in this process, or an experiment with this "
-                            "name is running."
+                            "Chaos is disabled in this process, an experiment with this "
+                            "name is running, or max_experiments are running."
                         ),
                         "413": _error("The body is larger than the limit (64 KiB by default)."),
                         "415": _error("The body is not application/json."),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import threading
 from collections.abc import Callable
 
 from tailguard._context import RequestView
@@ -31,7 +30,7 @@ class Run:
         "skipped",
         "started_at",
         "stopped",
-        "timer",
+        "ttl_token",
         "watcher",
     )
 
@@ -40,7 +39,7 @@ class Run:
         experiment: Experiment,
         started_at: float,
         expires_at: float,
-        timer: threading.Timer,
+        ttl_token: int,
     ) -> None:
         self.experiment = experiment
         self.name = experiment.name
@@ -54,8 +53,8 @@ class Run:
         self.stopped = False
         self.injections = 0
         self.skipped = 0
-        self.timer = timer
-        """Wakes the engine at the TTL, so an idle experiment still ends on time."""
+        self.ttl_token = ttl_token
+        """The engine's wake-up at the TTL (so an idle experiment still ends on time)."""
         abort = experiment.abort
         self.watcher = Watcher(abort) if abort is not None else None
         self._wakers: set[Callable[[], None]] = set()

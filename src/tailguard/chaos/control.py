@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tailguard.chaos._fields import ExperimentError, parse_json
 from tailguard.chaos._log import log_event, logger
 from tailguard.chaos._openapi import openapi_document
-from tailguard.chaos.engine import Chaos, ChaosDisabled, ExperimentStatus
+from tailguard.chaos.engine import Chaos, ChaosDisabled, ExperimentStatus, TooManyExperiments
 from tailguard.chaos.schema import experiment_from_dict
 
 __all__ = ["DEFAULT_PREFIX", "MAX_BODY_SIZE", "MIN_TOKEN_LENGTH", "ControlAPI", "ControlMiddleware"]
@@ -234,6 +234,8 @@ class ControlAPI:
         try:
             self.chaos.start(experiment, actor=actor)
         except ChaosDisabled as refused:  # the engine has logged the refusal
+            raise _Refusal(409, str(refused), logged=True) from None
+        except TooManyExperiments as refused:  # the engine's cap, not the body: no field
             raise _Refusal(409, str(refused), logged=True) from None
         except ValueError as refused:  # one of that name is running; logged too
             raise _Refusal(409, str(refused), "name", logged=True) from None

@@ -29,9 +29,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from starlette.types import Send
 
@@ -39,68 +38,42 @@ from tailguard._context import RequestView, current_request
 from tailguard.chaos._inject import Entry, Injection, decide
 from tailguard.chaos._log import log_event
 from tailguard.chaos._run import Run
+from tailguard.chaos._status import ExperimentStatus
+from tailguard.chaos._ticker import Ticker
 from tailguard.chaos.experiment import Experiment
 from tailguard.telemetry.catalog import active
 
-__all__ = ["ENV_VAR", "Chaos", "ChaosDisabled", "ExperimentStatus"]
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+__all__ = [
+    "ENV_VAR",
+    "MAX_EXPERIMENTS",
+    "Chaos",
+    "ChaosDisabled",
+    "ExperimentStatus",
+    "TooManyExperiments",
+]
 
 ENV_VAR: Final = "TAILGUARD_CHAOS"
+MAX_EXPERIMENTS: Final = 32
+"""The default cap on experiments running at once in one engine."""
 _ON: Final = frozenset({"1", "true", "yes", "on"})
 _OFF: Final = frozenset({"", "0", "false", "no", "off"})
 _RECENT_STOPS: Final = 20
+_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+_OTHER_METHOD: Final = ""
+"""The route-fault cache's key for every method no fault names: clients choose methods."""
 
 
 class ChaosDisabled(RuntimeError):
     """An experiment was started while chaos is disabled (the default)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ExperimentStatus:
-    """A running experiment, as :meth:`Chaos.experiments` reports it."""
-
-    experiment: Experiment
-    started_at: float
-    """Wall-clock start (``time.time()``)."""
-    expires_at: float
-    """Wall-clock time at which the TTL runs out."""
-    injections: int
-    """Faults injected so far (a call hit by two faults counts two)."""
-    skipped: int
-    """Faults that would have been injected but for ``max_injections``."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able form; the header secret is redacted."""
-        from tailguard.chaos.schema import experiment_to_dict
-
-        try:
-            experiment = experiment_to_dict(self.experiment, redact_secret=True)
-        except ValueError:  # a fault with no data form: a Raise factory, a custom distribution
-            experiment = _plain(self.experiment)
-        return {
-            "experiment": experiment,
-            "started_at": self.started_at,
-            "expires_at": self.expires_at,
-            "injections": self.injections,
-            "skipped": self.skipped,
-        }
-
-
-def _plain(experiment: Experiment) -> dict[str, Any]:
-    """A status form for experiments the schema cannot express: faults by their repr."""
-    out: dict[str, Any] = {
-        "name": experiment.name,
-        "ttl": experiment.ttl,
-        "faults": [
-            {"kind": fault.kind, "target": fault.target, "rate": fault.rate, "repr": repr(fault)}
-            for fault in experiment.faults
-        ],
-        "routes": list(experiment.routes),
-        "tenants": list(experiment.tenants),
-    }
-    if experiment.header is not None:
-        out["header"] = experiment.header
-        out["secret"] = "<redacted>"
-    return out
+class TooManyExperiments(ValueError):
+    """An experiment was started while ``max_experiments`` were running already."""
 
 
 def _enabled_from_env() -> bool:
@@ -122,6 +95,8 @@ class Chaos:
     * ``seed``: seeds the random draws (rates and delays), for replayable runs.
     * ``max_injections``: at most this many calls under injection at once;
       more are left alone and counted as skipped.
+    * ``max_experiments``: at most this many experiments running at once
+      (:data:`MAX_EXPERIMENTS` by default); :meth:`start` refuses more.
     * ``clock``: the monotonic clock TTLs and the safeguard's window run on.
 
     Experiments are per process: with several workers, start them in each
@@ -134,20 +109,24 @@ class Chaos:
         enabled: bool | None = None,
         seed: int | None = None,
         max_injections: int = 100,
+        max_experiments: int = MAX_EXPERIMENTS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if enabled is not None and not isinstance(enabled, bool):
             raise ValueError(f"enabled must be True, False or None, got {enabled!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
-        if isinstance(max_injections, bool) or not isinstance(max_injections, int):
-            raise ValueError(f"max_injections must be an int >= 1, got {max_injections!r}")
-        if max_injections < 1:
-            raise ValueError(f"max_injections must be an int >= 1, got {max_injections!r}")
+        for field, value in (
+            ("max_injections", max_injections),
+            ("max_experiments", max_experiments),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field} must be an int >= 1, got {value!r}")
         self._enabled = _enabled_from_env() if enabled is None else enabled
         self.seed: Final = seed
         self.rng: Final = random.Random(seed)
         self.max_injections: Final = max_injections
+        self.max_experiments: Final = max_experiments
         self.clock: Final = clock
         self.armed = False
         """True while an experiment runs: the one thing a seam checks before anything else."""
@@ -156,10 +135,12 @@ class Chaos:
         self._runs: tuple[Run, ...] = ()
         self._by_name: dict[str, tuple[Entry, ...]] = {}
         self._by_route: dict[tuple[str, str], tuple[Entry, ...]] = {}
+        self._route_methods: frozenset[str] = _METHODS
         self._inbound = False
         self._watchers: tuple[Run, ...] = ()
         self._next_expiry = math.inf
         self._lock = threading.RLock()
+        self._ticker = Ticker(self.expire, "tailguard-chaos-ttl")
         self._slots_lock = threading.Lock()
         self._in_flight = 0
         self._skipped = 0
@@ -179,9 +160,11 @@ class Chaos:
     def start(self, experiment: Experiment, *, actor: str = "code") -> None:
         """Start ``experiment`` now; it stops by itself after its TTL.
 
-        Raises :class:`ChaosDisabled` when chaos is disabled, and
-        ``ValueError`` when an experiment of that name is running; either way
-        nothing changes. Works with or without a running event loop.
+        Raises :class:`ChaosDisabled` when chaos is disabled, ``ValueError``
+        when an experiment of that name is running, and
+        :class:`TooManyExperiments` (a ``ValueError``) when ``max_experiments``
+        are; either way nothing changes. Works with or without a running
+        event loop.
         """
         if not isinstance(experiment, Experiment):
             raise TypeError(f"start() takes an Experiment, got {type(experiment).__name__}")
@@ -196,12 +179,18 @@ class Chaos:
             if any(run.name == name for run in self._runs):
                 log_event("refused", actor=actor, experiment=name, reason="already running")
                 raise ValueError(f"experiment {name!r} is already running; stop it first")
-            timer = threading.Timer(experiment.ttl, self.expire)
-            run = Run(experiment, time.time(), self.clock() + experiment.ttl, timer)
-            timer.daemon = True
-            timer.name = f"tailguard-chaos-ttl-{name}"
+            cap = self.max_experiments
+            if len(self._runs) >= cap:
+                log_event("refused", actor=actor, experiment=name, reason="too many experiments")
+                raise TooManyExperiments(
+                    f"the most experiments this engine runs at once (max_experiments={cap}) "
+                    "are running; stop one first"
+                )
+            expires_at = self.clock() + experiment.ttl
+            # Scheduled after the expiry is fixed, so the wake-up never comes before it.
+            token = self._ticker.schedule(experiment.ttl)
+            run = Run(experiment, time.time(), expires_at, token)
             self._publish((*self._runs, run))
-            timer.start()
         log_event(
             "start",
             actor=actor,
@@ -272,6 +261,7 @@ class Chaos:
             "injections_in_flight": self._in_flight,
             "injections_skipped": self._skipped,
             "max_injections": self.max_injections,
+            "max_experiments": self.max_experiments,
         }
 
     def _end(self, run: Run, reason: str, actor: str, detail: str | None = None) -> None:
@@ -280,11 +270,11 @@ class Chaos:
             return
         run.stopped = True
         self._publish(tuple(other for other in self._runs if other is not run))
-        run.timer.cancel()
+        self._ticker.cancel(run.ttl_token)
         run.wake_all()
         catalog = active()
         if catalog is not None:
-            catalog.chaos_aborts.labels(run.name, reason).inc()
+            catalog.chaos_experiments_ended.labels(run.name, reason).inc()
         record = {
             "experiment": run.name,
             "reason": reason,
@@ -306,12 +296,14 @@ class Chaos:
         )
 
     def _publish(self, runs: tuple[Run, ...]) -> None:
-        # Readers take the caches first and the runs second, so a lookup
-        # racing with this can only fill a cache that is being thrown away.
+        # Readers take the caches first and the runs (and methods) second, so a
+        # lookup racing with this can only fill a cache that is being thrown away.
+        routes = [fault.route for run in runs for fault in run.experiment.faults if fault.route]
         self._runs = runs
+        self._route_methods = _METHODS.union(key.method for key in routes if key.method)
         self._by_name = {}
         self._by_route = {}
-        self._inbound = any(fault.inbound for run in runs for fault in run.experiment.faults)
+        self._inbound = bool(routes)
         self._watchers = tuple(run for run in runs if run.watcher is not None)
         self.watching = bool(self._watchers)
         self._next_expiry = min((run.expires_at for run in runs), default=math.inf)
@@ -322,11 +314,15 @@ class Chaos:
 
     # -- the seams --------------------------------------------------------------------
 
-    def plan(self, dependency: str, *, respond: bool = False) -> Injection | None:
+    def plan(
+        self, dependency: str, *, respond: bool = False, span: Span | None = None
+    ) -> Injection | None:
         """The faults that hit this call to ``dependency``, or ``None`` (the usual answer).
 
         Seams call it only while :attr:`armed`. ``respond``: whether the seam
-        can synthesize a response (the httpx transport).
+        can synthesize a response (the httpx transport). ``span``: the call's
+        own span, marked with what hit it (``tailguard.chaos.injected`` and
+        the experiments and fault kinds).
         """
         cache = self._by_name
         entries = cache.get(dependency)
@@ -342,7 +338,7 @@ class Chaos:
         # Only calls a fault targets need the TTL checked (decide skips ended runs).
         if self.clock() >= self._next_expiry:
             self.expire()
-        return decide(self, entries, dependency, current_request(), respond=respond)
+        return decide(self, entries, dependency, current_request(), respond=respond, span=span)
 
     async def inbound(self, request: RequestView, send: Send) -> bool:
         """Apply route faults to ``request`` before the app; True if it was answered here.
@@ -354,11 +350,13 @@ class Chaos:
         """
         if not self._inbound:
             return False
-        method, route = request.method, request.route
         cache = self._by_route
-        entries = cache.get((method, route))
+        method, route = request.method, request.route
+        # Keyed by the methods faults name, so client-invented ones share one entry.
+        key = (method if method in self._route_methods else _OTHER_METHOD, route)
+        entries = cache.get(key)
         if entries is None:
-            entries = cache[(method, route)] = tuple(
+            entries = cache[key] = tuple(
                 (run, fault)
                 for run in self._runs
                 for fault in run.experiment.faults
@@ -368,7 +366,8 @@ class Chaos:
             return False
         if self.clock() >= self._next_expiry:
             self.expire()
-        injection = decide(self, entries, f"{method} {route}", request, respond=True)
+        # Labelled by each fault's own route key: the operator's words, not the client's.
+        injection = decide(self, entries, None, request, respond=True)
         if injection is None:
             return False
         return await injection.apply_inbound(send)

@@ -33,10 +33,35 @@ from typing import ClassVar, Final
 from tailguard.chaos._match import RouteKey, check_dependency_glob, is_route_key
 from tailguard.chaos.distributions import Distribution, Fixed
 
-__all__ = ["Fault", "Hang", "Latency", "Raise", "Reset", "Respond"]
+__all__ = [
+    "RESERVED_HEADERS",
+    "Fault",
+    "Hang",
+    "Latency",
+    "Raise",
+    "Reset",
+    "Respond",
+    "reserved_header",
+]
 
 _HEADER_NAME: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HEADER_VALUE: Final = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
+RESERVED_HEADERS: Final = frozenset(
+    {"connection", "content-length", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+"""Framing and hop-by-hop headers a :class:`Respond` may not set (nor any ``proxy-*``)."""
+
+
+def reserved_header(name: str) -> bool:
+    """Whether ``name`` frames the message or is hop-by-hop: the server's, not a fault's, to set.
+
+    >>> reserved_header("Content-Length"), reserved_header("proxy-authenticate")
+    (True, True)
+    >>> reserved_header("retry-after")
+    False
+    """
+    lowered = name.lower()
+    return lowered in RESERVED_HEADERS or lowered.startswith("proxy-")
 
 
 class Fault:
@@ -196,6 +221,8 @@ class Respond(Fault):
     calling the inner transport; on an inbound route, the middleware answers
     for the app. Other dependency seams have no response to fake, so the
     fault does not apply there. Responses carry ``x-tailguard-chaos: <experiment>``.
+    Framing and hop-by-hop headers (``content-length``, ``transfer-encoding``,
+    ``connection``, ``proxy-*``...: :func:`reserved_header`) are refused.
 
     >>> Respond("inventory", status=503, headers={"retry-after": "1"}).headers
     (('retry-after', '1'),)
@@ -238,6 +265,11 @@ class Respond(Fault):
         for name, value in headers.items():
             if not isinstance(name, str) or not _HEADER_NAME.match(name):
                 raise ValueError(f"Respond: headers: {name!r} is not a valid header name")
+            if reserved_header(name):
+                raise ValueError(
+                    f"Respond: headers: {name!r} is a framing or hop-by-hop header, which the "
+                    "server sets; leave it out"
+                )
             if not isinstance(value, str) or not _HEADER_VALUE.match(value):
                 raise ValueError(f"Respond: headers[{name!r}] must be a str without line breaks")
             pairs.append((name, value))

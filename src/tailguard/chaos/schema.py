@@ -33,7 +33,7 @@ from tailguard.chaos._fields import ExperimentError, parse_json
 from tailguard.chaos._jsonschema import EXPERIMENT_JSON_SCHEMA
 from tailguard.chaos.distributions import Empirical, Fixed, LogNormal, Pareto, Uniform
 from tailguard.chaos.experiment import AbortWhen, Experiment
-from tailguard.chaos.faults import Fault, Hang, Latency, Raise, Reset, Respond
+from tailguard.chaos.faults import Fault, Hang, Latency, Raise, Reset, Respond, reserved_header
 
 __all__ = [
     "EXPERIMENT_JSON_SCHEMA",
@@ -191,6 +191,10 @@ def _headers(value: object, path: str) -> dict[str, str]:
     headers: dict[str, str] = {}
     for key, item in value.items():
         header = f.header_name(key, f"{path}.{key}" if isinstance(key, str) else path)
+        if reserved_header(header):
+            raise ExperimentError(
+                f"{path}.{key}", "is a framing or hop-by-hop header, which the server sets"
+            )
         headers[header] = f.header_value(item, f"{path}.{key}")
     return headers
 

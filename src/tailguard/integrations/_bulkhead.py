@@ -50,7 +50,7 @@ class _BulkheadTransport:
         try:
             chaos = dependency.chaos
             if chaos is not None and chaos.armed:
-                injection = chaos.plan(dependency.name, respond=True)
+                injection = chaos.plan(dependency.name, respond=True, span=permit.span)
                 if injection is not None:
                     synthesized = await injection.apply_http(request, self._library)
                     if synthesized is not None:

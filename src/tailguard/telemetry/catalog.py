@@ -269,8 +269,8 @@ class Catalog:
             multiprocess_mode="livemax",
             registry=r,
         )
-        self.chaos_aborts: Final = Counter(
-            "tailguard_chaos_aborts_total",
+        self.chaos_experiments_ended: Final = Counter(
+            "tailguard_chaos_experiments_ended_total",
             "Chaos experiments that ended, by reason: stopped, halt, safeguard (an AbortWhen "
             "tripped) or expired (the TTL ran out).",
             ["experiment", "reason"],

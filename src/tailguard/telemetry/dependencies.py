@@ -4,7 +4,9 @@
 asks for a slot, :func:`call_refused` when none was given, and
 :func:`call_ended` when the call gives its slot back. The time is also charged
 to the request being handled, for its budget split (queue, each dependency,
-the handler).
+the handler). Calls that had to wait for a slot (granted or not) are recorded
+in ``tailguard_queue_wait_seconds{kind="dependency"}``, as requests that
+queued are with ``kind="route"``; calls given a slot at once are not.
 
 >>> import asyncio
 >>> from prometheus_client import CollectorRegistry
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tailguard import _context
 from tailguard.admission import Rejected
@@ -63,17 +65,26 @@ def call_started(name: str) -> Span | None:
 
 
 def call_refused(name: str, error: BaseException, span: Span | None, waited: float) -> None:
-    """No slot: shed, out of time, or cancelled while waiting ``waited`` seconds."""
+    """No slot: shed, out of time, or cancelled while waiting ``waited`` seconds.
+
+    ``waited`` is 0.0 for a call refused before it queued (its deadline had
+    no time left for one).
+    """
     outcome = outcome_of(error)
     catalog = telemetry.active()
     if catalog is not None:
         catalog.dependency_calls.labels(name, outcome).inc()
+        if waited > 0.0:
+            catalog.queue_wait.labels(name, "dependency").observe(waited)
     _charge(name, waited)
     otel.end_dependency_span(span, outcome, slot_wait=waited, error=error)
 
 
 def call_ended(name: str, permit: Permit, error: BaseException | None) -> None:
-    """The call gave its slot back; ``error`` is what it raised, if anything."""
+    """The call gave its slot back; ``error`` is what it raised, if anything.
+
+    A call given its slot at once has ``requested_at == acquired_at``: no wait.
+    """
     now = monotonic()
     held = now - permit.acquired_at
     waited = permit.acquired_at - permit.requested_at
@@ -82,8 +93,10 @@ def call_ended(name: str, permit: Permit, error: BaseException | None) -> None:
     if catalog is not None:
         catalog.dependency_calls.labels(name, outcome).inc()
         catalog.dependency_duration.labels(name).observe(held)
+        if waited > 0.0:
+            catalog.queue_wait.labels(name, "dependency").observe(waited)
     _charge(name, held + waited)
-    span: Any = permit.span
+    span = permit.span
     if span is not None:
         otel.end_dependency_span(span, outcome, slot_wait=waited, error=error)
 
