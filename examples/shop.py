@@ -1,7 +1,10 @@
 """A small shop API guarded by tailguard. Copy it to start your own.
 
 Serve it:       uvicorn examples.shop:app
-See it work:    tailguard demo    (serves this app and sends it a burst of requests)
+See it work:    tailguard demo    (serves this app, sends it a burst of requests, then
+                                   runs a mini game-day against its inventory bulkhead)
+Game-day:       TAILGUARD_CHAOS=1 TAILGUARD_TOKEN=... uvicorn examples.shop:app
+                then tailguard chaos start FILE | status | halt  (docs/chaos-control.md)
 
 Every request gets a time budget from ``guard``: the most specific route key
 wins, and anything no key matches gets the default. Handlers can ask how much
@@ -10,12 +13,20 @@ cancels the handler and answers ``504`` with ``x-tailguard-reason:
 deadline_exceeded``; if the response had already started streaming, it aborts
 it instead, so the client sees a truncated response rather than a short one
 that looks complete.
+
+``GET /stock/{item_id}`` reads through ``inventory``, a dependency bulkhead:
+at most 4 lookups at once and 8 waiting, so a slow inventory service fills
+its own queue and is shed with 503s instead of tying up the whole shop.
+Chaos is off unless ``TAILGUARD_CHAOS=1``; the control API (``/_tailguard``,
+used by ``tailguard chaos``) is mounted only when ``TAILGUARD_TOKEN`` is set.
+Both are read once, when this module is imported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 from collections.abc import AsyncIterator
 
@@ -24,6 +35,7 @@ from fastapi.responses import StreamingResponse
 
 import tailguard
 from tailguard import RoutePolicy, Tailguard
+from tailguard.chaos import Chaos
 
 guard = Tailguard(
     default=RoutePolicy(deadline=1.0),  # routes no key below matches
@@ -32,13 +44,18 @@ guard = Tailguard(
         "GET /search": RoutePolicy(deadline=0.15),
         "/reports/*": RoutePolicy(deadline=2.0),  # a prefix key: every route under /reports/
         "GET /feed": RoutePolicy(deadline=0.3),  # the budget covers the whole stream
+        "GET /stock/{item_id}": RoutePolicy(deadline=0.25),
     },
+    chaos=Chaos(),  # off unless TAILGUARD_CHAOS=1; never enabled=True in code you ship
 )
+inventory = guard.dependency("inventory", max_concurrency=4, max_queue=8)
 app = FastAPI(title="shop")
-guard.install(app)
+# No token, no control API. An empty or short one is refused here, at startup.
+guard.install(app, control_token=os.environ.get("TAILGUARD_TOKEN"))
 
 ITEMS = {1: "lamp", 2: "chair", 3: "desk"}
 PRICES = {1: 49.0, 2: 120.0, 3: 310.0}
+STOCK = {1: 12, 2: 0, 3: 4}
 _latency = random.Random(7)  # seeded: the "random" search times repeat from run to run
 _MU = math.log(0.06)  # search times: log-normal with a 60 ms median and a long tail
 
@@ -113,3 +130,21 @@ async def quote(item_id: int) -> dict[str, object]:
     forward = {"x-request-timeout-ms": str(_left_ms())}
     # e.g. await tax_client.get("/rates", headers=forward, timeout=tailguard.remaining())
     return {"item_id": item_id, "price": PRICES[item_id], "forward_headers": forward}
+
+
+@app.get("/stock/{item_id}")
+async def stock(item_id: int) -> dict[str, object]:
+    """A lookup through the ``inventory`` bulkhead, within a 250 ms budget.
+
+    The lookup takes a slot of the bulkhead first (waiting, within the budget,
+    if all 4 are taken; shed with a 503 if 8 are already waiting). A chaos
+    experiment targeting ``inventory`` strikes inside the slot, as a slow
+    inventory service would: the slot is held, later lookups queue, and the
+    budget still ends any lookup that runs past it with a 504.
+    """
+    if item_id not in STOCK:
+        raise HTTPException(status_code=404, detail="no such item")
+    async with inventory:
+        await asyncio.sleep(0.005)  # stands in for asking the inventory service
+        count = STOCK[item_id]
+    return {"item_id": item_id, "in_stock": count, "budget_left_ms": _left_ms()}

@@ -154,8 +154,11 @@ def _add_demo(commands: argparse._SubParsersAction[_Parser]) -> None:
             "Serve an app under uvicorn on 127.0.0.1, send it a short concurrent burst "
             "of requests (some fit their budget, some run past it, one carries a tighter "
             "x-request-timeout-ms, a stream is cut off mid-response) and print what "
-            "happened per route. The burst is written for examples/shop.py; point --app "
-            "at your copy of it."
+            "happened per route. Then a mini game-day: start a chaos experiment that makes "
+            "the inventory dependency slow through the control API, send more requests, "
+            "halt it, and show what /metrics recorded. For that the app is imported with "
+            "TAILGUARD_CHAOS=1 and a random TAILGUARD_TOKEN. Both are written for "
+            "examples/shop.py; point --app at your copy of it."
         ),
     )
     demo.add_argument(
@@ -177,15 +180,25 @@ def _add_demo(commands: argparse._SubParsersAction[_Parser]) -> None:
         metavar="N",
         help="requests per route (default: 8)",
     )
+    demo.add_argument(
+        "--no-gameday",
+        action="store_true",
+        help="skip the game-day (and import the app without setting TAILGUARD_CHAOS or _TOKEN)",
+    )
     demo.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    app = import_app(args.app, args.app_dir)
     try:
-        from tailguard import demo
+        from tailguard import demo, demo_gameday
 
-        return demo.run(app, requests=args.requests)
+        if args.no_gameday:
+            app, token = import_app(args.app, args.app_dir), None
+        else:
+            # The app reads both when it is created, so set them for its import.
+            with demo_gameday.chaos_environment() as token:
+                app = import_app(args.app, args.app_dir)
+        return demo.run(app, requests=args.requests, control_token=token)
     except ImportError as exc:  # httpx or uvicorn missing: both are extras
         raise CommandError(
             f"the demo needs httpx and uvicorn: pip install 'tailguard[httpx,server]' ({exc})"

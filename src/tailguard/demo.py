@@ -2,6 +2,8 @@
 
 :func:`run` serves the app under uvicorn on 127.0.0.1, sends the burst with
 :func:`send_burst`, and prints :func:`format_table` and :func:`explain`.
+Given the app's control token, a mini game-day follows: see
+:mod:`tailguard.demo_gameday`.
 
 The burst (:func:`shop_plan`) is written for ``examples/shop.py`` and is
 deterministic by design: every request either fits its budget or overruns it
@@ -419,11 +421,14 @@ def run(
     requests: int = 8,
     scenarios: Sequence[Scenario] | None = None,
     out: TextIO | None = None,
+    control_token: str | None = None,
 ) -> int:
     """Serve ``app`` under uvicorn, send the burst, print the table and the explanation.
 
     ``scenarios`` defaults to :func:`shop_plan` with ``requests`` per route;
-    ``out`` to ``sys.stdout``. Returns the exit status, 0.
+    ``out`` to ``sys.stdout``. With the app's ``control_token``, a mini
+    game-day follows (:func:`tailguard.demo_gameday.run`). Returns the exit
+    status, 0.
     """
     stream = out if out is not None else sys.stdout
     plan = list(scenarios) if scenarios is not None else shop_plan(requests)
@@ -441,6 +446,10 @@ def run(
         with ThreadPoolExecutor(1, thread_name_prefix="tailguard-demo-client") as client:
             outcomes = client.submit(lambda: asyncio.run(send_burst(base_url, plan))).result()
     report(app, plan, [stopwatch.attach(found) for found in outcomes], out=stream)
+    if control_token is not None:
+        from tailguard import demo_gameday
+
+        demo_gameday.run(app, control_token=control_token, out=stream)
     return 0
 
 

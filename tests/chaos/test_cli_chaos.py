@@ -335,7 +335,7 @@ def test_a_game_day_from_the_command_line(
     assert lines[0] == f"chaos enabled at {url} (seed 3; injections in flight 0/100, skipped 0)"
     assert lines[1] == "running: 2"
     assert "latency inventory rate=0.3 delay=lognormal(p50=0.05, p99=0.5)" in out
-    assert "only: routes GET /items/*" in out
+    assert "only: routes GET /stock/*" in out
 
     status, out, err = run("start", example, capsys=capsys)
     assert (status, out) == (1, "")

@@ -181,3 +181,25 @@ async def test_the_span_says_a_slot_given_at_once_was_not_waited_for(db: Depende
     ]
     assert slot_waits[0] == 0.0
     assert slot_waits[1] > 0.0
+
+
+async def test_a_call_cut_off_by_the_request_deadline_counts_as_deadline_exceeded() -> None:
+    import tailguard
+    from tailguard import Dependency
+    from tailguard.telemetry.catalog import Catalog, activate
+
+    registry = CollectorRegistry()
+    activate(Catalog(registry))
+    db = Dependency("db-deadline", max_concurrency=1)
+    try:
+        with pytest.raises(tailguard.DeadlineExceeded):
+            async with tailguard.deadline(0.01):
+                async with db:
+                    await asyncio.sleep(10)
+    finally:
+        activate(None)
+    outcome = registry.get_sample_value(
+        "tailguard_dependency_calls_total",
+        {"dependency": "db-deadline", "outcome": "deadline_exceeded"},
+    )
+    assert outcome == 1

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from tailguard import _context
 from tailguard.admission import Rejected
-from tailguard.deadlines import DeadlineExceeded
+from tailguard.deadlines import DeadlineExceeded, current_deadline
 from tailguard.telemetry import catalog as telemetry
 from tailguard.telemetry import otel
 
@@ -55,6 +55,10 @@ def outcome_of(error: BaseException | None) -> str:
     if isinstance(error, Rejected):
         return "rejected"
     if isinstance(error, asyncio.CancelledError):
+        # Cut off by the request's deadline (its cancellation passes through here).
+        deadline = current_deadline()
+        if deadline is not None and deadline.remaining() <= 0:
+            return "deadline_exceeded"
         return "cancelled"
     return "error"
 
