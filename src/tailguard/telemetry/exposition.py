@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
+import anyio
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -98,10 +99,21 @@ def metrics_app(
         if "name[]" in params:
             source = registry_now.restricted_registry(params["name[]"])
         encoder, content_type = choose_encoder(",".join(accept))
-        body = encoder(source)
+        compress = gzip_accepted(",".join(accept_encoding))
+
+        def render() -> bytes:
+            body = encoder(source)
+            return gzip.compress(body, compresslevel=6) if compress else body
+
+        if path is not None:
+            # Merging every worker's files reads the disk: not on the event loop.
+            body = await anyio.to_thread.run_sync(render)
+        else:
+            # In one process, collecting folds the batched request counts, which
+            # only the loop's thread may do without lag.
+            body = render()
         headers = [(b"content-type", content_type.encode("latin-1"))]
-        if gzip_accepted(",".join(accept_encoding)):
-            body = gzip.compress(body, compresslevel=6)
+        if compress:
             headers.append((b"content-encoding", b"gzip"))
         await _respond(send, 200, headers, b"" if method == "HEAD" else body, len(body))
 
