@@ -31,6 +31,7 @@ import contextvars
 import functools
 import inspect
 import math
+from asyncio import CancelledError
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from time import monotonic
@@ -43,6 +44,8 @@ from tailguard.deadlines import Deadline, DeadlineExceeded, current_deadline
 from tailguard.integrations._bulkhead import bulkhead_transport
 from tailguard.integrations._transport import DEFAULT_HEADER, MIN_BUDGET
 from tailguard.tail.hedge import hedge as _hedge
+from tailguard.tail.sites import HedgeSite
+from tailguard.tail.sketch import LatencySketch
 from tailguard.telemetry import dependencies as dependency_telemetry
 
 if TYPE_CHECKING:
@@ -120,7 +123,7 @@ class Dependency:
     1
     """
 
-    __slots__ = ("_pool", "chaos", "limiter", "name")
+    __slots__ = ("_hedge_site", "_pool", "chaos", "latency", "limiter", "name")
 
     def __init__(
         self,
@@ -159,6 +162,9 @@ class Dependency:
         self._pool = ThreadPool(name, max_concurrency)
         self.chaos: Final = chaos
         """The chaos engine whose experiments may hit this dependency (``guard.chaos``)."""
+        self.latency: Final = LatencySketch()
+        """Slot-hold times of recent calls (successes, and cancelled calls as lower bounds)."""
+        self._hedge_site: HedgeSite | None = None
 
     def __repr__(self) -> str:
         limiter = self.limiter
@@ -257,6 +263,10 @@ class Dependency:
         """Give a call's slot back; ``error`` is what the call raised, ``None`` if it went well."""
         permit.release(ok=error is None)
         dependency_telemetry.call_ended(self.name, permit, error)
+        if error is None or isinstance(error, CancelledError):
+            # A cancelled call (a hedge's loser, a deadline) ran at least this long:
+            # leaving it out would pull the estimate down to the winners.
+            self.latency.observe(monotonic() - permit.acquired_at)
 
     async def hedge(
         self,
@@ -269,8 +279,9 @@ class Dependency:
     ) -> T:
         """:func:`tailguard.hedge` for this dependency: each attempt takes a slot of its own.
 
-        The call site is the dependency's name, so its latency estimate and
-        hedge budget are shared by every hedged call of this dependency.
+        ``delay="p95"`` reads :attr:`latency`, the dependency's own estimate
+        fed by every call through any seam; the hedge budget is this
+        dependency's too (call site: its name, in metrics and spans).
 
         >>> import asyncio
         >>> replica = Dependency("replica", max_concurrency=4)
@@ -282,8 +293,14 @@ class Dependency:
             delay=delay,
             max_hedges=max_hedges,
             max_extra=max_extra,
-            name=self.name,
+            site=self._site(),
         )
+
+    def _site(self) -> HedgeSite:
+        site = self._hedge_site
+        if site is None:
+            site = self._hedge_site = HedgeSite(self.name, latency=self.latency, observe=False)
+        return site
 
     # -- entry points -------------------------------------------------------------------
 

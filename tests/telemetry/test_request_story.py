@@ -148,3 +148,27 @@ async def test_a_dependency_hedges_through_its_own_bulkhead(
     assert await story.db.hedge(fetch, delay=10.0) == "row"
     assert seen == [1]  # the attempt held a slot of db's bulkhead
     assert story.db.limiter.in_use == 0
+
+
+async def test_dep_hedge_uses_the_dependencys_own_estimate(exporter: InMemorySpanExporter) -> None:
+    story = Story(exporter)
+    db = story.db
+    for _ in range(250):  # plain calls through two seams feed the estimate
+        await db.call(asyncio.sleep, 0)
+        async with db:
+            pass
+    assert db.latency.count == 500
+    assert db.latency.quantile(0.95) is not None
+    stuck = asyncio.Event()
+    attempts = 0
+
+    async def fetch() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            await stuck.wait()  # the first attempt hangs: only a hedge can answer
+        return f"attempt {attempts}"
+
+    assert await db.hedge(fetch, delay="p95", max_extra=1.0) == "attempt 2"
+    assert db.limiter.in_use == 0
+    assert db.latency.count == 502  # the winner, and the cancelled loser as a lower bound
