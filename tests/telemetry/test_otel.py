@@ -115,7 +115,7 @@ async def test_the_server_span_is_current_inside_middleware_added_before(
     assert server.attributes is not None
     assert server.attributes["http.route"] == "/items/{item_id}"
     assert server.attributes["tailguard.deadline.budget_ms"] == 250.0
-    assert server.attributes["tailguard.deadline.source"] == "route"
+    assert "tailguard.deadline.source" not in server.attributes  # only a header's is news
 
 
 async def test_per_message_spans_can_be_kept(exporter: InMemorySpanExporter) -> None:
@@ -265,21 +265,6 @@ async def test_admission_queue_wait_and_budget_are_recorded(exporter: InMemorySp
     assert attributes["tailguard.budget.handler_ms"] == 4.0
     assert attributes["tailguard.budget.dependency.db_ms"] == 2.0
     assert attributes["tailguard.budget.dependency.cache_ms"] == 0.0
-
-
-async def test_an_immediate_admission_costs_no_span(exporter: InMemorySpanExporter) -> None:
-    async def admitted(span: trace.Span, scope: Scope) -> None:
-        otel.set_admitted(span, "orders")
-        otel.record_budget(span, handler=0.001)
-
-    app = make_app([], admitted)
-    otel.instrument(app, provider_for(exporter))
-    await get(app)
-    (server,) = exporter.get_finished_spans()
-    attributes = dict(server.attributes or {})
-    assert attributes["tailguard.admission"] == "admitted"
-    assert attributes["tailguard.limiter"] == "orders"
-    assert "tailguard.budget.queue_ms" not in attributes
 
 
 async def test_shedding_and_deadline_expiry_are_events(exporter: InMemorySpanExporter) -> None:

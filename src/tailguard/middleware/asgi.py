@@ -160,8 +160,6 @@ class TailguardMiddleware:
                     permit = limiter.try_acquire(resolved.policy.priority, exchange.tenant)
                     if permit is None:
                         permit = await exchange.queue_for(limiter, resolved)
-                    elif span is not None:
-                        otel.set_admitted(span, limiter.name, exchange.span_attributes)
                 await self.app(scope, exchange.receive, exchange.send)
             settled = True
         except (DeadlineExceeded, Rejected) as exc:  # ran out, or shed here or downstream

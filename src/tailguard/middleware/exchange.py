@@ -309,15 +309,19 @@ class Exchange(task_registry.RequestTasks):
         if span is None or self.budget_annotated:
             return
         self.budget_annotated = True
-        duration = (self.ended or monotonic()) - self.arrived
-        queue = self._queue_share()
-        spent = self.spent
-        handler = duration - (queue or 0.0) - (sum(spent.values()) if spent else 0.0)
         attributes = self.span_attributes if self.span_attributes is not None else {}
-        otel.record_budget(
-            span, handler=max(handler, 0.0), queue=queue, dependencies=spent, into=attributes
-        )
-        span.set_attributes(attributes)
+        queue = self.queue_wait
+        spent = self.spent
+        if queue or spent:
+            # A split only when there is one: otherwise the handler had it all,
+            # which the span's own duration says (attributes are not free).
+            duration = (self.ended or monotonic()) - self.arrived
+            handler = duration - (queue or 0.0) - (sum(spent.values()) if spent else 0.0)
+            otel.record_budget(
+                span, handler=max(handler, 0.0), queue=queue, dependencies=spent, into=attributes
+            )
+        if attributes:
+            span.set_attributes(attributes)
 
     async def settle(
         self,
