@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tailguard._scope import route_path
 from tailguard.chaos._fields import ExperimentError, parse_json
 from tailguard.chaos._log import log_event, logger
 from tailguard.chaos._openapi import openapi_document
@@ -137,7 +138,7 @@ class ControlAPI:
         """Whether ``scope`` is an HTTP request under this API's prefix."""
         if scope["type"] != "http":
             return False
-        path = _route_path(scope)
+        path = route_path(scope)
         return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
 
     def openapi(self) -> dict[str, Any]:
@@ -176,7 +177,7 @@ class ControlAPI:
         if not self.handles(scope):
             raise _Refusal(404, "not found")
         self._authenticate(scope)
-        endpoint = _route_path(scope)[len(self.prefix) :]
+        endpoint = route_path(scope)[len(self.prefix) :]
         name = endpoint.removeprefix("/experiments/")
         if name and name != endpoint:
             if scope["method"] != "DELETE":
@@ -286,12 +287,6 @@ class ControlMiddleware:
             await self.control(scope, receive, send)
         else:
             await self.app(scope, receive, send)
-
-
-def _route_path(scope: Scope) -> str:
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _require_json(scope: Scope) -> None:

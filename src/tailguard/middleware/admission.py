@@ -6,6 +6,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 
 from starlette.types import Scope
 
+from tailguard._scope import header as header_value
 from tailguard.admission import Limiter
 from tailguard.middleware.routing import limiter_name
 from tailguard.policy import RoutePolicy
@@ -90,10 +91,6 @@ def tenant_resolver(header: str | None, tenant: TenantOf | None) -> TenantOf | N
     name = header.lower().encode("latin-1")
 
     def from_header(scope: Scope) -> str | None:
-        for key, value in scope["headers"]:
-            if key == name:
-                found: str = value.decode("latin-1")
-                return found
-        return None
+        return header_value(scope, name)
 
     return from_header

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tailguard import _context
+from tailguard._scope import route_path
 from tailguard.admission import Permit, Rejected
 from tailguard.deadlines import Deadline, DeadlineExceeded
 from tailguard.middleware.exchange import Exchange
@@ -88,10 +89,7 @@ class TailguardMiddleware:
             return
         guard = self.guard
         if guard.endpoints:
-            path = scope["path"]
-            root = scope.get("root_path", "")
-            if root and path.startswith(root):  # behind a proxy prefix (uvicorn --root-path)
-                path = path[len(root) :]
+            path = route_path(scope)  # behind a proxy prefix too (uvicorn --root-path)
             for prefix, endpoint in guard.endpoints:
                 if path == prefix or path.startswith(prefix + "/"):
                     await endpoint(scope, receive, send)

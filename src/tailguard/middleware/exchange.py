@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Message, Receive, Scope, Send
 
 from tailguard import _context
+from tailguard._scope import header as header_value
 from tailguard.admission import Limiter, Permit, Rejected
 from tailguard.deadlines import Deadline, DeadlineExceeded
 from tailguard.middleware.disconnect import Inbox
@@ -138,12 +139,7 @@ class Exchange(task_registry.RequestTasks):
         return tenant
 
     def header(self, name: str) -> str | None:
-        wanted = name.lower().encode("latin-1")
-        for key, value in self.scope["headers"]:
-            if key == wanted:
-                found: str = value.decode("latin-1")
-                return found
-        return None
+        return header_value(self.scope, name.lower().encode("latin-1"))
 
     def promote(self) -> None:
         """Still running after the grace period: arm the deadline, watch the client."""

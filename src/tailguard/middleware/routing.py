@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from starlette.routing import BaseRoute, Host, Match, Mount, compile_path
 from starlette.types import Scope
 
+from tailguard._scope import route_path
 from tailguard.middleware.service_time import ServiceTime
 from tailguard.policy import RoutePolicy
 
@@ -122,7 +123,7 @@ class RouteMatcher:
         combined = self._combined
         if combined is None:
             return None
-        path = _route_path(scope)
+        path = route_path(scope)
         found = combined.match(path)
         if found is None:
             return None
@@ -163,17 +164,6 @@ def _flatten(routes: Iterable[BaseRoute], path: str, template: str) -> list[_Lea
             regex = compile_path(path + route_path)[0]
         leaves.append(_Leaf(regex, template + path_format, methods))
     return leaves
-
-
-def _route_path(scope: Scope) -> str:
-    """The path the router matches: ``scope["path"]`` less ``root_path`` (as Starlette does)."""
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    if not root_path or not path.startswith(root_path):
-        return path
-    if path == root_path:
-        return ""
-    return path[len(root_path) :] if path[len(root_path)] == "/" else path
 
 
 def _leaf(path: str, template: str, methods: frozenset[str] | None) -> _Leaf:
