@@ -246,3 +246,61 @@ def test_matcher_declines_a_mount_holding_host_routes() -> None:
     inner = Host("internal.example", app=Router(routes=[Route("/stats", _ok)]))
     app = Starlette(routes=[Mount("/admin", routes=[inner])])
     assert RouteMatcher.for_routes(app.routes, None) is None
+
+
+def _policies(app_routes: dict[str, RoutePolicy]) -> RouteTable:
+    return RouteTable(app_routes, RoutePolicy(deadline=9.0))
+
+
+def test_resolve_gives_the_tables_answer_for_the_template() -> None:
+    app = _starlette_app()
+    del app.routes[-1]  # the Host route: compilable without it
+    table = _policies({"GET /items/{item_id}": RoutePolicy(deadline=0.1), "/api/*": RoutePolicy()})
+    matcher = RouteMatcher.for_routes(app.routes, None, app)
+    assert matcher is not None
+    assert matcher.app is app
+    for method, path, root in [
+        ("GET", "/items/1", ""),
+        ("GET", "/items/2", ""),  # cached for the route and method: same answer
+        ("POST", "/items/1", ""),
+        ("POST", "/svc/api/orders/7", "/svc"),
+        ("GET", "/nope", ""),
+    ]:
+        scope = {**http_scope(path, method, app=app), "root_path": root}
+        assert matcher.resolve(scope, table) is table.lookup(method, route_template(scope))
+
+
+def test_resolve_caches_only_answers_that_hold_for_every_path() -> None:
+    app = Starlette(
+        routes=[
+            Route("/things/{a}", _ok, methods=["GET"]),
+            Route("/things/{b:int}", _ok, methods=["POST"]),
+            Route("/things/{c}", _ok, methods=["POST"]),
+            Route("/pairs/{p}", _ok, methods=["GET"]),
+            Route("/pairs/{q}", _ok, methods=["POST"]),  # FastAPI's @get + @post shape
+        ]
+    )
+    table = _policies({})
+    matcher = RouteMatcher.for_routes(app.routes, None, app)
+    assert matcher is not None
+    # "x" passes over {b:int} to reach {c}; "1" must still get {b}.
+    for path, template in [("/things/x", "/things/{c}"), ("/things/1", "/things/{b}")] * 2:
+        assert matcher.resolve(http_scope(path, "POST", app=app), table).template == template
+    for path in ("/pairs/1", "/pairs/x"):
+        assert matcher.resolve(http_scope(path, "POST", app=app), table).template == "/pairs/{q}"
+    assert matcher.resolve(http_scope("/pairs/1", "PUT", app=app), table).template == "/pairs/{p}"
+
+
+def test_resolve_notices_routes_appended_after_compiling() -> None:
+    app = Starlette(routes=[Route("/items/{item_id}", _ok)])
+    table = _policies({"/more": RoutePolicy(deadline=0.5)})
+    matcher = RouteMatcher.for_routes(app.routes, None, app)
+    assert matcher is not None
+    assert matcher.resolve(http_scope("/more", app=app), table).template is None
+    app.add_route("/more", _ok)
+    assert matcher.resolve(http_scope("/more", app=app), table).key == "/more"
+    app.routes.append(Host("internal.example", app=Router(routes=[Route("/stats", _ok)])))
+    scope = {**http_scope("/stats", app=app), "headers": [(b"host", b"internal.example")]}
+    # Now uncompilable: Starlette's own matching answers.
+    assert matcher.resolve(scope, table).template == route_template(scope) == "/stats"
+    assert matcher.resolve(http_scope("/items/1", app=app), table).template == "/items/{item_id}"

@@ -49,7 +49,7 @@ async def test_a_sweep_that_finds_young_requests_comes_back_for_them() -> None:
     old, young = Request(), Request()
     sweeper.add(old, time.monotonic())
     sweeper.add(young, time.monotonic())
-    sweeper._young[old] -= 60  # pretend it arrived long ago
+    sweeper.young[old] -= 60  # pretend it arrived long ago
     sweeper._sweep()
     assert old.promoted.is_set()
     assert not young.promoted.is_set()

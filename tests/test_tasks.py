@@ -82,6 +82,10 @@ async def test_a_factory_installed_earlier_still_runs_and_is_chained_once() -> N
             _context.current.reset(token)
         assert built == ["_sleep_forever"]
         assert owned.pending() == [task]
+        outside = asyncio.create_task(_sleep_forever())  # no request: chained, not tracked
+        assert built == ["_sleep_forever", "_sleep_forever"]
+        assert owned.pending() == [task]
+        outside.cancel()
         owned.cancel_pending()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -52,6 +53,9 @@ def install(
         control = ControlAPI(guard.chaos, token=control_token, snapshot=guard.snapshot, prefix=path)
         endpoints.append((path, control))
     guard.endpoints = tuple(endpoints)
+    if endpoints:
+        alternatives = "|".join(re.escape(path) for path, _ in endpoints)
+        guard.endpoint_pattern = re.compile(f"(?:{alternatives})(?:/|$)")
     guard.tracing = tracing
     add_middleware(TailguardMiddleware, guard=guard)
     if tracing and instrument:

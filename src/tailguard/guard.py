@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -110,6 +111,8 @@ class Tailguard:
         """Requests in flight (for :meth:`snapshot`)."""
         self.endpoints: tuple[tuple[str, ASGIApp], ...] = ()
         """Paths tailguard answers itself (``/metrics``, the control API), by prefix."""
+        self.endpoint_pattern: re.Pattern[str] | None = None
+        """Finds any of :attr:`endpoints`' paths in a raw path: one C call per request."""
         self.recorder: RequestRecorder | None = None
         """Per-request metrics; ``None`` with ``metrics=False``."""
         self.refresher: Refresher | None = None
@@ -168,6 +171,13 @@ class Tailguard:
             self.recorder.flush()
         if self.refresher is not None:
             self.refresher()
+
+    def endpoint_for(self, path: str) -> ASGIApp | None:
+        """The endpoint of :attr:`endpoints` that serves ``path`` (a routed path), if any."""
+        for prefix, endpoint in self.endpoints:
+            if path == prefix or path.startswith(prefix + "/"):
+                return endpoint
+        return None
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able "asyncio ps" of the service: requests, tasks and pools right now.

@@ -139,3 +139,11 @@ async def test_an_app_wrapped_from_outside_is_annotated_without_a_second_middlew
         assert (await http.get("/items/3")).status_code == 200
     (server,) = exporter.get_finished_spans()
     assert (server.attributes or {})["http.route"] == "/items/{item_id}"
+
+
+async def test_paths_that_only_contain_the_metrics_path_reach_the_app() -> None:
+    app = Tailguard(registry=CollectorRegistry()).install(make_app(), tracing=False)
+    async with client(app) as http:
+        response = await http.get("/items/metrics")  # "/metrics" inside, not under it
+        assert (response.status_code, response.text) == (200, "metrics")
+        assert (await http.get("/metricsx")).status_code == 404

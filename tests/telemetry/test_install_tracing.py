@@ -104,7 +104,7 @@ async def test_server_span_is_annotated_and_spawned_tasks_are_its_children(
     assert server.name == "GET /items/{item_id}"
     attributes = dict(server.attributes or {})
     assert attributes["http.route"] == "/items/{item_id}"
-    assert attributes["tailguard.deadline.budget_ms"] == 30_000
+    assert "tailguard.deadline.budget_ms" not in attributes  # a route's budget is config, not news
     # Defaults say nothing: the budget's source (the route), an admission at once,
     # and a budget the handler had to itself are left out.
     assert not any(
@@ -120,6 +120,18 @@ async def test_server_span_is_annotated_and_spawned_tasks_are_its_children(
     assert task.context.trace_id == server.context.trace_id
     assert task.parent is not None
     assert task.parent.span_id == server.context.span_id
+
+
+async def test_a_callers_budget_is_on_the_server_span_with_its_header(
+    exporter: InMemorySpanExporter,
+) -> None:
+    app, _ = build(exporter)
+    async with client(app) as http:
+        response = await http.get("/items/42", headers={"x-request-timeout-ms": "20000"})
+        assert response.text == "42:7"
+    attributes = dict(server_span(exporter.get_finished_spans()).attributes or {})
+    assert attributes["tailguard.deadline.budget_ms"] == 20_000
+    assert attributes["tailguard.deadline.source"] == "x-request-timeout-ms"
 
 
 async def test_deadline_expiry_is_an_event_on_the_server_span(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import CancelledError, current_task
 from collections.abc import Mapping
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from tailguard.telemetry import otel
 from tailguard.telemetry import tasks as task_registry
 from tailguard.telemetry.exposition import retire_worker
 from tailguard.telemetry.pools import instrument_threads
+from tailguard.telemetry.requests import RouteMetrics
 
 if TYPE_CHECKING:
     from tailguard.guard import Tailguard
@@ -75,26 +77,26 @@ class TailguardMiddleware:
         self.guard = guard
         # Per app and per event loop, never per request: compiled routes and the
         # loop's sweeper.
-        self._matched_app: object = None
         self._matcher: RouteMatcher | None = None
+        self._uncompilable: object = None  # an app whose routes the matcher cannot compile
         self._sweeper: Sweeper | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind != "http":
-            if kind == "lifespan":
-                _start_telemetry(self.guard, asyncio.get_running_loop())
-                send = self._closing_dependencies(send)
-            await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
             return
         guard = self.guard
-        if guard.endpoints:
-            path = route_path(scope)  # behind a proxy prefix too (uvicorn --root-path)
-            for prefix, endpoint in guard.endpoints:
-                if path == prefix or path.startswith(prefix + "/"):
-                    await endpoint(scope, receive, send)
-                    return
-        resolved = guard.routes.lookup(scope["method"], self._template(scope))
+        pattern = guard.endpoint_pattern
+        if pattern is not None and pattern.search(scope["path"]):  # rules out most at once
+            endpoint = guard.endpoint_for(route_path(scope))  # behind a proxy prefix too
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        matcher = self._matcher
+        if matcher is not None and scope.get("app") is matcher.app:
+            resolved = matcher.resolve(scope, guard.routes)
+        else:
+            resolved = self._resolve(scope)
         budget = resolved.policy.deadline
         source = "route"
         inbound = guard.inbound
@@ -102,7 +104,7 @@ class TailguardMiddleware:
             found = inbound.budget(scope["headers"])
             if found is not None and (budget is None or found[0] < budget):
                 budget, source = found
-        task = asyncio.current_task()
+        task = current_task()
         assert task is not None
         sweeper = self._sweeper
         if sweeper is None or sweeper.loop is not task.get_loop():
@@ -121,25 +123,11 @@ class TailguardMiddleware:
             else:
                 sweeper.add(exchange, now)
         token = _context.current.set(tuple.__new__(_context.Frame, (deadline, exchange)))
-        guard.live[exchange] = now
-        span = otel.recording_span() if guard.tracing else None
-        if span is not None:  # sampled: annotate the server span; spawned tasks get spans
-            exchange.span = span
-            exchange.span_attributes = {}  # set in one call when the response completes
-            otel.annotate_request(
-                span,
-                scope["method"],
-                scope["path"],
-                resolved.template,
-                budget,
-                source,
-                exchange.span_attributes,
-            )
-        recorder = guard.recorder
+        live = guard.live
+        live[exchange] = now
         metrics = None
-        if recorder is not None:
-            metrics = recorder.route(resolved.template, scope["method"])
-            metrics.begin()
+        if guard.tracing or guard.recorder is not None:
+            metrics = self._observe(exchange, scope, resolved, budget, source)
         limiter = resolved.limiter
         permit: Permit | None = None
         error: DeadlineExceeded | Rejected | None = None
@@ -155,7 +143,8 @@ class TailguardMiddleware:
                 exchange.admitted_at = monotonic()
             if not answered:
                 if limiter is not None:
-                    permit = limiter.try_acquire(resolved.policy.priority, exchange.tenant)
+                    tenant = exchange.tenant if guard.tenant is not None else None
+                    permit = limiter.try_acquire(resolved.policy.priority, tenant)
                     if permit is None:
                         permit = await exchange.queue_for(limiter, resolved)
                 await self.app(scope, exchange.receive, exchange.send)
@@ -163,7 +152,7 @@ class TailguardMiddleware:
         except (DeadlineExceeded, Rejected) as exc:  # ran out, or shed here or downstream
             error = exc
             settled = True
-        except asyncio.CancelledError:
+        except CancelledError:
             # Absorb only the cancellation this request asked for; one from
             # outside (server shutdown) also counts and keeps propagating.
             if not exchange.withdraw_cancel():
@@ -171,16 +160,17 @@ class TailguardMiddleware:
             settled = True
         finally:
             exchange.finished = True
-            sweeper.discard(exchange)
-            del guard.live[exchange]
-            if exchange.timer is not None:
+            sweeper.young.pop(exchange, None)
+            del live[exchange]
+            if exchange.promoted:
                 exchange.disarm()
-            if exchange.inbox is not None:
-                exchange.inbox.close()
+                if exchange.inbox is not None:
+                    exchange.inbox.close()
             _context.current.reset(token)
             ok = exchange.complete and exchange.status < 500 and not exchange.fired
             if ok and not answered:
-                resolved.service_time.observe(monotonic() - exchange.admitted_at)
+                # Until the last body message: background tasks after it are not service.
+                resolved.service_time.observe(exchange.ended - exchange.admitted_at)
             if permit is not None:
                 permit.release(ok=ok)
             if not settled:
@@ -194,8 +184,47 @@ class TailguardMiddleware:
             finally:
                 error = None  # no exception -> traceback -> this frame -> exception cycle
                 exchange.close(metrics)
-        else:
+        elif metrics is not None or exchange.spawned or exchange.span is not None:
             exchange.close(metrics)
+        elif guard.chaos.watching:
+            exchange.close(None)
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Lifespan and websocket scopes pass through; lifespan also starts telemetry."""
+        if scope["type"] == "lifespan":
+            _start_telemetry(self.guard, asyncio.get_running_loop())
+            send = self._closing_dependencies(send)
+        await self.app(scope, receive, send)
+
+    def _observe(
+        self,
+        exchange: Exchange,
+        scope: Scope,
+        resolved: ResolvedRoute,
+        budget: float | None,
+        source: str,
+    ) -> RouteMetrics | None:
+        """Start the request's metrics and, when sampled, annotate its server span."""
+        guard = self.guard
+        span = otel.recording_span() if guard.tracing else None
+        if span is not None:  # sampled: annotate the server span; spawned tasks get spans
+            exchange.span = span
+            exchange.span_attributes = {}  # set in one call when the response completes
+            otel.annotate_request(
+                span,
+                scope["method"],
+                scope["path"],
+                resolved.template,
+                budget,
+                source,
+                exchange.span_attributes,
+            )
+        recorder = guard.recorder
+        if recorder is None:
+            return None
+        metrics = recorder.route(resolved.template, scope["method"])
+        metrics.begin()
+        return metrics
 
     def _closing_dependencies(self, send: Send) -> Send:
         """Wrap lifespan ``send`` so dependency thread pools drain before shutdown completes."""
@@ -212,15 +241,18 @@ class TailguardMiddleware:
 
         return lifespan_send
 
-    def _template(self, scope: Scope) -> str | None:
+    def _resolve(self, scope: Scope) -> ResolvedRoute:
+        """Resolution for a new app, a changed route list, or routes that cannot be compiled."""
         app = scope.get("app")
-        matcher = self._matcher
-        if app is not self._matched_app or (matcher is not None and matcher.stale()):
-            # Compiled once per app (and again if its route list grows); apps
-            # whose routes cannot be compiled use Starlette's own matching.
-            self._matched_app = app
-            matcher = self._matcher = RouteMatcher.for_routes(getattr(app, "routes", None), None)
-        return matcher.template(scope) if matcher is not None else route_template(scope)
+        if app is not self._uncompilable:
+            # Compiled once per app (and again if its route list grows); apps whose
+            # routes cannot be compiled use Starlette's own matching.
+            matcher = RouteMatcher.for_routes(getattr(app, "routes", None), self._matcher, app)
+            if matcher is not None:
+                self._matcher = matcher
+                return matcher.resolve(scope, self.guard.routes)
+            self._uncompilable = app
+        return self.guard.routes.lookup(scope["method"], route_template(scope))
 
 
 def _new_sweeper(guard: Tailguard, loop: asyncio.AbstractEventLoop) -> Sweeper:

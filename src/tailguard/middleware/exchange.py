@@ -40,37 +40,45 @@ class Exchange(task_registry.RequestTasks):
     neither.
     """
 
+    # Slots: everything a request of any configuration reads on its way
+    # through (slot reads are specialized by the interpreter, class-level
+    # defaults on an instance are not). The class-level defaults below are
+    # for the machinery of slow, traced or cancelled requests, written only
+    # by the requests that need it.
     __slots__ = (
         "_guard",
         "_receive",
         "_send",
         "_task",
-        "_tenant",
         "admitted_at",
         "arrived",
-        "body_complete",
-        "budget_annotated",
         "cancelling",
         "complete",
         "deadline",
-        "disconnect",
         "ended",
         "finished",
         "fired",
-        "inbox",
         "outcome",
+        "promoted",
         "queue_wait",
-        "reading",
         "resolved",
         "scope",
-        "span_attributes",
+        "span",
+        "spawned",
         "spent",
-        "started",
         "status",
-        "timer",
-        "watch_requested",
-        "withdrawn",
     )
+
+    timer: asyncio.TimerHandle | None = None
+    inbox: Inbox | None = None  # made only for requests that outlive the grace
+    reading = False
+    body_complete = False
+    watch_requested = False
+    disconnect: Message | None = None
+    withdrawn = False
+    budget_annotated = False
+    span_attributes: dict[str, Any] | None = None  # pending, for the server span
+    _tenant: str | bool | None = False  # False: not looked up yet
 
     def __init__(
         self,
@@ -83,40 +91,27 @@ class Exchange(task_registry.RequestTasks):
         resolved: ResolvedRoute,
         guard: Tailguard,
     ) -> None:
-        # RequestTasks' four fields, set inline: this runs per request.
-        self._live = None
-        self.spawned = 0
-        self.span = None
-        self._after = None
         self._task = task
-        self.timer: asyncio.TimerHandle | None = None
-        self.cancelling = task.cancelling()
+        self.cancelling = task.cancelling()  # cancel requests that are not ours
         self._send = send
         self._receive = receive
-        self.inbox: Inbox | None = None  # made only for requests that outlive the grace
-        self.reading = False
-        self.body_complete = False
-        self.watch_requested = False
-        self.disconnect: Message | None = None
         self.deadline = deadline
-        self.started = False
-        self.complete = False
-        self.fired = False
-        self.withdrawn = False
-        self.finished = False
-        self.status = 0
-        self.admitted_at = now
         self.arrived = now
-        self.ended = 0.0
-        self.outcome: str | None = None  # None: decided by the status when reported
-        self.queue_wait: float | None = None
-        self.budget_annotated = False
-        self.span_attributes: dict[str, Any] | None = None  # pending, for the server span
-        self.spent: dict[str, float] | None = None
+        self.admitted_at = now
         self.scope = scope
         self.resolved = resolved
         self._guard = guard
-        self._tenant: str | bool | None = False  # False: not looked up yet
+        self.status = 0  # 0 until the response starts
+        self.complete = False
+        self.finished = False
+        self.fired = False
+        self.promoted = False  # has a deadline timer or a disconnect watcher
+        self.ended = 0.0
+        self.outcome: str | None = None  # None: decided by the status when reported
+        self.queue_wait: float | None = None
+        self.spent: dict[str, float] | None = None
+        self.span = None
+        self.spawned = 0
 
     # -- the request, as other features see it (tailguard._context.RequestView) ----------
 
@@ -128,6 +123,11 @@ class Exchange(task_registry.RequestTasks):
     @property
     def route(self) -> str:
         return self.resolved.template or ""
+
+    @property
+    def started(self) -> bool:
+        """Whether the response has started (``http.response.start`` went out)."""
+        return self.status != 0
 
     @property
     def tenant(self) -> str | None:
@@ -152,6 +152,7 @@ class Exchange(task_registry.RequestTasks):
 
     def _watch(self) -> None:
         if self.inbox is None and self.disconnect is None and not self.finished:
+            self.promoted = True
             self.inbox = Inbox(self._receive, self.cancel, body_complete=self.body_complete)
             self.inbox.start_watching()
 
@@ -177,6 +178,7 @@ class Exchange(task_registry.RequestTasks):
         """Schedule the cancellation at the deadline, if there is one."""
         deadline = self.deadline
         if deadline is not None and self.timer is None:
+            self.promoted = True
             loop = self._task.get_loop()
             when = loop.time() + (deadline.at - monotonic())
             self.timer = loop.call_at(when, self.cancel)
@@ -210,7 +212,6 @@ class Exchange(task_registry.RequestTasks):
         # A plain function returning the server's awaitable: no extra coroutine
         # frame per message, the app awaits the server's send directly.
         if message["type"] == "http.response.start":
-            self.started = True
             self.status = message["status"]
         elif not message.get("more_body", False):
             self.complete = True
@@ -221,7 +222,7 @@ class Exchange(task_registry.RequestTasks):
             self.ended = monotonic()
             if self.span is not None:
                 self._annotate_budget()
-            if self.timer is not None:
+            if self.promoted:
                 self.disarm()
             _context.current.set(None)
         return self._send(message)

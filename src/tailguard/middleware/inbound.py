@@ -17,9 +17,12 @@ timeout".
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from operator import itemgetter
 
 __all__ = ["InboundDeadlines", "parse_grpc_timeout", "parse_milliseconds"]
+
+_name = itemgetter(0)
 
 _GRPC_UNITS = {
     ord("H"): 3600.0,
@@ -75,7 +78,7 @@ class InboundDeadlines:
     (0.05, 'grpc-timeout')
     """
 
-    __slots__ = ("_parsers",)
+    __slots__ = ("_honoured", "_parsers")
 
     def __init__(
         self,
@@ -92,9 +95,17 @@ class InboundDeadlines:
         if envoy:
             parsers[b"x-envoy-expected-rq-timeout-ms"] = parse_milliseconds
         self._parsers = parsers
+        self._honoured = parsers.__contains__
 
-    def budget(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[float, str] | None:
+    def budget(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[float, str] | None:
         """The smallest valid budget in ``headers`` and the header it came from."""
+        # Most requests carry none of these headers: look with C-level iteration
+        # first, walk the headers in Python only when one is there.
+        if not any(map(self._honoured, map(_name, headers))):
+            return None
+        return self._tightest(headers)
+
+    def _tightest(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[float, str] | None:
         best: tuple[float, str] | None = None
         parsers = self._parsers
         for name, value in headers:

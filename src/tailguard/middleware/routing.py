@@ -81,19 +81,28 @@ class RouteMatcher:
     including 405s, are kept. Apps whose routes cannot be flattened (``Host``
     routes, custom route classes) fall back to :func:`route_template`.
 
-    The matcher notices routes added to the app's top level; routes added
-    inside an already-mounted router after the first request are not seen.
+    The matcher notices routes appended to the app's top level (when a path
+    no compiled route matches arrives); routes added inside an already-mounted
+    router after the first request are not seen.
     """
 
-    __slots__ = ("_by_group", "_combined", "_count", "_leaves", "_routes")
+    __slots__ = ("_by_group", "_combined", "_count", "_leaves", "_resolved", "_routes", "app")
 
-    def __init__(self, routes: list[BaseRoute]) -> None:
+    def __init__(self, routes: list[BaseRoute], app: object = None) -> None:
+        self.app = app
+        """The application whose routes these are (``scope["app"]``)."""
         self._routes = routes
+        self._compile()
+
+    def _compile(self) -> None:
+        routes = self._routes
         self._count = len(routes)
         leaves = _flatten(routes, "", "")
         self._leaves = leaves
         self._combined: re.Pattern[str] | None = None
         self._by_group: dict[int, int] = {}
+        # Per leaf: method -> resolved route, for answers that do not depend on the path.
+        self._resolved: list[dict[str, ResolvedRoute]] = [{} for _ in leaves or ()]
         if leaves:
             alternatives = "|".join(
                 f"(?P<r{i}>{_NAMED_GROUP.sub('(?:', leaf.regex.pattern[1:-1])})"
@@ -105,13 +114,20 @@ class RouteMatcher:
             self._by_group = {combined.groupindex[f"r{i}"]: i for i in range(len(leaves))}
 
     @classmethod
-    def for_routes(cls, routes: object, current: RouteMatcher | None) -> RouteMatcher | None:
+    def for_routes(
+        cls, routes: object, current: RouteMatcher | None, app: object = None
+    ) -> RouteMatcher | None:
         """A matcher for ``routes``, reusing ``current`` while the routes are unchanged."""
         if not isinstance(routes, list):
             return None
-        if current is not None and current._routes is routes and current._count == len(routes):
+        if (
+            current is not None
+            and current.app is app
+            and current._routes is routes
+            and not current.stale()
+        ):
             return current
-        matcher = cls(routes)
+        matcher = cls(routes, app)
         return matcher if matcher._leaves is not None else None
 
     def stale(self) -> bool:
@@ -120,24 +136,64 @@ class RouteMatcher:
 
     def template(self, scope: Scope) -> str | None:
         """The template for ``scope``; same answer as :func:`route_template`."""
-        combined = self._combined
-        if combined is None:
-            return None
         path = route_path(scope)
-        found = combined.match(path)
+        combined = self._combined
+        found = combined.match(path) if combined is not None else None
         if found is None:
             return None
+        return self._leaf_template(self._by_group[found.lastindex or 0], scope["method"], path)[0]
+
+    def resolve(self, scope: Scope, table: RouteTable) -> ResolvedRoute:
+        """``table.lookup(method, self.template(scope))``, in one step for repeat visitors.
+
+        The answer for a route and method is cached when it does not depend
+        on the path (almost always); only standard methods are cached.
+        """
+        path = scope["path"]
+        if scope.get("root_path"):
+            path = route_path(scope)
+        combined = self._combined
+        found = combined.match(path) if combined is not None else None
+        method = scope["method"]
+        if found is None:
+            if self.stale():  # routes appended since compiling: only paths no route matched notice
+                self._compile()
+                if self._leaves is not None:
+                    return self.resolve(scope, table)
+            if self._leaves is None:  # now uncompilable (a Host route added at run time)
+                return table.lookup(method, route_template(scope))
+            return table.lookup(method, None)
+        index = self._by_group[found.lastindex or 0]
+        by_method = self._resolved[index]
+        resolved = by_method.get(method)
+        if resolved is None:
+            template, path_independent = self._leaf_template(index, method, path)
+            resolved = table.lookup(method, template)
+            if path_independent and method in STANDARD_METHODS:
+                by_method[method] = resolved
+        return resolved
+
+    def _leaf_template(self, index: int, method: str, path: str) -> tuple[str, bool]:
+        """The template for a path that matched leaf ``index``, and whether any such path gets it.
+
+        Keeps the router's first-match semantics: a leaf that does not allow
+        the method (a 405 there) may be followed by one that does.
+        """
         leaves = self._leaves
         assert leaves is not None
-        index = self._by_group[found.lastindex or 0]
         leaf = leaves[index]
-        method = scope["method"]
         if leaf.methods is None or method in leaf.methods:
-            return leaf.template
+            return leaf.template, True
+        passed_over = False  # a leaf allowing the method that this path did not match
         for later in leaves[index + 1 :]:  # a 405 here may be a 200 further down
-            if (later.methods is None or method in later.methods) and later.regex.match(path):
-                return later.template
-        return leaf.template
+            if later.methods is None or method in later.methods:
+                if later.regex.match(path):
+                    # The same pattern with nothing in between (FastAPI's @get and
+                    # @post on one path) gives this answer for every such path.
+                    same = later.regex.pattern == leaf.regex.pattern
+                    return later.template, same and not passed_over
+                passed_over = True
+        return leaf.template, False
 
 
 def _flatten(routes: Iterable[BaseRoute], path: str, template: str) -> list[_Leaf] | None:

@@ -43,30 +43,31 @@ class Sweeper:
     (True, False)
     """
 
-    __slots__ = ("_handle", "_young", "grace", "loop")
+    __slots__ = ("_handle", "grace", "loop", "young")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, grace: float) -> None:
         self.loop = loop
         self.grace = grace
-        self._young: dict[Promotable, float] = {}
+        self.young: dict[Promotable, float] = {}
+        """Requests not yet promoted, by arrival; the middleware pops finished ones directly."""
         self._handle: asyncio.TimerHandle | None = None
 
     def add(self, request: Promotable, now: float) -> None:
         """Register a request that arrived at ``now`` (``time.monotonic()``)."""
-        self._young[request] = now
+        self.young[request] = now
         if self._handle is None:
             self._handle = self.loop.call_later(self.grace, self._sweep)
 
     def discard(self, request: Promotable) -> None:
         """Forget a request that has finished (promoted or not)."""
-        self._young.pop(request, None)
+        self.young.pop(request, None)
 
     def __len__(self) -> int:
-        return len(self._young)
+        return len(self.young)
 
     def _sweep(self) -> None:
         self._handle = None
-        young = self._young
+        young = self.young
         due = time.monotonic() - self.grace
         # Insertion order is arrival order: the due requests come first.
         for request, arrived in list(young.items()):

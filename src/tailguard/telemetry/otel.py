@@ -205,8 +205,9 @@ def annotate_request(
     id; with a template known the span is renamed ``"{method} {route}"``, and
     without one (a 404) just ``"{method}"``, as the HTTP semantic conventions
     ask. Names chosen by someone else are kept.
-    ``source`` is ``"route"`` or the header the budget came from (set only
-    for a header: attributes cost ~0.5 µs each on the SDK's spans). With
+    ``source`` is ``"route"`` or the header the budget came from; the budget
+    and its source are set only for a header (attributes cost ~0.5 µs each
+    on the SDK's spans, and a route's budget is its configuration). With
     ``into``, the attributes are added to that dict (to be set in one call
     later, which is cheaper) instead of to the span.
     """
@@ -216,10 +217,12 @@ def annotate_request(
         span.update_name(f"{method} {route}" if route else method)
     if route:
         attributes["http.route"] = route
-    if budget is not None:
+    if budget is not None and source != "route":
+        # A route's own budget is configuration, the same on every span of the
+        # route: only a caller's (header) budget is news. A deadline that fires
+        # records its budget on its event either way.
         attributes["tailguard.deadline.budget_ms"] = budget * 1000.0
-        if source != "route":  # the usual case says nothing: only a header's budget is news
-            attributes["tailguard.deadline.source"] = source
+        attributes["tailguard.deadline.source"] = source
     if attributes and into is None:
         span.set_attributes(attributes)
 

@@ -59,14 +59,12 @@ class RequestTasks:
     ([], 0)
     """
 
-    __slots__ = ("_after", "_live", "span", "spawned")
-
-    def __init__(self) -> None:
-        # Subclasses built per request may set these four inline instead.
-        self._live: dict[asyncio.Future[Any], float] | None = None
-        self.spawned = 0
-        self.span: Span | None = None
-        self._after: tuple[str, bool] | None = None  # (route, cancel) once finished
+    # Class-level defaults, not slots: a request that spawns nothing and is
+    # not traced never writes them, so creating one costs no stores.
+    _live: dict[asyncio.Future[Any], float] | None = None
+    spawned = 0
+    span: Span | None = None
+    _after: tuple[str, bool] | None = None  # (route, cancel) once finished
 
     def add(self, task: asyncio.Future[Any]) -> None:
         """Track ``task`` until it finishes."""
@@ -206,6 +204,11 @@ def _chain(inner: _TaskFactory | None) -> _TaskFactory:
             frame = current.get() if context is None else context.get(current)
         else:
             frame = current.get()
+            if frame is None:  # outside any request: the server's own per-request tasks
+                if make is not None:
+                    return make(coro, loop=loop)
+                assert inner is not None
+                return inner(loop, coro)
         # Owners are always RequestTasks (the middleware's per-request objects).
         owner: RequestTasks | None = frame.owner if frame is not None else None  # type: ignore[assignment]
         span = None
