@@ -147,7 +147,9 @@ class RouteMatcher:
         """``table.lookup(method, self.template(scope))``, in one step for repeat visitors.
 
         The answer for a route and method is cached when it does not depend
-        on the path (almost always); only standard methods are cached.
+        on the path (almost always); only standard methods are cached. The
+        cache belongs to one table: pass the same ``table`` every time (the
+        middleware passes its guard's, fixed for the guard's life).
         """
         path = scope["path"]
         if scope.get("root_path"):
