@@ -132,6 +132,15 @@ def passthrough() -> ASGIApp:
     return app
 
 
+def deadline_floor() -> ASGIApp:
+    """The least a deadline middleware must do per request (``_floor.py``): a yardstick."""
+    from _floor import DeadlineFloor
+
+    app = make_app()
+    app.add_middleware(DeadlineFloor, budgets={"/items/{item_id}": 0.5}, default=1.0)
+    return app
+
+
 def _discarding_tracer_provider() -> object:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import (
@@ -214,6 +223,7 @@ ARMS: dict[str, Callable[[], ASGIApp]] = {
     "tailguard-metrics": tailguard_metrics,
     "tailguard-full": tailguard_full,
     "passthrough": passthrough,
+    "deadline-floor": deadline_floor,
     "otel-asgi": otel_asgi,
     "otel-asgi-noreceive-send": otel_asgi_noreceive_send,
     "prometheus-fastapi-instrumentator": prometheus_fastapi_instrumentator,

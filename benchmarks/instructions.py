@@ -12,7 +12,7 @@ Instructions are not time: code that allocates and touches new memory costs
 more per instruction than a tight loop. Read this next to ``overhead.py``'s
 CPU times, not instead of them.
 
-    .venv/bin/python benchmarks/instructions.py            # ~2 minutes (3 arms)
+    .venv/bin/python benchmarks/instructions.py            # ~3 minutes (4 arms)
     .venv/bin/python benchmarks/instructions.py --arms bare tailguard
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SMALL, LARGE, WARMUP = 200, 1200, 200
-DEFAULT_ARMS = ("bare", "passthrough", "tailguard")
+DEFAULT_ARMS = ("bare", "passthrough", "deadline-floor", "tailguard")
 
 
 TIME_DILATION = 100

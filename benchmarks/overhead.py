@@ -45,7 +45,9 @@ ratios are computed per round against the same round's ``bare`` measurement
    h11, or as ``--http`` says), all started before the in-process phase (so
    both phases load the same tailguard source) and idle except during their
    own turn; ``wrk -t1 -c32`` loads one at a time on 127.0.0.1 after a
-   warm-up. One process per arm, rather than
+   warm-up. With two or more CPUs the servers are pinned to one and wrk to
+   another (``--no-pin`` to let them share), so a server owns its core as
+   behind a real load balancer. One process per arm, rather than
    ``tailguard.server.serve_in_thread`` in this process, so that a server
    never shares a GIL, heap, garbage collector or process-wide globals
    (OpenTelemetry, the default Prometheus registry) with the harness or with
@@ -64,7 +66,7 @@ spots in tailguard's own code (profiler-inflated: for ranking, not costs).
 Results go to ``benchmarks/RESULTS.md`` under ``## overhead`` (other sections
 are kept), with the machine, the versions, the git revision and a hash of
 tailguard's source. Options: ``--quick`` (smoke run; prints, writes only with
-``--output``), ``--no-http`` (skip wrk), ``--no-profile``, ``--http
+``--output``), ``--no-http`` (skip wrk), ``--no-profile``, ``--no-pin``, ``--http
 {auto,h11,httptools}``, ``--output PATH``. The default run takes about five
 minutes. Server processes are stopped on normal exit, on errors, on Ctrl-C
 and on SIGTERM; if this process is killed outright they exit when their
@@ -107,6 +109,7 @@ from _serve import http_implementation, loop_implementation
 HERE = Path(__file__).resolve().parent
 BASELINE = "bare"
 SUBJECT = "tailguard"
+FLOOR = "deadline-floor"
 GOAL_OVERHEAD_US = 8.0
 GOAL_RATIO = 0.88
 GOAL_METRICS_SHARE = 0.5
@@ -291,6 +294,29 @@ class Server:
     loop: str = ""
 
 
+def cpu_plan() -> tuple[set[int], set[int]] | None:
+    """CPUs for (servers, wrk) when this process may use two or more; else ``None``.
+
+    Pinned, the server under load owns a core and wrk another, so req/s
+    measures the server rather than how the scheduler shares two cores
+    between a Python server and a C load generator.
+    """
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(usable) < 2:
+        return None
+    return {usable[-1]}, {usable[0]}
+
+
+def _pin(cpus: set[int] | None) -> Callable[[], None] | None:
+    if cpus is None:
+        return None
+
+    def pin() -> None:  # runs in the child before exec: wrk's threads inherit it
+        os.sched_setaffinity(0, cpus)
+
+    return pin
+
+
 def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], timeout)
@@ -331,8 +357,10 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def servers(names: Sequence[str], http: str) -> Iterator[dict[str, Server]]:
-    """Start one uvicorn process per arm; stop them all when the block exits, however."""
+def servers(
+    names: Sequence[str], http: str, cpus: set[int] | None = None
+) -> Iterator[dict[str, Server]]:
+    """Start one uvicorn process per arm (on ``cpus``); stop them all when the block exits."""
     started: dict[str, Server] = {}
     try:
         for name in names:
@@ -342,6 +370,7 @@ def servers(names: Sequence[str], http: str) -> Iterator[dict[str, Server]]:
                 stdout=subprocess.PIPE,
                 text=True,
                 cwd=HERE,
+                preexec_fn=_pin(cpus),
             )
             server = started[name] = Server(name, process)
             found = re.match(r"PORT (\d+) HTTP (\S+) LOOP (\S+)", _read_line(process, 30.0))
@@ -365,10 +394,17 @@ class WrkRun:
     output: str
 
 
-def wrk(url: str, seconds: int, connections: int) -> WrkRun:
-    """Load ``url`` with one wrk thread for ``seconds``; requests per second and errors."""
+def wrk(url: str, seconds: int, connections: int, cpus: set[int] | None = None) -> WrkRun:
+    """Load ``url`` with one wrk thread for ``seconds`` (on ``cpus``); req/s and errors."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", url]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30, check=True)
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+        preexec_fn=_pin(cpus),
+    )
     out = done.stdout
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if found is None:
@@ -392,22 +428,28 @@ class HttpInfo:
     http: str = ""
     loop: str = ""
     errors: dict[str, int] = field(default_factory=dict)
+    pinned: tuple[set[int], set[int]] | None = None  # CPUs of (servers, wrk)
 
 
 def run_http(
-    running: dict[str, Server], settings: Settings, results: dict[str, ArmResult]
+    running: dict[str, Server],
+    settings: Settings,
+    results: dict[str, ArmResult],
+    wrk_cpus: set[int] | None = None,
 ) -> HttpInfo:
     """Load each running server with wrk, interleaved; fills ``rps`` and ``server_us``."""
     names = list(running)
     first = running[names[0]]
     info = HttpInfo(first.http, first.loop, dict.fromkeys(names, 0))
     for name in names:
-        wrk(running[name].url + TARGET_PATH, settings.http_warmup_seconds, settings.connections)
+        url = running[name].url + TARGET_PATH
+        wrk(url, settings.http_warmup_seconds, settings.connections, wrk_cpus)
     for r in range(settings.http_rounds):
         for name in rotated(names, r):
             pid = running[name].process.pid
             cpu_before = cpu_seconds(pid)
-            run = wrk(running[name].url + TARGET_PATH, settings.http_seconds, settings.connections)
+            url = running[name].url + TARGET_PATH
+            run = wrk(url, settings.http_seconds, settings.connections, wrk_cpus)
             cpu = cpu_seconds(pid) - cpu_before
             results[name].rps.append(run.rps)
             results[name].server_us.append(cpu / max(run.requests, 1) * 1e6)
@@ -790,6 +832,12 @@ def judge(results: dict[str, ArmResult], http: HttpInfo | None) -> Verdicts:
         if failed:
             http_valid = False
             notes.append(f"HTTP run INVALID: wrk saw errors or non-2xx responses: {failed}.")
+    floor = paired(results, FLOOR, "us", _minus) if results.get(FLOOR, ArmResult()).us else None
+    if floor is not None:
+        notes.append(
+            f"Floor: `{FLOOR}` (benchmarks/_floor.py: route regex, ContextVar, send wrapper, "
+            f"registration; no timer, no header, no 504) adds {floor:.1f} µs in the same run."
+        )
     subject, base = results[SUBJECT].us, results[BASELINE].us
     return Verdicts(
         in_process_valid,
@@ -859,8 +907,8 @@ def render(
             f"HTTP: one uvicorn process per arm (1 worker, http={http.http}, loop={http.loop}, "
             f"no access log), `wrk -t1 -c{settings.connections} -d{settings.http_seconds}s`, "
             f"{settings.http_rounds} rounds after a {settings.http_warmup_seconds} s warm-up "
-            "per arm; wrk and the server share the machine's cores. Server CPU: the uvicorn "
-            "process's user+system time during a wrk run divided by the requests wrk completed."
+            f"per arm; {_placement(http.pinned)}. Server CPU: the uvicorn process's "
+            "user+system time during a wrk run divided by the requests wrk completed."
         )
         if http.http == "h11":
             lines.append(
@@ -899,6 +947,13 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def _placement(pinned: tuple[set[int], set[int]] | None) -> str:
+    if pinned is None:
+        return "wrk and the servers share the machine's cores"
+    servers_on, wrk_on = (",".join(map(str, sorted(cpus))) for cpus in pinned)
+    return f"servers pinned to CPU {servers_on}, wrk to CPU {wrk_on}"
+
+
 def write_section(path: Path, name: str, section: str) -> None:
     """Replace (or append) the ``## name`` section of ``path``, keeping the others."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
@@ -922,6 +977,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="few, short rounds (smoke run)")
     parser.add_argument("--no-http", action="store_true", help="skip the wrk phase")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile phase")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="let servers and wrk share every CPU (no pinning)"
+    )
     parser.add_argument(
         "--http",
         choices=("auto", "h11", "httptools"),
@@ -960,12 +1018,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_http:
             impl = http_implementation() if args.http == "auto" else args.http
             log(f"starting {len(names)} uvicorn servers ({impl}/{loop_implementation()})")
-            running = stack.enter_context(servers(names, impl))
+            plan = None if args.no_pin else cpu_plan()
+            server_cpus, wrk_cpus = plan if plan is not None else (None, None)
+            running = stack.enter_context(servers(names, impl, server_cpus))
         log(f"in-process: {settings.rounds} rounds x {settings.requests} requests x {len(names)}")
         run_in_process(names, settings, results)
         if running:
             log(f"http: {settings.http_rounds} rounds x {settings.http_seconds} s x {len(names)}")
-            http = run_http(running, settings, results)
+            http = run_http(running, settings, results, wrk_cpus)
+            http.pinned = plan
     profile = None if args.no_profile else profile_subject(settings.profile_requests)
     if source_digest() != digest_before:
         notes.append(

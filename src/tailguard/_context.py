@@ -3,6 +3,8 @@
 A single variable holds both the deadline in force and the request that owns
 the current task, so entering a request costs one ``ContextVar.set``, and a
 task created anywhere inside the request (copying the context) inherits both.
+The middleware sets its per-request object itself (it has both attributes);
+a tighter ``tailguard.deadline()`` scope sets a :class:`Frame`.
 """
 
 from __future__ import annotations
@@ -47,12 +49,22 @@ class RequestView(Protocol):
         ...
 
 
+class Entry(Protocol):
+    """What the context variable holds: the deadline in force and the request's task owner."""
+
+    @property
+    def deadline(self) -> Deadline | None: ...
+
+    @property
+    def owner(self) -> TaskOwner | None: ...
+
+
 class Frame(NamedTuple):
     deadline: Deadline | None
     owner: TaskOwner | None
 
 
-current: Final[ContextVar[Frame | None]] = ContextVar("tailguard", default=None)
+current: Final[ContextVar[Entry | None]] = ContextVar("tailguard", default=None)
 
 
 def current_request() -> RequestView | None:

@@ -122,7 +122,7 @@ class TailguardMiddleware:
                 exchange.arm()  # would be over before the first sweep could arm it
             else:
                 sweeper.add(exchange, now)
-        token = _context.current.set(tuple.__new__(_context.Frame, (deadline, exchange)))
+        token = _context.current.set(exchange)  # it carries .deadline and .owner
         live = guard.live
         live[exchange] = now
         metrics = None

@@ -125,6 +125,11 @@ class Exchange(task_registry.RequestTasks):
         return self.resolved.template or ""
 
     @property
+    def owner(self) -> Exchange:
+        """The request owns the tasks it spawns (this object is also the context entry)."""
+        return self
+
+    @property
     def started(self) -> bool:
         """Whether the response has started (``http.response.start`` went out)."""
         return self.status != 0
