@@ -15,9 +15,9 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tailguard._demo_report import _ms as _budget_text
 from tailguard.chaos._client import describe_fault
 from tailguard.demo import WIDTH, Outcome, Scenario, budget_for
-from tailguard.demo import _ms as _budget_text
 from tailguard.guard import Tailguard
 
 __all__ = [

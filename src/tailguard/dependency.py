@@ -30,14 +30,14 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import math
 from asyncio import CancelledError
 from collections.abc import Awaitable, Callable, Coroutine
-from contextvars import ContextVar
 from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, ParamSpec, TypeVar, overload
 
+from tailguard import _dependency_support as held
+from tailguard._dependency_support import check_options
 from tailguard._threads import ThreadPool
 from tailguard.admission import Limiter, LimiterState, Permit, Rejected
 from tailguard.deadlines import Deadline, DeadlineExceeded, current_deadline
@@ -78,17 +78,6 @@ class DependencyState(NamedTuple):
     """Recent mean seconds a job waited for a thread of the pool."""
     threads_queued: int = 0
     """Jobs waiting for a thread of the pool now."""
-
-
-class _Held(NamedTuple):
-    """One ``async with dependency:`` block in progress, on a per-context stack."""
-
-    dependency: Dependency
-    permit: Permit
-    below: _Held | None
-
-
-_held: Final[ContextVar[_Held | None]] = ContextVar("tailguard.dependency", default=None)
 
 
 class Dependency:
@@ -134,20 +123,7 @@ class Dependency:
         queue_timeout: float | None = None,
         chaos: Chaos | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"dependency name must be a non-empty str, got {name!r}")
-        _check_int(name, "max_concurrency", max_concurrency, 1)
-        _check_int(name, "max_queue", max_queue, 0)
-        if queue_timeout is not None and (
-            isinstance(queue_timeout, bool)
-            or not isinstance(queue_timeout, int | float)
-            or not math.isfinite(queue_timeout)
-            or queue_timeout <= 0
-        ):
-            raise ValueError(
-                f"dependency {name!r}: queue_timeout must be None or a positive, finite"
-                f" number of seconds, got {queue_timeout!r}"
-            )
+        check_options(name, max_concurrency, max_queue, queue_timeout)
         self.name: Final = name
         self.limiter: Final = Limiter(
             name, max_concurrency=max_concurrency, max_queue=max_queue, queue_timeout=queue_timeout
@@ -305,9 +281,7 @@ class Dependency:
     # -- entry points -------------------------------------------------------------------
 
     async def __aenter__(self) -> None:
-        permit = await self._enter()
-        # Per call, per context: concurrent tasks each have their own stack.
-        _held.set(_Held(self, permit, _held.get()))
+        held.push(self, await self._enter())
 
     async def __aexit__(
         self,
@@ -315,23 +289,7 @@ class Dependency:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._exit(self._pop(), exc)
-
-    def _pop(self) -> Permit:
-        node = _held.get()
-        above: list[_Held] = []
-        while node is not None and node.dependency is not self:
-            above.append(node)
-            node = node.below
-        if node is None:
-            raise RuntimeError(f"{self!r}: __aexit__ without __aenter__ in this context")
-        # Blocks of other dependencies exited out of order (an async generator
-        # interleaved with its caller) keep their slots.
-        below = node.below
-        for other in reversed(above):
-            below = _Held(other.dependency, other.permit, below)
-        _held.set(below)
-        return node.permit
+        self._exit(held.pop(self), exc)
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``await fn(*args, **kwargs)`` inside the bulkhead.
@@ -439,8 +397,3 @@ class Dependency:
         ('ok', 0)
         """
         return bulkhead_transport(self, inner, header)
-
-
-def _check_int(name: str, field: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"dependency {name!r}: {field} must be an int >= {low}, got {value!r}")
