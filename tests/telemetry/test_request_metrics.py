@@ -276,6 +276,54 @@ def test_folded_histograms_match_direct_observations(registry: CollectorRegistry
     ) == pytest.approx(sum(values))
 
 
+def test_requests_with_and_without_a_split_fold_like_direct_observations(
+    registry: CollectorRegistry,
+) -> None:
+    """Requests the handler had whole are observed once but land in duration and handler."""
+    from prometheus_client import Histogram
+
+    from tailguard.telemetry.catalog import LATENCY_BUCKETS
+
+    direct = {
+        phase: Histogram(f"direct_{phase}_seconds", "", buckets=LATENCY_BUCKETS, registry=registry)
+        for phase in ("duration", "handler", "queue")
+    }
+    recorder = RequestRecorder(telemetry.catalog_for(registry))
+    route = recorder.route("/r", "GET")
+    cases: list[tuple[float, float | None, dict[str, float] | None]] = [
+        (0.004, None, None),  # no limiter: whole
+        (0.02, 0.0, None),  # admitted at once: whole, a zero queue wait
+        (0.3, 0.05, None),  # queued
+        (0.5, 0.0, {"db": 0.2}),  # a dependency call
+        (2.0, 0.1, {"db": 1.5}),
+    ]
+    for duration, queue_wait, dependencies in cases:
+        route.begin()
+        route.end(200, "ok", duration=duration, queue_wait=queue_wait, dependencies=dependencies)
+        direct["duration"].observe(duration)
+        if queue_wait is not None:
+            direct["queue"].observe(queue_wait)
+        spent = sum(dependencies.values()) if dependencies else 0.0
+        direct["handler"].observe(duration - (queue_wait or 0.0) - spent)
+
+    def buckets(name: str, **labels: str) -> dict[str, float]:
+        return {
+            s.labels["le"]: s.value
+            for m in registry.collect()
+            if m.name == name
+            for s in m.samples
+            if s.name.endswith("_bucket") and labels.items() <= s.labels.items()
+        }
+
+    budget = "tailguard_budget_spent_seconds"
+    assert buckets("tailguard_request_duration_seconds") == buckets("direct_duration_seconds")
+    assert buckets(budget, phase="handler") == buckets("direct_handler_seconds")
+    assert buckets(budget, phase="queue") == buckets("direct_queue_seconds")
+    for phase in ("handler", "queue"):
+        folded = value(registry, f"{budget}_sum", route="/r", phase=phase, dependency="")
+        assert folded == pytest.approx(registry.get_sample_value(f"direct_{phase}_seconds_sum"))
+
+
 def test_a_scrape_from_another_thread_lags_but_loses_nothing(registry: CollectorRegistry) -> None:
     import threading
 

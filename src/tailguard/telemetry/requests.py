@@ -78,11 +78,24 @@ class _Histogram:
 class _Batch:
     """Everything one (route, method) recorded since the last fold."""
 
-    __slots__ = ("dependency", "duration", "flight", "handler", "queue", "results")
+    __slots__ = (
+        "admitted_at_once",
+        "dependency",
+        "duration",
+        "flight",
+        "handler",
+        "queue",
+        "results",
+        "whole",
+    )
 
     def __init__(self, bounds: list[float]) -> None:
         self.flight = 0  # arrivals minus ends
         self.results: dict[tuple[int, str], int] = {}
+        # Most requests neither queue nor call a dependency: their handler time
+        # is their duration, observed once here and folded into both series.
+        self.whole = _Histogram(bounds)
+        self.admitted_at_once = 0  # queue waits of exactly 0 (a limiter, no wait)
         self.duration = _Histogram(bounds)
         self.handler = _Histogram(bounds)
         self.queue = _Histogram(bounds)
@@ -123,10 +136,15 @@ class RouteMetrics:
         """The request is over: count it and account for how its time was spent."""
         batch = self._batch
         batch.flight -= 1
-        batch.duration.observe(duration)
         key = (status // 100, outcome)
         results = batch.results
         results[key] = results.get(key, 0) + 1
+        if not queue_wait and not dependencies:  # the handler had all of it
+            batch.whole.observe(duration)
+            if queue_wait is not None:
+                batch.admitted_at_once += 1
+            return
+        batch.duration.observe(duration)
         handler = duration
         if queue_wait is not None:
             batch.queue.observe(queue_wait)
@@ -177,10 +195,17 @@ class RouteMetrics:
         for (hundreds, outcome), count in batch.results.items():
             labels = (route, method, status_class(hundreds * 100), outcome)
             catalog.requests.labels(*labels).inc(count)
-        _fold_histogram(batch.duration, catalog.request_duration.labels(route, method))
+        duration = catalog.request_duration.labels(route, method)
+        _fold_histogram(batch.whole, duration)
+        _fold_histogram(batch.duration, duration)
         budget = catalog.budget_spent
-        _fold_histogram(batch.handler, budget.labels(route, "handler", ""))
-        _fold_histogram(batch.queue, budget.labels(route, "queue", ""))
+        handler = budget.labels(route, "handler", "")
+        _fold_histogram(batch.whole, handler)
+        _fold_histogram(batch.handler, handler)
+        queue = budget.labels(route, "queue", "")
+        if batch.admitted_at_once:
+            queue._buckets[0].inc(batch.admitted_at_once)  # a zero wait: first bucket, sum +0
+        _fold_histogram(batch.queue, queue)
         for name, series in batch.dependency.items():
             _fold_histogram(series, budget.labels(route, "dependency", name))
 
