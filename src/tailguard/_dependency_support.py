@@ -7,9 +7,10 @@ blocks it is inside: :func:`push` on entry, :func:`pop` on exit.
 
 from __future__ import annotations
 
-import math
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Final, NamedTuple
+
+from tailguard._numbers import finite
 
 if TYPE_CHECKING:
     from tailguard.admission import Permit
@@ -25,12 +26,8 @@ def check_options(
         raise ValueError(f"dependency name must be a non-empty str, got {name!r}")
     _check_int(name, "max_concurrency", max_concurrency, 1)
     _check_int(name, "max_queue", max_queue, 0)
-    if queue_timeout is not None and (
-        isinstance(queue_timeout, bool)
-        or not isinstance(queue_timeout, int | float)
-        or not math.isfinite(queue_timeout)
-        or queue_timeout <= 0
-    ):
+    timeout = finite(queue_timeout)
+    if queue_timeout is not None and (timeout is None or timeout <= 0):
         raise ValueError(
             f"dependency {name!r}: queue_timeout must be None or a positive, finite"
             f" number of seconds, got {queue_timeout!r}"

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from typing import NamedTuple
 
+from tailguard._numbers import finite
 from tailguard.admission.adaptive import AdaptiveLimit, LimitController
 from tailguard.admission.errors import REASONS, Reason, Rejected
 from tailguard.admission.permit import Permit, decrement
@@ -408,10 +409,6 @@ def _check_int(field: str, value: object, low: int) -> None:
 def _check_seconds(
     field: str, value: object, *, what: str = "a positive, finite number of seconds"
 ) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    number = finite(value)
+    if number is None or number <= 0:
         raise ValueError(f"Limiter.{field} must be {what}, got {value!r}")

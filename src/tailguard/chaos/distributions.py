@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Final
 
+from tailguard._numbers import finite
+
 __all__ = ["Distribution", "Empirical", "Fixed", "LogNormal", "Pareto", "Uniform"]
 
 _Z99: Final = NormalDist().inv_cdf(0.99)
@@ -46,12 +48,13 @@ class Distribution:
 
 def _seconds(owner: str, name: str, value: object, *, positive: bool = False) -> float:
     """``value`` as a float number of seconds, or ``ValueError`` naming ``owner.name``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    number = finite(value)
+    if number is None:
         raise ValueError(f"{owner}: {name} must be a finite number of seconds, got {value!r}")
-    if value < 0 or (positive and value == 0):
+    if number < 0 or (positive and number == 0):
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"{owner}: {name} must be {bound} seconds, got {value!r}")
-    return float(value)
+    return number
 
 
 def _check_q(q: float) -> None:
@@ -162,15 +165,11 @@ class Pareto(Distribution):
     def __post_init__(self) -> None:
         minimum = _seconds("Pareto", "minimum", self.minimum, positive=True)
         alpha = self.alpha
-        if (
-            isinstance(alpha, bool)
-            or not isinstance(alpha, int | float)
-            or not math.isfinite(alpha)
-            or alpha <= 0
-        ):
+        number = finite(alpha)
+        if number is None or number <= 0:
             raise ValueError(f"Pareto: alpha must be a finite number > 0, got {alpha!r}")
         object.__setattr__(self, "minimum", minimum)
-        object.__setattr__(self, "alpha", float(alpha))
+        object.__setattr__(self, "alpha", number)
 
     def sample(self, rng: random.Random) -> float:
         return self.minimum * rng.paretovariate(self.alpha)

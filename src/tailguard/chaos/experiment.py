@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Final
 
+from tailguard._numbers import finite
 from tailguard.chaos._match import RouteKey
 from tailguard.chaos.faults import Fault
 
@@ -37,15 +38,11 @@ _SECRET: Final = re.compile(r"^[\x21-\x7e]+$")
 
 
 def _positive(owner: str, name: str, value: object, upper: float = math.inf) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 < value <= upper
-    ):
+    number = finite(value)
+    if number is None or not 0 < number <= upper:
         limit = "" if math.isinf(upper) else f" up to {upper:g}"
         raise ValueError(f"{owner}: {name} must be a number > 0{limit}, got {value!r}")
-    return float(value)
+    return number
 
 
 def _strings(owner: str, name: str, value: object) -> tuple[str, ...]:
@@ -85,16 +82,12 @@ class AbortWhen:
             raise ValueError(f"{owner}: give error_rate, p99 or both")
         if self.error_rate is not None:
             rate = self.error_rate
-            if (
-                isinstance(rate, bool)
-                or not isinstance(rate, int | float)
-                or not math.isfinite(rate)
-                or not 0 <= rate < 1
-            ):
+            number = finite(rate)
+            if number is None or not 0 <= number < 1:
                 raise ValueError(
                     f"{owner}: error_rate must be a number from 0 to below 1, got {rate!r}"
                 )
-            object.__setattr__(self, "error_rate", float(rate))
+            object.__setattr__(self, "error_rate", number)
         if self.p99 is not None:
             object.__setattr__(self, "p99", _positive(owner, "p99", self.p99))
         object.__setattr__(self, "window", _positive(owner, "window", self.window, MAX_TTL))

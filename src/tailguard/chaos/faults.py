@@ -24,12 +24,12 @@ ValueError: Reset: target must be a dependency name or glob, not a route key: 'G
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import ClassVar, Final
 
+from tailguard._numbers import finite
 from tailguard.chaos._match import RouteKey, check_dependency_glob, is_route_key
 from tailguard.chaos.distributions import Distribution, Fixed
 
@@ -105,14 +105,10 @@ class Fault:
                 check_dependency_glob(target)
             except ValueError as exc:
                 raise ValueError(f"{owner}: {exc}") from None
-        if (
-            isinstance(rate, bool)
-            or not isinstance(rate, int | float)
-            or not math.isfinite(rate)
-            or not 0 <= rate <= 1
-        ):
+        number = finite(rate)
+        if number is None or not 0 <= number <= 1:
             raise ValueError(f"{owner}: rate must be a number from 0 to 1, got {rate!r}")
-        object.__setattr__(self, "rate", float(rate))
+        object.__setattr__(self, "rate", number)
         object.__setattr__(self, "route", route)
 
 

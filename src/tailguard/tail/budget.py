@@ -16,8 +16,9 @@ primaries — the same kind of budget as gRPC's retry throttling and Finagle's
 
 from __future__ import annotations
 
-import math
 from typing import Final
+
+from tailguard._numbers import finite
 
 __all__ = ["ExtraBudget"]
 
@@ -39,14 +40,10 @@ class ExtraBudget:
     __slots__ = ("burst", "tokens")
 
     def __init__(self, burst: float = 20.0) -> None:
-        if (
-            isinstance(burst, bool)
-            or not isinstance(burst, int | float)
-            or not math.isfinite(burst)
-            or burst < 1
-        ):
+        number = finite(burst)
+        if number is None or number < 1:
             raise ValueError(f"burst must be a finite number >= 1, got {burst!r}")
-        self.burst: Final = float(burst)
+        self.burst: Final = number
         self.tokens = 0.0
 
     def __repr__(self) -> str:

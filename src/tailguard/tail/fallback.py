@@ -15,6 +15,7 @@ from typing import TypeVar
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from tailguard._numbers import finite
 from tailguard.deadlines import DeadlineExceeded, deadline, remaining
 from tailguard.tail import sites
 from tailguard.tail._attempts import ATTEMPT, HELPER, KIND, OUTCOME, ROLE, SITE, check_fns
@@ -124,14 +125,12 @@ def _check_split(split: Sequence[float] | None, tiers: int) -> list[float]:
             f"fallback: budget_split must be a sequence of {tiers} shares (one per tier), "
             f"got {split!r}"
         )
+    shares: list[float] = []
     for i, share in enumerate(split):
-        if (
-            isinstance(share, bool)
-            or not isinstance(share, int | float)
-            or not math.isfinite(share)
-            or share <= 0
-        ):
+        number = finite(share)
+        if number is None or number <= 0:
             raise ValueError(
                 f"fallback: budget_split[{i}] must be a finite number > 0, got {share!r}"
             )
-    return [float(share) for share in split]
+        shares.append(number)
+    return shares

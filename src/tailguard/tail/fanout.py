@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
+from tailguard._numbers import finite
 from tailguard.deadlines import remaining
 from tailguard.tail import sites
 from tailguard.tail._attempts import Attempt, Attempts, all_failed, check_fns, failure_of
@@ -120,12 +121,7 @@ async def fanout(
     may = check_fns("fanout", "optional", optional)
     if not must and not may:
         raise ValueError("fanout: needs at least one required or optional leg")
-    if grace is not None and (
-        isinstance(grace, bool)
-        or not isinstance(grace, int | float)
-        or not math.isfinite(grace)
-        or grace < 0
-    ):
+    if grace is not None and ((number := finite(grace)) is None or number < 0):
         raise ValueError(
             f"fanout: grace must be None or a finite number of seconds >= 0, got {grace!r}"
         )

@@ -10,11 +10,11 @@ a budget so that hedging cannot double the load when *everything* is slow.
 from __future__ import annotations
 
 import functools
-import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar, cast
 
+from tailguard._numbers import finite
 from tailguard.deadlines import remaining
 from tailguard.tail import sites
 from tailguard.tail._attempts import Attempt, Attempts, all_failed, check_fn, failure_of
@@ -47,13 +47,8 @@ def parse_delay(delay: object) -> tuple[float | None, float | None]:
         q = _percentile(delay)
         if q is not None:
             return None, q
-    elif (
-        not isinstance(delay, bool)
-        and isinstance(delay, int | float)
-        and math.isfinite(delay)
-        and delay >= 0
-    ):
-        return float(delay), None
+    elif (seconds := finite(delay)) is not None and seconds >= 0:
+        return seconds, None
     raise ValueError(
         "hedge: delay must be seconds (a finite number >= 0) or a percentile of the call "
         f"site's latency such as 'p95' or 'p99.9', got {delay!r}"
@@ -113,12 +108,8 @@ async def hedge(
     seconds, quantile = parse_delay(delay)
     if isinstance(max_hedges, bool) or not isinstance(max_hedges, int) or max_hedges < 0:
         raise ValueError(f"hedge: max_hedges must be an int >= 0, got {max_hedges!r}")
-    if (
-        isinstance(max_extra, bool)
-        or not isinstance(max_extra, int | float)
-        or not math.isfinite(max_extra)
-        or max_extra < 0
-    ):
+    extra = finite(max_extra)
+    if extra is None or extra < 0:
         raise ValueError(f"hedge: max_extra must be a finite number >= 0, got {max_extra!r}")
     where = _resolve_site(fn, name, site)
     wait = seconds if quantile is None else where.latency.quantile(quantile)

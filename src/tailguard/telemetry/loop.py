@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Callable
 
+from tailguard._numbers import finite
 from tailguard.telemetry.catalog import active
 
 __all__ = ["LoopMonitor"]
@@ -52,12 +52,8 @@ class LoopMonitor:
     def __init__(
         self, *, interval: float = 0.25, refresh: Callable[[], None] | None = None
     ) -> None:
-        if (
-            isinstance(interval, bool)
-            or not isinstance(interval, int | float)
-            or not math.isfinite(interval)
-            or interval <= 0
-        ):
+        number = finite(interval)
+        if number is None or number <= 0:
             raise ValueError(
                 f"LoopMonitor.interval must be a positive, finite number of seconds, "
                 f"got {interval!r}"
