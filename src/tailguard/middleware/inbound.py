@@ -78,7 +78,7 @@ class InboundDeadlines:
     (0.05, 'grpc-timeout')
     """
 
-    __slots__ = ("_honoured", "_parsers")
+    __slots__ = ("_names", "_parsers")
 
     def __init__(
         self,
@@ -95,13 +95,13 @@ class InboundDeadlines:
         if envoy:
             parsers[b"x-envoy-expected-rq-timeout-ms"] = parse_milliseconds
         self._parsers = parsers
-        self._honoured = parsers.__contains__
+        self._names = frozenset(parsers)
 
     def budget(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[float, str] | None:
         """The smallest valid budget in ``headers`` and the header it came from."""
         # Most requests carry none of these headers: look with C-level iteration
         # first, walk the headers in Python only when one is there.
-        if not any(map(self._honoured, map(_name, headers))):
+        if self._names.isdisjoint(map(_name, headers)):
             return None
         return self._tightest(headers)
 
