@@ -67,7 +67,7 @@ Results go to ``benchmarks/RESULTS.md`` under ``## overhead`` (other sections
 are kept), with the machine, the versions, the git revision and a hash of
 tailguard's source. Options: ``--quick`` (smoke run; prints, writes only with
 ``--output``), ``--no-http`` (skip wrk), ``--no-profile``, ``--no-pin``, ``--http
-{auto,h11,httptools}``, ``--output PATH``. The default run takes about five
+{auto,h11,httptools}``, ``--output PATH``. The default run takes about eight
 minutes. Server processes are stopped on normal exit, on errors, on Ctrl-C
 and on SIGTERM; if this process is killed outright they exit when their
 stdin closes.
