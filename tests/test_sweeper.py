@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
 import time
+import weakref
 
 import pytest
 
@@ -56,3 +59,40 @@ async def test_a_sweep_that_finds_young_requests_comes_back_for_them() -> None:
     assert sweeper._handle is not None  # armed for the young one
     sweeper.discard(young)
     sweeper._handle.cancel()
+
+
+async def test_sweeps_run_in_an_empty_context_not_in_the_first_requests() -> None:
+    """A sweep chain lasts as long as traffic does: it must not carry a request's context.
+
+    Otherwise whatever that request had in its context (an OpenTelemetry span,
+    a framework's request object) stays alive, and the watcher tasks and
+    deadline timers that sweeps create run inside it.
+    """
+    probe: contextvars.ContextVar[object] = contextvars.ContextVar("probe")
+    seen: list[object] = []
+
+    class Seeing(Request):
+        def promote(self) -> None:
+            seen.append(probe.get("empty"))
+            super().promote()
+
+    sweeper = Sweeper(asyncio.get_running_loop(), 0.005)
+
+    class Marker:
+        pass
+
+    marker = Marker()
+    gone = weakref.ref(marker)
+
+    def first_request(value: object) -> None:  # in a context of its own; schedules the sweep
+        probe.set(value)
+        sweeper.add(Seeing(), time.monotonic())
+
+    contextvars.copy_context().run(first_request, marker)
+    del marker
+    later = Seeing()
+    sweeper.add(later, time.monotonic())
+    await asyncio.wait_for(later.promoted.wait(), 30)
+    assert seen == ["empty", "empty"]
+    gc.collect()
+    assert gone() is None

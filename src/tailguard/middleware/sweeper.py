@@ -14,6 +14,7 @@ A request whose budget is shorter than ``grace`` gets its timer at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from typing import Protocol
 
@@ -56,7 +57,13 @@ class Sweeper:
         """Register a request that arrived at ``now`` (``time.monotonic()``)."""
         self.young[request] = now
         if self._handle is None:
-            self._handle = self.loop.call_later(self.grace, self._sweep)
+            self._schedule(self.grace)
+
+    def _schedule(self, delay: float) -> None:
+        # In an empty context: the chain of sweeps lasts as long as traffic does
+        # and must not keep (or run watchers and timers in) the context of the
+        # request that happened to start it.
+        self._handle = self.loop.call_later(delay, self._sweep, context=contextvars.Context())
 
     def discard(self, request: Promotable) -> None:
         """Forget a request that has finished (promoted or not)."""
@@ -72,7 +79,7 @@ class Sweeper:
         # Insertion order is arrival order: the due requests come first.
         for request, arrived in list(young.items()):
             if arrived > due:
-                self._handle = self.loop.call_later(arrived - due, self._sweep)
+                self._schedule(arrived - due)
                 return
             del young[request]
             request.promote()
