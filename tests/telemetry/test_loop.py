@@ -7,6 +7,7 @@ blocking the loop itself; everything else is ordered by events.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -80,6 +81,29 @@ async def test_every_tick_refreshes(catalog: Catalog) -> None:
     monitor.stop()
     assert ticks.count >= 3
     assert lag_count(catalog) >= ticks.count
+
+
+async def test_ticks_run_in_an_empty_context_not_the_starters() -> None:
+    """Started by an app's first request (no lifespan), ticks must not run in its context."""
+    probe: contextvars.ContextVar[str] = contextvars.ContextVar("probe")
+    seen: list[str] = []
+    ticked = asyncio.Event()
+
+    def refresh() -> None:
+        seen.append(probe.get("empty"))
+        ticked.set()
+
+    monitor = LoopMonitor(interval=0.001, refresh=refresh)
+
+    def start_inside_a_request() -> None:
+        probe.set("the first request")
+        monitor.start()
+
+    contextvars.copy_context().run(start_inside_a_request)
+    await asyncio.wait_for(ticked.wait(), WAIT)
+    monitor.stop()
+    assert seen
+    assert set(seen) == {"empty"}
 
 
 async def test_start_is_idempotent_and_stop_stops(catalog: Catalog) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable
 
@@ -81,7 +82,11 @@ class LoopMonitor:
             return
         self.stop()
         self._loop = loop
-        self._handle = loop.call_at(loop.time() + self.interval, self._tick, loop)
+        # An empty context: started by the first request of an app without a
+        # lifespan, the ticks must not keep that request's context alive for good.
+        self._handle = loop.call_at(
+            loop.time() + self.interval, self._tick, loop, context=contextvars.Context()
+        )
 
     def stop(self) -> None:
         """Stop watching; safe from any thread, and on a loop that has closed."""
