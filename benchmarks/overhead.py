@@ -828,6 +828,15 @@ def judge(results: dict[str, ArmResult], http: HttpInfo | None) -> Verdicts:
                     f"HTTP run INVALID: basehttp at {control_ratio:.3f}x bare is not clearly "
                     f"slower than passthrough at {calibration_ratio:.3f}x."
                 )
+            rounds = [
+                arm / base
+                for arm, base in zip(results["passthrough"].rps, results[BASELINE].rps, strict=True)
+            ]
+            notes.append(
+                f"HTTP noise: the do-nothing passthrough arm measured {calibration_ratio:.3f}x "
+                f"bare (rounds {min(rounds):.2f}-{max(rounds):.2f}x); read a ratio verdict "
+                "within that spread of its goal as undecided."
+            )
         failed = {name: count for name, count in http.errors.items() if count}
         if failed:
             http_valid = False
