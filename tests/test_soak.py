@@ -165,7 +165,10 @@ def test_rounds_of_mixed_traffic_leave_nothing_behind() -> None:
         middleware = find_middleware(app)
 
         async def traffic() -> None:
-            limits = httpx.Limits(max_connections=200)
+            # A fresh connection per request: a pooled one that the server's
+            # keep-alive timeout closes as it is reused (a loaded machine can
+            # idle one for 5 s) would fail the request for the client's reasons.
+            limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
             async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=WAIT) as client:
                 for _ in range(ROUNDS):
                     for outcome, count in (await one_round(client)).items():
