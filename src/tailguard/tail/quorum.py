@@ -52,10 +52,10 @@ async def quorum(
     cancelled and an ``ExceptionGroup`` of the failures is raised.
 
     >>> import asyncio, tailguard
-    >>> async def replica(value: int) -> int:
-    ...     await asyncio.sleep(value / 1000)
-    ...     return value
-    >>> reads = [lambda v=v: replica(v) for v in (3, 1, 2)]
+    >>> async def stuck() -> int:
+    ...     await asyncio.sleep(60)  # cancelled once two replicas have answered
+    ...     return 3
+    >>> reads = [stuck, lambda: asyncio.sleep(0, 1), lambda: asyncio.sleep(0, 2)]
     >>> asyncio.run(tailguard.quorum(2, reads, name="doc.quorum"))
     [1, 2]
     """
