@@ -1,4 +1,10 @@
-"""Who is served next: priorities, fair shares across tenants, adaptive LIFO, push-out."""
+"""Who is served next: priorities, fair shares across tenants, adaptive LIFO, push-out.
+
+Every limiter here runs on a ``FakeClock``: on the real clock, a queue that a
+loaded machine keeps standing for CoDel's 100 ms interval would switch the
+limiter to overload handling mid-test (seen: a hang when four suites shared two
+cores).
+"""
 
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ def held(limiter: Limiter, tenant: object = None) -> Permit:
 
 
 async def test_fifo_within_a_tenant_and_priority() -> None:
-    limiter = Limiter("db", max_concurrency=1, max_queue=10)
+    limiter = Limiter("db", max_concurrency=1, max_queue=10, clock=FakeClock())
     holder = held(limiter)
     got: list[tuple[str, Permit]] = []
     for name in "abcd":
@@ -38,7 +44,7 @@ async def test_fifo_within_a_tenant_and_priority() -> None:
 
 
 async def test_higher_priority_is_served_first() -> None:
-    limiter = Limiter("db", max_concurrency=1, max_queue=10)
+    limiter = Limiter("db", max_concurrency=1, max_queue=10, clock=FakeClock())
     holder = held(limiter)
     got: list[tuple[str, Permit]] = []
     for name, priority in [("low", 0), ("high", 9), ("mid", 4), ("high2", 9)]:
@@ -49,7 +55,9 @@ async def test_higher_priority_is_served_first() -> None:
 
 
 async def test_tenants_share_by_weight() -> None:
-    limiter = Limiter("db", max_concurrency=1, max_queue=40, tenant_weights={"gold": 3})
+    limiter = Limiter(
+        "db", max_concurrency=1, max_queue=40, tenant_weights={"gold": 3}, clock=FakeClock()
+    )
     holder = held(limiter)
     got: list[tuple[str, Permit]] = []
     for i in range(12):  # the free tenant arrives first and in bulk
@@ -64,7 +72,7 @@ async def test_tenants_share_by_weight() -> None:
 
 
 async def test_a_noisy_tenant_does_not_delay_a_quiet_one() -> None:
-    limiter = Limiter("db", max_concurrency=1, max_queue=200)
+    limiter = Limiter("db", max_concurrency=1, max_queue=200, clock=FakeClock())
     holder = held(limiter, "noisy")
     got: list[tuple[str, Permit]] = []
     for i in range(100):
@@ -79,7 +87,9 @@ async def test_a_noisy_tenant_does_not_delay_a_quiet_one() -> None:
 
 
 async def test_tenant_cap_limits_permits_and_skips_its_waiters() -> None:
-    limiter = Limiter("db", max_concurrency=3, max_queue=10, tenant_concurrency=2)
+    limiter = Limiter(
+        "db", max_concurrency=3, max_queue=10, tenant_concurrency=2, clock=FakeClock()
+    )
     a1, a2 = held(limiter, "a"), held(limiter, "a")
     assert limiter.try_acquire(0, "a") is None  # at its cap, with a slot free
     got: list[tuple[str, Permit]] = []
@@ -105,7 +115,9 @@ async def test_tenant_cap_limits_permits_and_skips_its_waiters() -> None:
 
 
 async def test_tenant_may_queue_only_up_to_its_cap() -> None:
-    limiter = Limiter("db", max_concurrency=1, max_queue=10, tenant_concurrency=2)
+    limiter = Limiter(
+        "db", max_concurrency=1, max_queue=10, tenant_concurrency=2, clock=FakeClock()
+    )
     holder = held(limiter, "a")
     got: list[tuple[str, Permit]] = []
     tasks = [spawn(limiter, got, f"a{i}", tenant="a") for i in range(2)]
@@ -124,7 +136,7 @@ async def test_tenant_may_queue_only_up_to_its_cap() -> None:
 
 
 async def test_tenant_at_cap_without_a_queue_is_a_tenant_limit() -> None:
-    limiter = Limiter("db", max_concurrency=4, tenant_concurrency=1)
+    limiter = Limiter("db", max_concurrency=4, tenant_concurrency=1, clock=FakeClock())
     holder = held(limiter, "a")
     with pytest.raises(Rejected, match="tenant_limit"):
         await limiter.acquire(tenant="a")
@@ -141,7 +153,7 @@ async def test_tenant_limit_retry_after_uses_the_tenant_cap() -> None:
 
 
 async def test_higher_priority_pushes_the_lowest_out_of_a_full_queue() -> None:
-    limiter = Limiter("db", max_concurrency=1, max_queue=2)
+    limiter = Limiter("db", max_concurrency=1, max_queue=2, clock=FakeClock())
     holder = held(limiter)
     got: list[tuple[str, Permit]] = []
     low = spawn(limiter, got, "low", priority=1)
@@ -162,7 +174,7 @@ async def test_higher_priority_pushes_the_lowest_out_of_a_full_queue() -> None:
 
 
 async def test_a_tenant_filling_the_queue_is_pushed_out_by_another() -> None:
-    limiter = Limiter("db", max_concurrency=1, max_queue=4)
+    limiter = Limiter("db", max_concurrency=1, max_queue=4, clock=FakeClock())
     holder = held(limiter)
     got: list[tuple[str, Permit]] = []
     hogs = [spawn(limiter, got, f"hog{i}", tenant="hog") for i in range(4)]
@@ -272,7 +284,7 @@ async def test_codel_is_per_tenant_a_flood_trips_it_for_the_flooder_only() -> No
 
 
 async def test_push_out_of_a_cancelled_waiter_needs_no_verdict() -> None:
-    limiter = Limiter("db", max_concurrency=1, max_queue=1)
+    limiter = Limiter("db", max_concurrency=1, max_queue=1, clock=FakeClock())
     holder = held(limiter)
     got: list[tuple[str, Permit]] = []
     low = spawn(limiter, got, "low")

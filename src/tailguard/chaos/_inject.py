@@ -144,6 +144,10 @@ def _wake_future(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) 
         loop.call_soon_threadsafe(_resolve, future)
 
 
+AFTER_END = 0.0001
+"""Seconds past an experiment's end that a wait it capped lasts (timers may run a hair early)."""
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -185,10 +189,16 @@ class Injection:
         self._engine.expire()
         return any(run.stopped for run in self.runs)
 
-    def _limit(self, seconds: float) -> float:
-        """``seconds``, capped at the earliest end of the experiments involved."""
-        expires = min(run.expires_at for run in self.runs)
-        return max(0.0, min(seconds, expires - self._engine.clock()))
+    def _limit(self, seconds: float) -> tuple[float, bool]:
+        """``seconds``, capped at the earliest end of the experiments involved; and if capped.
+
+        A capped wait ends a moment after that end (``AFTER_END``), never before
+        it, so the engine sees the experiment over when the call goes on.
+        """
+        ends_in = min(run.expires_at for run in self.runs) - self._engine.clock()
+        if ends_in <= seconds:
+            return max(0.0, ends_in) + AFTER_END, True
+        return seconds, False
 
     # -- waiting ----------------------------------------------------------------------
 
@@ -203,8 +213,8 @@ class Injection:
         handle = None
         try:
             if not any(run.stopped for run in runs):
-                limit = self._limit(seconds)
-                early = min(TIMER_SLACK, limit / 2)
+                limit, capped = self._limit(seconds)
+                early = 0.0 if capped else min(TIMER_SLACK, limit / 2)
                 handle = loop.call_later(limit - early, _resolve, future)
                 await future
         finally:
@@ -222,7 +232,7 @@ class Injection:
             run.add_waker(event.set)
         try:
             if not any(run.stopped for run in runs):
-                event.wait(self._limit(seconds))
+                event.wait(self._limit(seconds)[0])
         finally:
             for run in runs:
                 run.discard_waker(event.set)

@@ -269,21 +269,24 @@ class Chaos:
         if run.stopped:
             return
         run.stopped = True
-        self._publish(tuple(other for other in self._runs if other is not run))
-        self._ticker.cancel(run.ttl_token)
-        run.wake_all()
+        # Recorded before anyone is woken: a call whose injected wait this ends
+        # (maybe on another thread) may read status() at once.
+        self._stopped.appendleft(
+            {
+                "experiment": run.name,
+                "reason": reason,
+                "detail": detail,
+                "actor": actor,
+                "at": time.time(),
+                "injections": run.injections,
+            }
+        )
         catalog = active()
         if catalog is not None:
             catalog.chaos_experiments_ended.labels(run.name, reason).inc()
-        record = {
-            "experiment": run.name,
-            "reason": reason,
-            "detail": detail,
-            "actor": actor,
-            "at": time.time(),
-            "injections": run.injections,
-        }
-        self._stopped.appendleft(record)
+        self._publish(tuple(other for other in self._runs if other is not run))
+        self._ticker.cancel(run.ttl_token)
+        run.wake_all()
         level = logging.WARNING if reason in ("safeguard", "halt") else logging.INFO
         log_event(
             "stop",
