@@ -20,7 +20,9 @@ def _learn_hold(limiter: Limiter, clock: FakeClock, seconds: float) -> None:
 
 async def test_no_prediction_before_any_hold_time_is_known() -> None:
     clock = FakeClock()
-    limiter = Limiter("db", max_concurrency=1, max_queue=4, queue_timeout=0.001, clock=clock)
+    # A cap the test's own run time cannot reach (the timer runs on the real
+    # clock): an unknown hold time must not be guessed as too long for it.
+    limiter = Limiter("db", max_concurrency=1, max_queue=4, queue_timeout=30, clock=clock)
     held = limiter.try_acquire()
     assert held is not None
     task = spawn(limiter, [], "w")
