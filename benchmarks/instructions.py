@@ -113,6 +113,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS))
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument(
+        "--section",
+        default="instructions",
+        help="name of the RESULTS.md section to write, e.g. 'instructions (CPython 3.13)' "
+        "when run with another interpreter's venv",
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -127,7 +133,7 @@ def main() -> int:
     results = per_request(args.arms)
     bare = results.get("bare")
     lines = [
-        "## instructions",
+        f"## {args.section}",
         "",
         f"Instructions per `GET /items/42` under callgrind ({LARGE} vs {SMALL} requests after "
         f"{WARMUP} warm-up, one task per request; deterministic; tailguard's periodic timers "
@@ -146,7 +152,7 @@ def main() -> int:
     lines += [f"| {key} | {value} |" for key, value in machine_info()]
     section = "\n".join(lines)
     print(section)
-    write_section(args.output, "instructions", section)
+    write_section(args.output, args.section, section)
     return 0
 
 
