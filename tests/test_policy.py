@@ -17,7 +17,7 @@ def test_accepts_positive_numbers(value: float) -> None:
     assert RoutePolicy(deadline=value).deadline == value
 
 
-@pytest.mark.parametrize("value", [0, -1, -0.5, math.nan, math.inf])
+@pytest.mark.parametrize("value", [0, -1, -0.5, math.nan, math.inf, 10**400])
 def test_rejects_non_positive_or_non_finite(value: float) -> None:
     with pytest.raises(ValueError, match=r"RoutePolicy\.deadline"):
         RoutePolicy(deadline=value)

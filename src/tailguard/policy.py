@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from tailguard._numbers import finite
 
 if TYPE_CHECKING:
     from tailguard.admission import AdaptiveLimit
@@ -84,7 +85,8 @@ def _seconds(field: str, value: object) -> None:
         raise TypeError(
             f"RoutePolicy.{field} must be a number of seconds or None, not {type(value).__name__}"
         )
-    if not (math.isfinite(value) and value > 0):
+    number = finite(value)
+    if number is None or number <= 0:
         raise ValueError(
             f"RoutePolicy.{field} must be a positive, finite number of seconds or None, "
             f"got {value!r}"

@@ -29,6 +29,7 @@ def feed(controller: LimitController, hold: float, n: int, *, ok: bool = True) -
         ({"window": 0}, "window"),
         ({"tolerance": 0.9}, "tolerance"),
         ({"tolerance": math.inf}, "tolerance"),
+        ({"tolerance": 10**400}, "tolerance"),
         ({"smoothing": 0}, "smoothing"),
         ({"smoothing": 1.5}, "smoothing"),
         ({"queue_size": -1}, "queue_size"),

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+from tailguard._numbers import finite
+
 __all__ = ["AdaptiveLimit", "Gradient2", "LimitController"]
 
 
@@ -187,14 +189,8 @@ def _check_int(name: str, value: object) -> None:
 def _check_number(
     name: str, value: object, *, low: float, high: float = math.inf, inclusive: bool = False
 ) -> None:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and (value >= low if inclusive else value > low)
-        and value <= high
-    )
-    if not ok:
+    number = finite(value)
+    if number is None or not (number >= low if inclusive else number > low) or number > high:
         bound = f">= {low}" if inclusive else f"> {low}"
         upper = f" and <= {high}" if high != math.inf else ""
         raise ValueError(f"Gradient2.{name} must be a finite number {bound}{upper}, got {value!r}")
