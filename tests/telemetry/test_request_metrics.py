@@ -246,9 +246,9 @@ def test_folded_histograms_match_direct_observations(registry: CollectorRegistry
     """Guards the use of prometheus_client's histogram internals when folding batches."""
     from prometheus_client import Histogram
 
-    from tailguard.telemetry.catalog import LATENCY_BUCKETS
+    from tailguard.telemetry.catalog import BUCKETS
 
-    direct = Histogram("direct_seconds", "", buckets=LATENCY_BUCKETS, registry=registry)
+    direct = Histogram("direct_seconds", "", buckets=BUCKETS["latency"], registry=registry)
     recorder = RequestRecorder(telemetry.catalog_for(registry))
     route = recorder.route("/r", "GET")
     values = [0.0, 0.001, 0.0011, 0.003, 0.05, 0.7, 10.0, 11.0, 0.25]
@@ -282,10 +282,12 @@ def test_requests_with_and_without_a_split_fold_like_direct_observations(
     """Requests the handler had whole are observed once but land in duration and handler."""
     from prometheus_client import Histogram
 
-    from tailguard.telemetry.catalog import LATENCY_BUCKETS
+    from tailguard.telemetry.catalog import BUCKETS
 
     direct = {
-        phase: Histogram(f"direct_{phase}_seconds", "", buckets=LATENCY_BUCKETS, registry=registry)
+        phase: Histogram(
+            f"direct_{phase}_seconds", "", buckets=BUCKETS["latency"], registry=registry
+        )
         for phase in ("duration", "handler", "queue")
     }
     recorder = RequestRecorder(telemetry.catalog_for(registry))

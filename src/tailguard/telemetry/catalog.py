@@ -1,4 +1,4 @@
-"""Every Prometheus metric tailguard publishes, declared once.
+"""Every Prometheus metric tailguard publishes, declared once, as data.
 
 Names follow ``tailguard_<noun>_<unit>``: counters end in ``_total``,
 durations are in seconds. Labels are bounded: route templates (never raw
@@ -7,10 +7,11 @@ and the names an operator configured (limiters, dependencies, pools, call
 sites, experiments). Tenants appear only on the per-tenant counters, through
 :class:`TenantLabels` (configured tenants, the rest ``"other"``).
 
-A :class:`Catalog` registers the metrics on one registry. tailguard's code
-reads the catalog in use with :func:`active`, which is ``None`` when metrics
-are off, so every recording site costs one call and one ``is None`` check
-then. Dashboards and tests import the same objects.
+:data:`METRICS` is the table of :class:`MetricSpec`: name, kind, help, labels,
+bucket family and multiprocess mode of each metric. A :class:`Catalog`
+registers one metric per spec on one registry, as the attribute the spec
+names; the dashboard generator and the tests iterate the same table, so a
+renamed metric cannot leave a dashboard behind.
 
 >>> from prometheus_client import CollectorRegistry
 >>> catalog = Catalog(CollectorRegistry())
@@ -20,268 +21,401 @@ then. Dashboards and tests import the same objects.
 ...     {"experiment": "slow-db", "target": "db", "fault": "latency"},
 ... )
 1.0
+>>> spec = SPECS["tailguard_request_duration_seconds"]
+>>> spec.kind, spec.labels, spec.unit
+('histogram', ('route', 'method'), 'seconds')
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping
-from typing import Any, Final, Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
-__all__ = ["Catalog", "TenantLabels", "activate", "active", "catalog_for"]
+__all__ = [
+    "BUCKETS",
+    "METRICS",
+    "SPECS",
+    "Catalog",
+    "MetricSpec",
+    "TenantLabels",
+    "activate",
+    "active",
+    "catalog_for",
+]
 
-LATENCY_BUCKETS: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-"""Request and dependency durations: 1 ms to 10 s, roughly 1-2.5-5 steps."""
+Kind = Literal["counter", "gauge", "histogram"]
+BucketFamily = Literal["latency", "wait"]
 
-WAIT_BUCKETS: Final = (
-    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-)  # fmt: skip
-"""Queue waits and loop lag: most are far below a millisecond, the interesting ones are not."""
+BUCKETS: Final[Mapping[BucketFamily, tuple[float, ...]]] = {
+    # Request and dependency durations: 1 ms to 10 s, roughly 1-2.5-5 steps.
+    "latency": (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    # Queue waits and loop lag: most are far below a millisecond, the interesting ones are not.
+    "wait": (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+}
+"""The default upper bounds of each histogram bucket family."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric as data: what :class:`Catalog` registers and dashboards query.
+
+    >>> SPECS["tailguard_requests_total"].attr
+    'requests'
+    """
+
+    attr: str
+    """The :class:`Catalog` attribute that holds the metric."""
+    kind: Kind
+    name: str
+    """The exposed name (counters with their ``_total``)."""
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: BucketFamily | None = None
+    """Histograms: the bucket family (:data:`BUCKETS`), which a guard may override."""
+    multiprocess_mode: str | None = None
+    """Gauges: how ``PROMETHEUS_MULTIPROC_DIR`` mode combines the workers' values."""
+
+    @property
+    def unit(self) -> str:
+        """``"seconds"`` for durations, else ``""`` (counts of requests, calls, slots, tasks)."""
+        return "seconds" if self.name.removesuffix("_total").endswith("_seconds") else ""
+
+    def build(
+        self,
+        registry: CollectorRegistry | None,
+        buckets: Mapping[BucketFamily, Sequence[float]] | None = None,
+    ) -> Counter | Gauge | Histogram:
+        """The prometheus_client metric for this spec, registered on ``registry``."""
+        if self.kind == "counter":
+            return Counter(self.name, self.help, self.labels, registry=registry)
+        if self.kind == "gauge":
+            mode: Any = self.multiprocess_mode or "all"
+            return Gauge(
+                self.name, self.help, self.labels, multiprocess_mode=mode, registry=registry
+            )
+        assert self.buckets is not None, f"{self.name}: a histogram needs a bucket family"
+        bounds = (buckets or {}).get(self.buckets, BUCKETS[self.buckets])
+        return Histogram(self.name, self.help, self.labels, buckets=bounds, registry=registry)
+
+
+METRICS: Final[tuple[MetricSpec, ...]] = (
+    # -- requests (the middleware)
+    MetricSpec(
+        "requests",
+        "counter",
+        "tailguard_requests_total",
+        "HTTP requests handled, by route template, method, status class and outcome "
+        "(ok, error, deadline_exceeded, shed, disconnected).",
+        labels=("route", "method", "status_class", "outcome"),
+    ),
+    MetricSpec(
+        "request_duration",
+        "histogram",
+        "tailguard_request_duration_seconds",
+        "Time from the request's arrival to its last response byte (or its end).",
+        labels=("route", "method"),
+        buckets="latency",
+    ),
+    MetricSpec(
+        "requests_in_flight",
+        "gauge",
+        "tailguard_requests_in_flight",
+        "Requests being handled now, by route template.",
+        labels=("route",),
+        multiprocess_mode="livesum",
+    ),
+    MetricSpec(
+        "requests_shed",
+        "counter",
+        "tailguard_requests_shed_total",
+        "Requests answered 503 by admission control, by route template and reason.",
+        labels=("route", "reason"),
+    ),
+    MetricSpec(
+        "deadline_exceeded",
+        "counter",
+        "tailguard_deadline_exceeded_total",
+        "Requests whose deadline fired: before the response started (504) or while it "
+        "streamed (aborted).",
+        labels=("route", "stage"),
+    ),
+    MetricSpec(
+        "budget_spent",
+        "histogram",
+        "tailguard_budget_spent_seconds",
+        "How each request's time was spent: queued for admission, in each dependency, "
+        "and the rest in the handler.",
+        labels=("route", "phase", "dependency"),
+        buckets="latency",
+    ),
+    MetricSpec(
+        "tenant_requests",
+        "counter",
+        "tailguard_tenant_requests_total",
+        "Requests by tenant (configured tenants; the rest are 'other') and outcome.",
+        labels=("tenant", "outcome"),
+    ),
+    # -- limiters and pools (refreshed from their state, not per request)
+    MetricSpec(
+        "queue_wait",
+        "histogram",
+        "tailguard_queue_wait_seconds",
+        "Time spent waiting for a limiter slot by requests and calls that had to wait "
+        "(granted or shed); immediate admissions are not observed (the queue phase of "
+        "tailguard_budget_spent_seconds counts them as 0).",
+        labels=("limiter", "kind"),
+        buckets="wait",
+    ),
+    MetricSpec(
+        "limiter_in_use",
+        "gauge",
+        "tailguard_limiter_in_use",
+        "Slots held now; kind is 'route' or 'dependency'.",
+        labels=("limiter", "kind"),
+        multiprocess_mode="livesum",
+    ),
+    MetricSpec(
+        "limiter_queued",
+        "gauge",
+        "tailguard_limiter_queued",
+        "Requests or calls waiting for a slot now.",
+        labels=("limiter", "kind"),
+        multiprocess_mode="livesum",
+    ),
+    MetricSpec(
+        "limiter_limit",
+        "gauge",
+        "tailguard_limiter_limit",
+        "The effective concurrency limit (the adaptive one, if any).",
+        labels=("limiter", "kind"),
+        multiprocess_mode="livesum",
+    ),
+    MetricSpec(
+        "limiter_rejections",
+        "counter",
+        "tailguard_limiter_rejections_total",
+        "Requests or calls a limiter shed, by reason.",
+        labels=("limiter", "kind", "reason"),
+    ),
+    MetricSpec(
+        "pool_threads_in_use",
+        "gauge",
+        "tailguard_pool_threads_in_use",
+        "Threads of a pool running a job now (asyncio's default executor, anyio's "
+        "worker threads, each dependency's own pool).",
+        labels=("pool",),
+        multiprocess_mode="livesum",
+    ),
+    MetricSpec(
+        "pool_threads_max",
+        "gauge",
+        "tailguard_pool_threads_max",
+        "Threads a pool may run at once.",
+        labels=("pool",),
+        multiprocess_mode="livesum",
+    ),
+    MetricSpec(
+        "pool_jobs_queued",
+        "gauge",
+        "tailguard_pool_jobs_queued",
+        "Jobs waiting for a thread of their pool now.",
+        labels=("pool",),
+        multiprocess_mode="livesum",
+    ),
+    MetricSpec(
+        "pool_queue_wait",
+        "histogram",
+        "tailguard_pool_queue_wait_seconds",
+        "Time a job waited for a thread of its pool.",
+        labels=("pool",),
+        buckets="wait",
+    ),
+    # -- dependencies
+    MetricSpec(
+        "dependency_calls",
+        "counter",
+        "tailguard_dependency_calls_total",
+        "Calls to a dependency by outcome (ok, error, rejected, deadline_exceeded, cancelled).",
+        labels=("dependency", "outcome"),
+    ),
+    MetricSpec(
+        "dependency_duration",
+        "histogram",
+        "tailguard_dependency_duration_seconds",
+        "Time a call held its dependency's slot.",
+        labels=("dependency",),
+        buckets="latency",
+    ),
+    # -- tasks and the event loop
+    MetricSpec(
+        "tasks_spawned",
+        "counter",
+        "tailguard_tasks_spawned_total",
+        "asyncio tasks spawned while handling a request, by route template.",
+        labels=("route",),
+    ),
+    MetricSpec(
+        "tasks_live",
+        "gauge",
+        "tailguard_tasks_live",
+        "Tasks that outlived the request that spawned them and are still running "
+        "(orphans), by route template; tasks of requests in flight are in the "
+        "snapshot.",
+        labels=("route",),
+        multiprocess_mode="livesum",
+    ),
+    MetricSpec(
+        "tasks_orphaned",
+        "counter",
+        "tailguard_tasks_orphaned_total",
+        "Tasks still pending when their request finished; action is 'left' or 'cancelled'.",
+        labels=("route", "action"),
+    ),
+    MetricSpec(
+        "event_loop_lag",
+        "histogram",
+        "tailguard_event_loop_lag_seconds",
+        "How late the event loop ran a callback scheduled for a known time.",
+        buckets="wait",
+    ),
+    # -- tail-tolerance helpers
+    MetricSpec(
+        "tail_attempts",
+        "counter",
+        "tailguard_tail_attempts_total",
+        "Attempts started by hedge, race, quorum, fanout and fallback, by call site.",
+        labels=("site", "helper"),
+    ),
+    MetricSpec(
+        "tail_attempts_cancelled",
+        "counter",
+        "tailguard_tail_attempts_cancelled_total",
+        "Attempts cancelled because they were no longer needed (losers), by call site.",
+        labels=("site", "helper"),
+    ),
+    MetricSpec(
+        "hedges",
+        "counter",
+        "tailguard_hedges_total",
+        "Hedges by call site and event: sent, won (a hedge answered first), and "
+        "hedges due but not sent: budget_exhausted (max_extra spent) or deadline (the "
+        "remaining budget could not fit a typical call).",
+        labels=("site", "event"),
+    ),
+    MetricSpec(
+        "fanout_calls",
+        "counter",
+        "tailguard_fanout_calls_total",
+        "Fan-out calls judged for pace, by call site: named fan-outs whose required "
+        "legs all succeeded once the site knew its legs' p99 (the slow_paced "
+        "denominator).",
+        labels=("site",),
+    ),
+    MetricSpec(
+        "fanout_slow_paced",
+        "counter",
+        "tailguard_fanout_slow_paced_total",
+        "Fan-out calls whose slowest leg was in its tail (slower than its p99 "
+        "estimate): compare the ratio to tailguard.amplification(p, n).",
+        labels=("site",),
+    ),
+    # -- chaos
+    MetricSpec(
+        "chaos_injections",
+        "counter",
+        "tailguard_chaos_injections_total",
+        "Faults injected, by experiment, target and fault kind.",
+        labels=("experiment", "target", "fault"),
+    ),
+    MetricSpec(
+        "chaos_experiments_active",
+        "gauge",
+        "tailguard_chaos_experiments_active",
+        "Chaos experiments running now (for dashboard annotations).",
+        multiprocess_mode="livemax",
+    ),
+    MetricSpec(
+        "chaos_experiments_ended",
+        "counter",
+        "tailguard_chaos_experiments_ended_total",
+        "Chaos experiments that ended, by reason: stopped, halt, safeguard (an "
+        "AbortWhen tripped) or expired (the TTL ran out).",
+        labels=("experiment", "reason"),
+    ),
+    MetricSpec(
+        "chaos_skipped",
+        "counter",
+        "tailguard_chaos_injections_skipped_total",
+        "Faults not injected because max_injections calls were already under injection.",
+        labels=("experiment", "fault"),
+    ),
+)
+"""Every metric tailguard publishes, in the order of ``/metrics``."""
+
+SPECS: Final[Mapping[str, MetricSpec]] = {spec.name: spec for spec in METRICS}
+""":data:`METRICS` by exposed name."""
 
 
 class Catalog:
     """tailguard's metrics, registered on ``registry`` (the default registry if omitted).
 
+    One attribute per :data:`METRICS` entry, named by its spec's ``attr``.
     Gauges carry the ``multiprocess_mode`` that sums or maxes them correctly
-    across workers when ``PROMETHEUS_MULTIPROC_DIR`` is set.
+    across workers when ``PROMETHEUS_MULTIPROC_DIR`` is set. ``buckets``
+    overrides a family's bounds, e.g. ``{"latency": (0.01, 0.1, 1, 10, 30, 60)}``.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
+    requests: Counter
+    request_duration: Histogram
+    requests_in_flight: Gauge
+    requests_shed: Counter
+    deadline_exceeded: Counter
+    budget_spent: Histogram
+    tenant_requests: Counter
+    queue_wait: Histogram
+    limiter_in_use: Gauge
+    limiter_queued: Gauge
+    limiter_limit: Gauge
+    limiter_rejections: Counter
+    pool_threads_in_use: Gauge
+    pool_threads_max: Gauge
+    pool_jobs_queued: Gauge
+    pool_queue_wait: Histogram
+    dependency_calls: Counter
+    dependency_duration: Histogram
+    tasks_spawned: Counter
+    tasks_live: Gauge
+    tasks_orphaned: Counter
+    event_loop_lag: Histogram
+    tail_attempts: Counter
+    tail_attempts_cancelled: Counter
+    hedges: Counter
+    fanout_calls: Counter
+    fanout_slow_paced: Counter
+    chaos_injections: Counter
+    chaos_experiments_active: Gauge
+    chaos_experiments_ended: Counter
+    chaos_skipped: Counter
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = REGISTRY,
+        *,
+        buckets: Mapping[BucketFamily, Sequence[float]] | None = None,
+    ) -> None:
         self.registry: Final = registry
         self.before_collect: Final[weakref.WeakSet[_Flushable]] = weakref.WeakSet()
         """Objects whose ``flush()`` folds pending counts in; run first by every collection."""
         if registry is not None:
             # Registered before the metrics, so collections flush, then read.
             registry.register(_FlushFirst(self.before_collect))
-        r = registry
-
-        # -- requests (the middleware) ---------------------------------------------------
-        self.requests: Final = Counter(
-            "tailguard_requests_total",
-            "HTTP requests handled, by route template, method, status class and outcome "
-            "(ok, error, deadline_exceeded, shed, disconnected).",
-            ["route", "method", "status_class", "outcome"],
-            registry=r,
-        )
-        self.request_duration: Final = Histogram(
-            "tailguard_request_duration_seconds",
-            "Time from the request's arrival to its last response byte (or its end).",
-            ["route", "method"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.requests_in_flight: Final = Gauge(
-            "tailguard_requests_in_flight",
-            "Requests being handled now, by route template.",
-            ["route"],
-            multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.requests_shed: Final = Counter(
-            "tailguard_requests_shed_total",
-            "Requests answered 503 by admission control, by route template and reason.",
-            ["route", "reason"],
-            registry=r,
-        )
-        self.deadline_exceeded: Final = Counter(
-            "tailguard_deadline_exceeded_total",
-            "Requests whose deadline fired: before the response started (504) "
-            "or while it streamed (aborted).",
-            ["route", "stage"],
-            registry=r,
-        )
-        self.budget_spent: Final = Histogram(
-            "tailguard_budget_spent_seconds",
-            "How each request's time was spent: queued for admission, in each dependency, "
-            "and the rest in the handler.",
-            ["route", "phase", "dependency"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.tenant_requests: Final = Counter(
-            "tailguard_tenant_requests_total",
-            "Requests by tenant (configured tenants; the rest are 'other') and outcome.",
-            ["tenant", "outcome"],
-            registry=r,
-        )
-
-        # -- limiters and pools (refreshed from their state, not per request) ------------
-        self.queue_wait: Final = Histogram(
-            "tailguard_queue_wait_seconds",
-            "Time spent waiting for a limiter slot by requests and calls that had to wait "
-            "(granted or shed); immediate admissions are not observed (the queue phase of "
-            "tailguard_budget_spent_seconds counts them as 0).",
-            ["limiter", "kind"],
-            buckets=WAIT_BUCKETS,
-            registry=r,
-        )
-        self.limiter_in_use: Final = Gauge(
-            "tailguard_limiter_in_use",
-            "Slots held now; kind is 'route' or 'dependency'.",
-            ["limiter", "kind"],
-            multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.limiter_queued: Final = Gauge(
-            "tailguard_limiter_queued",
-            "Requests or calls waiting for a slot now.",
-            ["limiter", "kind"],
-            multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.limiter_limit: Final = Gauge(
-            "tailguard_limiter_limit",
-            "The effective concurrency limit (the adaptive one, if any).",
-            ["limiter", "kind"],
-            multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.limiter_rejections: Final = Counter(
-            "tailguard_limiter_rejections_total",
-            "Requests or calls a limiter shed, by reason.",
-            ["limiter", "kind", "reason"],
-            registry=r,
-        )
-        self.pool_threads_in_use: Final = Gauge(
-            "tailguard_pool_threads_in_use",
-            "Threads of a pool running a job now (asyncio's default executor, anyio's "
-            "worker threads, each dependency's own pool).",
-            ["pool"],
-            multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.pool_threads_max: Final = Gauge(
-            "tailguard_pool_threads_max",
-            "Threads a pool may run at once.",
-            ["pool"],
-            multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.pool_jobs_queued: Final = Gauge(
-            "tailguard_pool_jobs_queued",
-            "Jobs waiting for a thread of their pool now.",
-            ["pool"],
-            multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.pool_queue_wait: Final = Histogram(
-            "tailguard_pool_queue_wait_seconds",
-            "Time a job waited for a thread of its pool.",
-            ["pool"],
-            buckets=WAIT_BUCKETS,
-            registry=r,
-        )
-
-        # -- dependencies ------------------------------------------------------------------
-        self.dependency_calls: Final = Counter(
-            "tailguard_dependency_calls_total",
-            "Calls to a dependency by outcome (ok, error, rejected, deadline_exceeded, cancelled).",
-            ["dependency", "outcome"],
-            registry=r,
-        )
-        self.dependency_duration: Final = Histogram(
-            "tailguard_dependency_duration_seconds",
-            "Time a call held its dependency's slot.",
-            ["dependency"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-
-        # -- tasks and the event loop ------------------------------------------------------
-        self.tasks_spawned: Final = Counter(
-            "tailguard_tasks_spawned_total",
-            "asyncio tasks spawned while handling a request, by route template.",
-            ["route"],
-            registry=r,
-        )
-        self.tasks_live: Final = Gauge(
-            "tailguard_tasks_live",
-            "Tasks that outlived the request that spawned them and are still running "
-            "(orphans), by route template; tasks of requests in flight are in the snapshot.",
-            ["route"],
-            multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.tasks_orphaned: Final = Counter(
-            "tailguard_tasks_orphaned_total",
-            "Tasks still pending when their request finished; action is 'left' or 'cancelled'.",
-            ["route", "action"],
-            registry=r,
-        )
-        self.event_loop_lag: Final = Histogram(
-            "tailguard_event_loop_lag_seconds",
-            "How late the event loop ran a callback scheduled for a known time.",
-            buckets=WAIT_BUCKETS,
-            registry=r,
-        )
-
-        # -- tail-tolerance helpers ------------------------------------------------------
-        self.tail_attempts: Final = Counter(
-            "tailguard_tail_attempts_total",
-            "Attempts started by hedge, race, quorum, fanout and fallback, by call site.",
-            ["site", "helper"],
-            registry=r,
-        )
-        self.tail_attempts_cancelled: Final = Counter(
-            "tailguard_tail_attempts_cancelled_total",
-            "Attempts cancelled because they were no longer needed (losers), by call site.",
-            ["site", "helper"],
-            registry=r,
-        )
-        self.hedges: Final = Counter(
-            "tailguard_hedges_total",
-            "Hedges by call site and event: sent, won (a hedge answered first), and hedges "
-            "due but not sent: budget_exhausted (max_extra spent) or deadline (the remaining "
-            "budget could not fit a typical call).",
-            ["site", "event"],
-            registry=r,
-        )
-        self.fanout_calls: Final = Counter(
-            "tailguard_fanout_calls_total",
-            "Fan-out calls judged for pace, by call site: named fan-outs whose required legs "
-            "all succeeded once the site knew its legs' p99 (the slow_paced denominator).",
-            ["site"],
-            registry=r,
-        )
-        self.fanout_slow_paced: Final = Counter(
-            "tailguard_fanout_slow_paced_total",
-            "Fan-out calls whose slowest leg was in its tail (slower than its p99 estimate): "
-            "compare the ratio to tailguard.amplification(p, n).",
-            ["site"],
-            registry=r,
-        )
-
-        # -- chaos -----------------------------------------------------------------------
-        self.chaos_injections: Final = Counter(
-            "tailguard_chaos_injections_total",
-            "Faults injected, by experiment, target and fault kind.",
-            ["experiment", "target", "fault"],
-            registry=r,
-        )
-        self.chaos_experiments_active: Final = Gauge(
-            "tailguard_chaos_experiments_active",
-            "Chaos experiments running now (for dashboard annotations).",
-            multiprocess_mode="livemax",
-            registry=r,
-        )
-        self.chaos_experiments_ended: Final = Counter(
-            "tailguard_chaos_experiments_ended_total",
-            "Chaos experiments that ended, by reason: stopped, halt, safeguard (an AbortWhen "
-            "tripped) or expired (the TTL ran out).",
-            ["experiment", "reason"],
-            registry=r,
-        )
-        self.chaos_skipped: Final = Counter(
-            "tailguard_chaos_injections_skipped_total",
-            "Faults not injected because max_injections calls were already under injection.",
-            ["experiment", "fault"],
-            registry=r,
-        )
+        for spec in METRICS:
+            setattr(self, spec.attr, spec.build(registry, buckets))
 
 
 class _Flushable(Protocol):

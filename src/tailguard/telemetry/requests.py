@@ -111,7 +111,7 @@ class RouteMetrics:
         self._catalog = catalog
         self._route = route
         self._method = method
-        # Duration and budget histograms share buckets (LATENCY_BUCKETS).
+        # Duration and budget histograms share buckets (the latency family).
         self._bounds: list[float] = list(
             catalog.request_duration.labels(route, method)._upper_bounds
         )
