@@ -5,6 +5,7 @@
 inf
 """
 
+from tailguard._version import __version__
 from tailguard.admission import Gradient2, Rejected
 from tailguard.deadlines import (
     Deadline,
@@ -27,8 +28,6 @@ from tailguard.tail import (
     quorum,
     race,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Deadline",

@@ -15,9 +15,9 @@ import math
 import time
 from contextvars import Token
 from types import TracebackType
-from typing import NamedTuple
 
 from tailguard import _context
+from tailguard._context import Deadline
 
 __all__ = [
     "Deadline",
@@ -26,37 +26,6 @@ __all__ = [
     "deadline",
     "remaining",
 ]
-
-
-class Deadline(NamedTuple):
-    """An absolute point in time (``time.monotonic()`` clock) by which work must end.
-
-    Immutable and cheap to create: one is made for every request.
-
-    >>> d = Deadline.after(0.5, source="route")
-    >>> 0 < d.remaining() <= 0.5
-    True
-    """
-
-    at: float
-    """Monotonic time at which the budget runs out."""
-    budget: float
-    """The budget in seconds this deadline was created with."""
-    source: str
-    """Where the budget came from: ``route``, ``scope`` or the inbound header's name."""
-
-    @classmethod
-    def after(cls, seconds: float, *, source: str) -> Deadline:
-        """A deadline ``seconds`` from now."""
-        return cls(time.monotonic() + seconds, seconds, source)
-
-    def remaining(self) -> float:
-        """Seconds left; negative once the deadline has passed."""
-        return self.at - time.monotonic()
-
-    def expired(self) -> bool:
-        """Whether the deadline has passed."""
-        return time.monotonic() >= self.at
 
 
 class DeadlineExceeded(TimeoutError):

@@ -33,6 +33,7 @@ from urllib.parse import quote
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tailguard._scope import route_path
+from tailguard._version import __version__
 from tailguard.chaos._fields import ExperimentError, parse_json
 from tailguard.chaos._log import log_event, logger
 from tailguard.chaos._openapi import openapi_document
@@ -143,9 +144,7 @@ class ControlAPI:
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI 3.1 document this API serves at ``{prefix}/openapi.json``."""
-        import tailguard
-
-        return openapi_document(self.prefix, version=tailguard.__version__)
+        return openapi_document(self.prefix, version=__version__)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -24,6 +24,7 @@ from tailguard.telemetry.requests import UNMATCHED, RouteMetrics
 
 if TYPE_CHECKING:
     from tailguard.guard import Tailguard
+    from tailguard.telemetry.catalog import Catalog
 
 __all__ = ["Exchange"]
 
@@ -123,6 +124,11 @@ class Exchange(task_registry.RequestTasks):
     @property
     def route(self) -> str:
         return self.resolved.template or ""
+
+    @property
+    def catalog(self) -> Catalog | None:
+        recorder = self._guard.recorder
+        return recorder.catalog if recorder is not None else None
 
     @property
     def owner(self) -> Exchange:

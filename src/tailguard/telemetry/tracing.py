@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from opentelemetry import trace
 
+from tailguard._version import __version__
+
 __all__ = ["tracer", "use_tracer_provider"]
 
 _NAME = "tailguard"
@@ -37,8 +39,6 @@ def tracer() -> trace.Tracer:
     global _tracer
     found = _tracer
     if found is None:
-        from tailguard import __version__
-
         if _provider is None:
             # The global provider may be replaced later: let OTel's proxy follow it.
             return trace.get_tracer(_NAME, __version__)
