@@ -1,10 +1,10 @@
-"""One check behind every numeric option: a finite int or float, never a bool."""
+"""The checks behind every numeric option: a finite number, or a whole one; never a bool."""
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["finite"]
+__all__ = ["finite", "whole"]
 
 
 def finite(value: object) -> float | None:
@@ -22,3 +22,14 @@ def finite(value: object) -> float | None:
     except OverflowError:  # an int too large for a float
         return None
     return number if math.isfinite(number) else None
+
+
+def whole(value: object, low: int) -> int | None:
+    """``value`` if it is an ``int`` (not a ``bool``) of at least ``low``, else ``None``.
+
+    >>> whole(3, 1), whole(0, 1), whole(True, 0), whole(2.0, 1)
+    (3, None, None, None)
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        return None
+    return value

@@ -15,17 +15,32 @@ import math
 import time
 from contextvars import Token
 from types import TracebackType
+from typing import Any, Final
 
 from tailguard import _context
 from tailguard._context import Deadline
 
 __all__ = [
+    "DEADLINE_HEADER",
+    "MIN_BUDGET",
+    "CancelScope",
     "Deadline",
     "DeadlineExceeded",
     "current_deadline",
     "deadline",
     "remaining",
 ]
+
+
+DEADLINE_HEADER: Final = "x-request-timeout-ms"
+"""tailguard's own deadline header: the remaining budget in integer milliseconds.
+
+Read on the way in (it can only shrink a route's budget) and set on the way out
+by the httpx integrations; both ends can be given another name.
+"""
+
+MIN_BUDGET: Final = 0.001
+"""Below this many seconds left an outbound call is not made at all."""
 
 
 class DeadlineExceeded(TimeoutError):
@@ -75,22 +90,35 @@ def remaining() -> float:
 
 
 class CancelScope:
-    """Cancels the current asyncio task when ``at`` passes, and reports whether it did.
+    """Cancels one asyncio task when ``at`` passes (or when asked), and takes back only its own.
 
-    The tailguard analogue of ``asyncio.Timeout``, usable with a plain ``with``.
-    It counts cancellation requests the way ``asyncio.timeout`` does
-    (``Task.cancelling``/``uncancel``), so it only absorbs the cancellation it
-    caused itself: a cancel from outside, or from an outer scope, propagates.
+    The one cancel-at-deadline primitive: :class:`deadline` uses it as a
+    ``with`` block, and the middleware's per-request object *is* one (armed
+    only once a request outlives the sweeper's grace period). Like
+    ``asyncio.timeout`` it counts cancellation requests
+    (``Task.cancelling``/``uncancel``), so it absorbs only the cancellation it
+    caused: a cancel from outside, or from an outer scope, propagates.
+
+    >>> import asyncio
+    >>> async def main():
+    ...     with CancelScope(time.monotonic() + 0.01) as scope:
+    ...         await asyncio.sleep(10)
+    ...     return scope.fired
+    >>> asyncio.run(main())
+    True
     """
 
-    __slots__ = ("_cancelling", "_handle", "_task", "at", "fired")
+    __slots__ = ("_cancelling", "_handle", "_task", "_withdrawn", "at", "fired")
 
-    def __init__(self, at: float | None) -> None:
+    def __init__(self, at: float | None, task: asyncio.Task[Any] | None = None) -> None:
         self.at = at
+        """Monotonic time at which the task is cancelled; ``None``: only when asked."""
         self.fired = False
-        self._task: asyncio.Task[object] | None = None
-        self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
-        self._cancelling = 0
+        """Whether this scope has cancelled its task."""
+        self._task = task
+        self._cancelling = task.cancelling() if task is not None else 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._withdrawn = False
 
     def __enter__(self) -> CancelScope:
         try:
@@ -100,19 +128,43 @@ class CancelScope:
         if task is not None:
             self._task = task
             self._cancelling = task.cancelling()
-            if self.at is not None:
-                loop = task.get_loop()
-                # Deadlines are on the monotonic clock; asyncio's loop.time() is too,
-                # but convert through the difference so a custom loop clock still works.
-                when = loop.time() + (self.at - time.monotonic())
-                self._handle = loop.call_at(when, self._fire)
+            self.arm()
         return self
 
-    def _fire(self) -> None:
-        self._handle = None
-        if self._task is not None and not self.fired:
+    def arm(self) -> None:
+        """Schedule the cancellation at :attr:`at`; once, and only with a task and a deadline."""
+        task = self._task
+        if self.at is not None and self._handle is None and task is not None and not self.fired:
+            loop = task.get_loop()
+            # Deadlines are on the monotonic clock; asyncio's loop.time() is too,
+            # but convert through the difference so a custom loop clock still works.
+            self._handle = loop.call_at(loop.time() + (self.at - time.monotonic()), self.cancel)
+
+    def disarm(self) -> None:
+        """Drop the scheduled cancellation, if any."""
+        handle = self._handle
+        if handle is not None:
+            handle.cancel()
+            self._handle = None
+
+    def cancel(self) -> None:
+        """Cancel the task now (the deadline passed, or the caller went away); once."""
+        task = self._task
+        if not self.fired and task is not None:
             self.fired = True
-            self._task.cancel()
+            task.cancel()
+
+    def withdraw(self) -> bool:
+        """Take back this scope's own cancel request; once.
+
+        True when the scope did cancel its task and no one else has asked for
+        a cancellation since: the ``CancelledError`` in flight is ours to absorb.
+        """
+        task = self._task
+        if not self.fired or self._withdrawn or task is None:
+            return False
+        self._withdrawn = True
+        return task.uncancel() <= self._cancelling
 
     def __exit__(
         self,
@@ -120,17 +172,10 @@ class CancelScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        if self.fired and self._task is not None:
-            # Only this scope's own cancel request is absorbed; if someone else
-            # also asked to cancel the task, the CancelledError keeps going.
-            task, self._task = self._task, None
-            if task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
-                return True
+        self.disarm()
+        ours = self.withdraw()
         self._task = None
-        return False
+        return ours and exc_type is asyncio.CancelledError
 
 
 class deadline:  # lowercase: used like a function, ``with tailguard.deadline(0.05):``

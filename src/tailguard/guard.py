@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -11,18 +10,25 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Scope
 
 from tailguard.admission import Limiter
+from tailguard.chaos.control import ControlAPI
 from tailguard.chaos.engine import Chaos
+from tailguard.deadlines import DEADLINE_HEADER
 from tailguard.dependency import Dependency
-from tailguard.middleware.admission import build_limiters, tenant_resolver
-from tailguard.middleware.inbound import InboundDeadlines
-from tailguard.middleware.routing import RouteTable
+from tailguard.middleware.asgi import TailguardMiddleware
+from tailguard.middleware.runtime import Runtime
 from tailguard.policy import RoutePolicy
-from tailguard.telemetry.catalog import TenantLabels, activate, catalog_for
+from tailguard.routing.inbound import InboundDeadlines
+from tailguard.routing.limits import build_limiters, tenant_resolver
+from tailguard.routing.matching import RouteTable
+from tailguard.telemetry import otel
+from tailguard.telemetry.catalog import TenantLabels, catalog_for
+from tailguard.telemetry.exposition import metrics_app
 from tailguard.telemetry.live import LiveRequests
 from tailguard.telemetry.loop import LoopMonitor
 from tailguard.telemetry.pools import Refresher
 from tailguard.telemetry.requests import RequestRecorder
 from tailguard.telemetry.snapshot import build_snapshot
+from tailguard.telemetry.tracing import use_tracer_provider
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -58,9 +64,11 @@ class Tailguard:
     ``tenant_weights`` gives some tenants a larger share of the queue.
 
     Metrics (see :mod:`tailguard.telemetry.catalog`) are recorded into
-    ``registry`` (prometheus_client's default registry if omitted); the
-    guard created last is the one tailguard's other features record into.
-    ``metrics=False`` turns per-request metrics off. Tasks a request spawned
+    ``registry`` (prometheus_client's default registry if omitted): the
+    guard's requests, its dependencies, its chaos engine and the tail helpers
+    called while it handles a request all record there, so two guards with
+    two registries keep their metrics apart. ``metrics=False`` turns
+    tailguard's metrics off. Tasks a request spawned
     that are still running when it finishes are *orphans*: counted, logged
     once per coroutine, listed by :meth:`snapshot`, and cancelled with
     ``orphans="cancel"``.
@@ -75,7 +83,7 @@ class Tailguard:
         *,
         default: RoutePolicy | None = None,
         routes: Mapping[str, RoutePolicy] | None = None,
-        deadline_header: str = "x-request-timeout-ms",
+        deadline_header: str = DEADLINE_HEADER,
         inbound_deadlines: bool = True,
         tenant_header: str | None = None,
         tenant: Callable[[Scope], str | None] | None = None,
@@ -105,26 +113,37 @@ class Tailguard:
         """Fault injection; every dependency made by :meth:`dependency` consults it."""
         self.cancel_orphans = orphans == "cancel"
         """Cancel tasks still pending when their request finishes (``orphans="cancel"``)."""
-        self.tracing = True
-        """Annotate the server span and trace spawned tasks (``install(tracing=False)``: off)."""
         self.live = LiveRequests()
         """Requests in flight (for :meth:`snapshot`)."""
-        self.endpoints: tuple[tuple[str, ASGIApp], ...] = ()
-        """Paths tailguard answers itself (``/metrics``, the control API), by prefix."""
-        self.endpoint_pattern: re.Pattern[str] | None = None
-        """Finds any of :attr:`endpoints`' paths in a raw path: one C call per request."""
+        self.registry: CollectorRegistry | None = None
+        """Where this guard's metrics go; ``None`` with ``metrics=False``."""
         self.recorder: RequestRecorder | None = None
         """Per-request metrics; ``None`` with ``metrics=False``."""
         self.refresher: Refresher | None = None
         """Copies limiter, dependency and thread-pool state into the gauges."""
         self.loop_monitor: LoopMonitor | None = None
         """Measures event-loop lag and refreshes the gauges periodically."""
+        catalog = None
         if metrics:
             catalog = catalog_for(registry)
-            activate(catalog)
+            self.registry = catalog.registry
             self.recorder = RequestRecorder(catalog)
-            self.refresher = Refresher(lambda: self.limiters, lambda: self._dependencies)
-            self.loop_monitor = LoopMonitor(refresh=self._refresh)
+            self.refresher = Refresher(catalog, lambda: self.limiters, lambda: self._dependencies)
+            self.loop_monitor = LoopMonitor(refresh=self._refresh, catalog=catalog)
+        self.chaos.bind(catalog)
+        self.runtime: Runtime = Runtime(
+            routes=self.routes,
+            chaos=self.chaos,
+            live=self.live,
+            dependencies=self.dependencies,
+            inbound=self.inbound,
+            tenant=self.tenant,
+            tenant_labels=self.tenant_labels,
+            recorder=self.recorder,
+            loop_monitor=self.loop_monitor,
+            cancel_orphans=self.cancel_orphans,
+        )
+        """What the middleware and each request read: built here, once."""
 
     def dependency(
         self,
@@ -153,6 +172,7 @@ class Tailguard:
                 max_queue=16 if max_queue is None else max_queue,
                 queue_timeout=queue_timeout,
                 chaos=self.chaos,
+                registry=self.registry,
             )
             self._dependencies[name] = created
             return created
@@ -172,12 +192,15 @@ class Tailguard:
         if self.refresher is not None:
             self.refresher()
 
-    def endpoint_for(self, path: str) -> ASGIApp | None:
-        """The endpoint of :attr:`endpoints` that serves ``path`` (a routed path), if any."""
-        for prefix, endpoint in self.endpoints:
-            if path == prefix or path.startswith(prefix + "/"):
-                return endpoint
-        return None
+    @property
+    def tracing(self) -> bool:
+        """Whether requests annotate the server span and trace spawned tasks (``install``)."""
+        return self.runtime.tracing
+
+    @property
+    def endpoints(self) -> tuple[tuple[str, ASGIApp], ...]:
+        """Paths tailguard answers itself (``/metrics``, the control API), by prefix."""
+        return self.runtime.endpoints
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able "asyncio ps" of the service: requests, tasks and pools right now.
@@ -223,16 +246,47 @@ class Tailguard:
         For any other ASGI app, wrap it instead:
         ``app = TailguardMiddleware(app, guard=guard)``.
         """
-        from tailguard._install import install
+        add_middleware = getattr(app, "add_middleware", None)
+        if add_middleware is None:
+            raise TypeError(
+                f"install() needs a Starlette or FastAPI application, got {type(app).__name__}; "
+                "for another ASGI app use TailguardMiddleware(app, guard=guard)"
+            )
+        # Everything is checked and built before the app is touched: a bad option
+        # raises and changes nothing.
+        if tracing:
+            otel.check_options(exclude_spans)
+        endpoints: list[tuple[str, ASGIApp]] = []
+        if metrics_path is not None:
+            endpoints.append(
+                (
+                    _checked_path("metrics_path", metrics_path),
+                    metrics_app(self.registry, before_scrape=self.refresher),
+                )
+            )
+        if control_token is not None:
+            path = _checked_path("control_path", control_path)
+            control = ControlAPI(
+                self.chaos, token=control_token, snapshot=self.snapshot, prefix=path
+            )
+            endpoints.append((path, control))
+        self.runtime.serve(tuple(endpoints))
+        self.runtime.tracing = tracing
+        add_middleware(TailguardMiddleware, guard=self)
+        if tracing and instrument:
+            # Added last, so outermost: the server span is current inside tailguard.
+            otel.instrument(app, tracer_provider, exclude_spans=exclude_spans)
+        elif tracing:
+            use_tracer_provider(tracer_provider)
+        return app
 
-        return install(
-            self,
-            app,
-            metrics_path=metrics_path,
-            tracing=tracing,
-            instrument=instrument,
-            tracer_provider=tracer_provider,
-            exclude_spans=exclude_spans,
-            control_token=control_token,
-            control_path=control_path,
-        )
+
+def _checked_path(field: str, path: str) -> str:
+    if (
+        not isinstance(path, str)
+        or not path.startswith("/")
+        or path != path.rstrip("/")
+        or " " in path
+    ):
+        raise ValueError(f"{field} must be an absolute path like '/metrics', got {path!r}")
+    return path

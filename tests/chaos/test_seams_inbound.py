@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tailguard import RoutePolicy, Tailguard, _context
 from tailguard.chaos import AbortWhen, Chaos, Experiment, Hang, Latency, Raise, Reset, Respond
-from tailguard.middleware.routing import RouteMatcher
+from tailguard.routing.matching import RouteMatcher
 from tailguard.telemetry.catalog import Catalog, activate
 from tests.chaos.runtime_support import (  # noqa: F401 (fixtures)
     FOREVER,

@@ -41,7 +41,7 @@ from tailguard.chaos._run import Run
 from tailguard.chaos._status import ExperimentStatus
 from tailguard.chaos._ticker import Ticker
 from tailguard.chaos.experiment import Experiment
-from tailguard.telemetry.catalog import active
+from tailguard.telemetry.catalog import Catalog, active
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -209,6 +209,10 @@ class Chaos:
                 return False
             self._end(run, "stopped", actor)
         return True
+
+    def bind(self, catalog: Catalog | None) -> None:
+        """TEMPORARY on main until the chaos branch lands: record into ``catalog``."""
+        self._bound = catalog
 
     def halt(self, *, actor: str = "code") -> int:
         """The kill switch: stop every experiment now and end injections in progress.

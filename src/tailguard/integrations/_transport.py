@@ -17,15 +17,18 @@ from dataclasses import dataclass
 from types import ModuleType, TracebackType
 from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 
-from tailguard.deadlines import Deadline, DeadlineExceeded, current_deadline
+from tailguard.deadlines import (
+    DEADLINE_HEADER,
+    MIN_BUDGET,
+    Deadline,
+    DeadlineExceeded,
+    current_deadline,
+)
 
 __all__ = ["DEFAULT_HEADER", "DeadlineTransportBase", "Library"]
 
-DEFAULT_HEADER: Final = "x-request-timeout-ms"
+DEFAULT_HEADER: Final = DEADLINE_HEADER
 """The header that carries the remaining budget downstream, in integer milliseconds."""
-
-MIN_BUDGET: Final = 0.001
-"""Below this many seconds left a request is not sent at all."""
 
 _TIMEOUT_KEYS: Final = ("connect", "read", "write", "pool")
 _MAX_MILLIS_DIGITS: Final = 12

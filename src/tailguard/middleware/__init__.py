@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware, route resolution and tailguard's own error responses."""
+"""The pure-ASGI adapter: the middleware, the per-request object and its helpers."""
 
 from tailguard.middleware.asgi import TailguardMiddleware
 

@@ -4,41 +4,52 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import CancelledError
 from collections.abc import Awaitable
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tailguard import _context
+from tailguard._context import Deadline
 from tailguard._scope import header as header_value
 from tailguard.admission import Limiter, Permit, Rejected
-from tailguard.deadlines import Deadline, DeadlineExceeded
+from tailguard.deadlines import CancelScope, DeadlineExceeded
 from tailguard.middleware.disconnect import Inbox
 from tailguard.middleware.responses import deadline_response, shed_response
-from tailguard.middleware.routing import ResolvedRoute
-from tailguard.telemetry import catalog as telemetry
+from tailguard.middleware.runtime import Runtime
+from tailguard.middleware.sweeper import Sweeper
+from tailguard.routing.matching import ResolvedRoute
 from tailguard.telemetry import otel
-from tailguard.telemetry import tasks as task_registry
 from tailguard.telemetry.requests import UNMATCHED, RouteMetrics
+from tailguard.telemetry.tasks import RequestTasks
 
 if TYPE_CHECKING:
-    from tailguard.guard import Tailguard
     from tailguard.telemetry.catalog import Catalog
 
-__all__ = ["Exchange"]
+__all__ = ["DISCONNECT_GRACE", "Exchange"]
 
-logger = logging.getLogger("tailguard")
+logger = logging.getLogger("tailguard.middleware")
+
+DISCONNECT_GRACE = 0.02
+"""Seconds before a request starts watching for client disconnects.
+
+Requests that finish sooner never pay for the watcher task; ones that run
+longer are cancelled within about this long of their client leaving.
+"""
 
 
-class Exchange(task_registry.RequestTasks):
+class Exchange(CancelScope, RequestTasks):
     """One request as the middleware sees it: its deadline, its response, its tasks.
 
-    Created per request and never shared. It owns the tasks the request spawns
-    (the task factory adds them here). A request that outlives the loop's
-    grace period is *promoted* by the :class:`Sweeper`: only then does it get
-    a deadline timer and a disconnect watcher, so fast requests pay for
-    neither.
+    Created per request and never shared; :meth:`run` is the request's whole
+    life, from the budget to the last metric. It owns the tasks the request
+    spawns (the task factory adds them here), and it is the request's
+    :class:`~tailguard.deadlines.CancelScope`. A request that outlives the
+    loop's grace period is *promoted* by the :class:`Sweeper`: only then does
+    it get a deadline timer and a disconnect watcher, so fast requests pay
+    for neither.
     """
 
     # Slots: everything a request of any configuration reads on its way
@@ -47,18 +58,15 @@ class Exchange(task_registry.RequestTasks):
     # for the machinery of slow, traced or cancelled requests, written only
     # by the requests that need it.
     __slots__ = (
-        "_guard",
         "_receive",
+        "_runtime",
         "_send",
-        "_task",
         "admitted_at",
         "arrived",
-        "cancelling",
         "complete",
         "deadline",
         "ended",
         "finished",
-        "fired",
         "outcome",
         "promoted",
         "queue_wait",
@@ -70,13 +78,11 @@ class Exchange(task_registry.RequestTasks):
         "status",
     )
 
-    timer: asyncio.TimerHandle | None = None
     inbox: Inbox | None = None  # made only for requests that outlive the grace
     reading = False
     body_complete = False
     watch_requested = False
     disconnect: Message | None = None
-    withdrawn = False
     budget_annotated = False
     span_attributes: dict[str, Any] | None = None  # pending, for the server span
     _tenant: str | bool | None = False  # False: not looked up yet
@@ -86,14 +92,24 @@ class Exchange(task_registry.RequestTasks):
         task: asyncio.Task[Any],
         send: Send,
         receive: Receive,
-        deadline: Deadline | None,
-        now: float,
         scope: Scope,
         resolved: ResolvedRoute,
-        guard: Tailguard,
+        runtime: Runtime,
     ) -> None:
-        self._task = task
-        self.cancelling = task.cancelling()  # cancel requests that are not ours
+        now = monotonic()
+        budget = resolved.policy.deadline
+        source = "route"
+        inbound = runtime.inbound
+        if inbound is not None:
+            found = inbound.budget(scope["headers"])
+            if found is not None and (budget is None or found[0] < budget):
+                budget, source = found
+        if budget is None:
+            deadline = None
+        else:
+            # tuple.__new__ skips NamedTuple's Python-level __new__: this runs per request.
+            deadline = tuple.__new__(Deadline, (now + budget, budget, source))
+        CancelScope.__init__(self, None if deadline is None else deadline.at, task)
         self._send = send
         self._receive = receive
         self.deadline = deadline
@@ -101,11 +117,10 @@ class Exchange(task_registry.RequestTasks):
         self.admitted_at = now
         self.scope = scope
         self.resolved = resolved
-        self._guard = guard
+        self._runtime = runtime
         self.status = 0  # 0 until the response starts
         self.complete = False
         self.finished = False
-        self.fired = False
         self.promoted = False  # has a deadline timer or a disconnect watcher
         self.ended = 0.0
         self.outcome: str | None = None  # None: decided by the status when reported
@@ -113,6 +128,109 @@ class Exchange(task_registry.RequestTasks):
         self.spent: dict[str, float] | None = None
         self.span = None
         self.spawned = 0
+
+    async def run(self, app: ASGIApp, sweeper: Sweeper) -> None:
+        """Handle the request: admit it, run ``app`` within its budget, settle and report it."""
+        runtime = self._runtime
+        resolved = self.resolved
+        scope = self.scope
+        deadline = self.deadline
+        if deadline is not None and deadline.budget < DISCONNECT_GRACE:
+            self.arm()  # would be over before the first sweep could arm it
+        else:
+            sweeper.add(self, self.arrived)
+        token = _context.current.set(self)  # it carries .deadline and .owner
+        live = runtime.live
+        live[self] = self.arrived
+        metrics = None
+        if runtime.tracing or runtime.recorder is not None:
+            metrics = self._observe()
+        limiter = resolved.limiter
+        permit: Permit | None = None
+        error: DeadlineExceeded | Rejected | None = None
+        settled = False  # False while an exception of the app's (or a server's cancel) propagates
+        answered = False  # by a chaos Respond fault, for the app
+        chaos = runtime.chaos
+        try:
+            if deadline is not None and deadline.source != "route":
+                _shed_if_too_late(deadline.budget, resolved)
+            if chaos.armed:
+                # Route faults come before admission: an injected delay or answer
+                # never holds a slot or enters the limiters' latency samples.
+                answered = await chaos.inbound(self, self.send)
+                self.admitted_at = monotonic()
+            if not answered:
+                if limiter is not None:
+                    tenant = self.tenant if runtime.tenant is not None else None
+                    permit = limiter.try_acquire(resolved.policy.priority, tenant)
+                    if permit is None:
+                        permit = await self.queue_for(limiter, resolved)
+                await app(scope, self.receive, self.send)
+            settled = True
+        except (DeadlineExceeded, Rejected) as exc:  # ran out, or shed here or downstream
+            error = exc
+            settled = True
+        except CancelledError:
+            # Absorb only the cancellation this request asked for; one from
+            # outside (server shutdown) also counts and keeps propagating.
+            if not self.withdraw():
+                raise
+            settled = True
+        finally:
+            self.finished = True
+            sweeper.young.pop(self, None)
+            del live[self]
+            if self.promoted:
+                self.disarm()
+                if self.inbox is not None:
+                    self.inbox.close()
+            _context.current.reset(token)
+            ok = self.complete and self.status < 500 and not self.fired
+            if ok and not answered:
+                # Until the last body message: background tasks after it are not service.
+                resolved.service_time.observe(self.ended - self.admitted_at)
+            if permit is not None:
+                permit.release(ok=ok)
+            if not settled:
+                # The app raised: outer layers answer 500, unless the response started.
+                self.outcome = "error"
+                self.status = self.status or 500
+                self.close(metrics)
+        if self.fired or error is not None:
+            try:
+                await self.settle(scope, error, metrics)
+            finally:
+                error = None  # no exception -> traceback -> this frame -> exception cycle
+                self.close(metrics)
+        elif metrics is not None or self.spawned or self.span is not None:
+            self.close(metrics)
+        elif chaos.watching:
+            self.close(None)
+
+    def _observe(self) -> RouteMetrics | None:
+        """Start the request's metrics and, when sampled, annotate its server span."""
+        runtime = self._runtime
+        scope = self.scope
+        span = otel.recording_span() if runtime.tracing else None
+        if span is not None:  # sampled: annotate the server span; spawned tasks get spans
+            deadline = self.deadline
+            self.span = span
+            self.span_attributes = {}  # set in one call when the response completes
+            otel.annotate_request(
+                span,
+                scope["method"],
+                scope["path"],
+                self.resolved.template,
+                None if deadline is None else deadline.budget,
+                "route" if deadline is None else deadline.source,
+                self.span_attributes,
+            )
+        recorder = runtime.recorder
+        if recorder is None:
+            return None
+        metrics = recorder.route(self.resolved.template, scope["method"])
+        metrics.begin()
+        return metrics
 
     # -- the request, as other features see it (tailguard._context.RequestView) ----------
 
@@ -127,8 +245,7 @@ class Exchange(task_registry.RequestTasks):
 
     @property
     def catalog(self) -> Catalog | None:
-        recorder = self._guard.recorder
-        return recorder.catalog if recorder is not None else None
+        return self._runtime.catalog
 
     @property
     def owner(self) -> Exchange:
@@ -144,7 +261,7 @@ class Exchange(task_registry.RequestTasks):
     def tenant(self) -> str | None:
         tenant = self._tenant
         if tenant is False:
-            resolve = self._guard.tenant
+            resolve = self._runtime.tenant
             tenant = self._tenant = resolve(self.scope) if resolve is not None else None
         assert tenant is not True
         return tenant
@@ -187,37 +304,14 @@ class Exchange(task_registry.RequestTasks):
 
     def arm(self) -> None:
         """Schedule the cancellation at the deadline, if there is one."""
-        deadline = self.deadline
-        if deadline is not None and self.timer is None:
+        if self.at is not None:
             self.promoted = True
-            loop = self._task.get_loop()
-            when = loop.time() + (deadline.at - monotonic())
-            self.timer = loop.call_at(when, self.cancel)
-
-    def disarm(self) -> None:
-        """The request is over: drop its timer, if it has one."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+            CancelScope.arm(self)
 
     def cancel(self) -> None:
         """Cancel the request's task: its deadline passed or its client left."""
-        if not self.finished and not self.fired:
-            self.fired = True
-            self._task.cancel()
-
-    def withdraw_cancel(self) -> bool:
-        """Take back this request's cancel request, as ``asyncio.timeout`` does.
-
-        True when the request did cancel its task and no one else has asked
-        for a cancellation since, i.e. the ``CancelledError`` is ours to absorb.
-        Called once: when the ``CancelledError`` arrives, or from :meth:`settle`
-        when the app swallowed it.
-        """
-        if not self.fired or self.withdrawn:
-            return False
-        self.withdrawn = True
-        return self._task.uncancel() <= self.cancelling
+        if not self.finished:
+            CancelScope.cancel(self)
 
     def send(self, message: Message) -> Awaitable[None]:
         # A plain function returning the server's awaitable: no extra coroutine
@@ -255,7 +349,7 @@ class Exchange(task_registry.RequestTasks):
         finally:
             self.admitted_at = monotonic()
             self.queue_wait = waited = self.admitted_at - self.arrived
-            catalog = telemetry.active()
+            catalog = self._runtime.catalog
             if catalog is not None:
                 catalog.queue_wait.labels(limiter.name, "route").observe(waited)
             if self.span is not None:
@@ -285,13 +379,14 @@ class Exchange(task_registry.RequestTasks):
                 queue_wait=self._queue_share(),
                 dependencies=self.spent,
             )
-            if self._guard.tenant is not None:
-                metrics.tenant(self._guard.tenant_labels(self.tenant), outcome)
+            runtime = self._runtime
+            if runtime.tenant is not None and runtime.tenant_labels is not None:
+                metrics.tenant(runtime.tenant_labels(self.tenant), outcome)
         if self.span is not None:
             self._annotate_budget()
-        guard = self._guard
-        if guard.chaos.watching:  # an experiment's safeguard watches the routes it affects
-            guard.chaos.observe_request(
+        runtime = self._runtime
+        if runtime.chaos.watching:  # an experiment's safeguard watches the routes it affects
+            runtime.chaos.observe_request(
                 self.method,
                 self.route,
                 self.status,
@@ -299,7 +394,11 @@ class Exchange(task_registry.RequestTasks):
                 failed=self.outcome in ("error", "deadline_exceeded"),
             )
         if self.spawned:  # no tasks, no orphans: most requests stop here
-            self.finish(self.resolved.template or UNMATCHED, cancel=guard.cancel_orphans)
+            self.finish(
+                self.resolved.template or UNMATCHED,
+                cancel=runtime.cancel_orphans,
+                catalog=runtime.catalog,
+            )
 
     def _queue_share(self) -> float | None:
         """Seconds queued for admission; 0 when admitted at once, ``None`` with no limiter."""
@@ -340,7 +439,7 @@ class Exchange(task_registry.RequestTasks):
         """Finish a request that was cancelled, ran out of time, or was shed."""
         inbox = self.inbox
         if self.fired:
-            self.withdraw_cancel()  # a no-op unless the app swallowed our cancellation
+            self.withdraw()  # a no-op unless the app swallowed our cancellation
             if inbox is not None and inbox.disconnected and not self.complete:
                 self.outcome = "disconnected"
                 self.cancel_pending()
@@ -379,3 +478,16 @@ class Exchange(task_registry.RequestTasks):
             await shed_response(self._send, error)
         else:
             await deadline_response(self._send)
+
+
+def _shed_if_too_late(budget: float, resolved: ResolvedRoute) -> None:
+    """Deadline-aware admission for budgets an inbound header cut short.
+
+    A route's own budget is never judged against its usual service time (that
+    would shed every request of a route that is slow on average); a caller's
+    tighter budget is: if the route usually needs more, running it is wasted.
+    """
+    usual = resolved.service_time.estimate()
+    if usual is not None and budget < usual:
+        name = resolved.limiter.name if resolved.limiter is not None else resolved.key or "default"
+        raise Rejected("deadline", name, 0.0)

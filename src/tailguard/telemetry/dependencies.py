@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING
 from tailguard import _context
 from tailguard.admission import Rejected
 from tailguard.deadlines import DeadlineExceeded, current_deadline
-from tailguard.telemetry import catalog as telemetry
 from tailguard.telemetry import otel
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from tailguard.admission import Permit
+    from tailguard.telemetry.catalog import Catalog
 
 __all__ = ["call_ended", "call_refused", "call_started", "outcome_of"]
 
@@ -68,14 +68,15 @@ def call_started(name: str) -> Span | None:
     return otel.start_dependency_span(name)
 
 
-def call_refused(name: str, error: BaseException, span: Span | None, waited: float) -> None:
+def call_refused(
+    catalog: Catalog | None, name: str, error: BaseException, span: Span | None, waited: float
+) -> None:
     """No slot: shed, out of time, or cancelled while waiting ``waited`` seconds.
 
     ``waited`` is 0.0 for a call refused before it queued (its deadline had
     no time left for one).
     """
     outcome = outcome_of(error)
-    catalog = telemetry.active()
     if catalog is not None:
         catalog.dependency_calls.labels(name, outcome).inc()
         if waited > 0.0:
@@ -84,7 +85,9 @@ def call_refused(name: str, error: BaseException, span: Span | None, waited: flo
     otel.end_dependency_span(span, outcome, slot_wait=waited, error=error)
 
 
-def call_ended(name: str, permit: Permit, error: BaseException | None) -> None:
+def call_ended(
+    catalog: Catalog | None, name: str, permit: Permit, error: BaseException | None
+) -> None:
     """The call gave its slot back; ``error`` is what it raised, if anything.
 
     A call given its slot at once has ``requested_at == acquired_at``: no wait.
@@ -93,7 +96,6 @@ def call_ended(name: str, permit: Permit, error: BaseException | None) -> None:
     held = now - permit.acquired_at
     waited = permit.acquired_at - permit.requested_at
     outcome = outcome_of(error)
-    catalog = telemetry.active()
     if catalog is not None:
         catalog.dependency_calls.labels(name, outcome).inc()
         catalog.dependency_duration.labels(name).observe(held)

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from time import monotonic
 from typing import Any, Final, NamedTuple
 
-from tailguard.telemetry import catalog as telemetry
+from tailguard.telemetry.catalog import Catalog
 
 __all__ = [
     "ORPHANS_TRACKED",
@@ -108,9 +108,12 @@ class Orphans:
         created: float,
         *,
         cancelled: bool,
+        catalog: Catalog | None = None,
     ) -> None:
-        """Remember ``task`` (still pending) as an orphan of ``route`` until it ends."""
-        catalog = telemetry.active()
+        """Remember ``task`` (still pending) as an orphan of ``route`` until it ends.
+
+        ``catalog``: where ``tailguard_tasks_live{route}`` counts it while it runs.
+        """
         gauge = catalog.tasks_live.labels(route) if catalog is not None else None
         if gauge is not None:
             gauge.inc()

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 
 from tailguard._numbers import finite
-from tailguard.telemetry.catalog import active
+from tailguard.telemetry.catalog import Catalog
 
 __all__ = ["LoopMonitor"]
 
@@ -48,10 +48,14 @@ class LoopMonitor:
     (True, False)
     """
 
-    __slots__ = ("_failing", "_handle", "_loop", "interval", "lag", "refresh")
+    __slots__ = ("_failing", "_handle", "_loop", "catalog", "interval", "lag", "refresh")
 
     def __init__(
-        self, *, interval: float = 0.25, refresh: Callable[[], None] | None = None
+        self,
+        *,
+        interval: float = 0.25,
+        refresh: Callable[[], None] | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         number = finite(interval)
         if number is None or number <= 0:
@@ -63,6 +67,8 @@ class LoopMonitor:
             raise ValueError(f"LoopMonitor.refresh must be callable or None, got {refresh!r}")
         self.interval = float(interval)
         self.refresh = refresh
+        self.catalog = catalog
+        """Where lag is observed (``tailguard_event_loop_lag_seconds``); ``None``: nowhere."""
         self.lag = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
@@ -112,7 +118,7 @@ class LoopMonitor:
         # A timer may run up to the clock's resolution early: that is no lag.
         lag = self.lag = max(0.0, now - handle.when())
         self._handle = loop.call_at(now + self.interval, self._tick, loop)
-        catalog = active()
+        catalog = self.catalog
         if catalog is not None:
             catalog.event_loop_lag.observe(lag)
         refresh = self.refresh

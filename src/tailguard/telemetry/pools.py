@@ -33,23 +33,24 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import anyio.to_thread
 
-from tailguard._threads import WaitObserver
-from tailguard.telemetry.catalog import Catalog, active
+from tailguard.telemetry.catalog import Catalog
 
 if TYPE_CHECKING:
     from tailguard.admission import Limiter, LimiterState
-    from tailguard.dependency import Dependency
 
 __all__ = [
     "ANYIO_POOL",
     "ASYNCIO_POOL",
+    "DependencyState",
     "InstrumentedExecutor",
     "LoopThreads",
     "Refresher",
+    "Stateful",
+    "WaitObserver",
     "instrument_threads",
 ]
 
@@ -60,6 +61,65 @@ ASYNCIO_POOL: Final = "asyncio"
 """The ``pool`` label of asyncio's default executor."""
 ANYIO_POOL: Final = "anyio"
 """The ``pool`` label of anyio's worker threads (Starlette's sync endpoints)."""
+
+
+class DependencyState(NamedTuple):
+    """A snapshot of a dependency's bulkhead and thread pool, for telemetry.
+
+    >>> from tailguard import Dependency
+    >>> state = Dependency("db", max_concurrency=2).state()
+    >>> state.limiter.in_use, state.threads_in_use, state.threads_max
+    (0, 0, 2)
+    """
+
+    name: str
+    limiter: LimiterState
+    """The bulkhead: slots in use, queued, rejections by reason, mean waits."""
+    threads_in_use: int
+    """Threads of the dependency's pool running a job now (abandoned ones included)."""
+    threads_max: int
+    thread_queue_wait: float
+    """Recent mean seconds a job waited for a thread of the pool."""
+    threads_queued: int = 0
+    """Jobs waiting for a thread of the pool now."""
+
+
+class Stateful(Protocol):
+    """What telemetry reads of a dependency: its :class:`DependencyState`."""
+
+    def state(self) -> DependencyState: ...
+
+
+class WaitObserver:
+    """Observes a pool's job waits into ``tailguard_pool_queue_wait_seconds{pool=...}``.
+
+    Does nothing while :attr:`catalog` is ``None``; safe to call from any thread.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> from tailguard.telemetry.catalog import Catalog
+    >>> catalog = Catalog(CollectorRegistry())
+    >>> WaitObserver("db", catalog)(0.002)
+    >>> catalog.registry.get_sample_value("tailguard_pool_queue_wait_seconds_sum", {"pool": "db"})
+    0.002
+    """
+
+    __slots__ = ("_series", "catalog", "pool")
+
+    def __init__(self, pool: str, catalog: Catalog | None = None) -> None:
+        self.pool = pool
+        self.catalog = catalog
+        """Where waits are observed; set by the owner of the pool (its guard)."""
+        self._series: tuple[Catalog, Any] | None = None  # the catalog and this pool's child
+
+    def __call__(self, wait: float) -> None:
+        catalog = self.catalog
+        if catalog is None:
+            return
+        series = self._series
+        if series is None or series[0] is not catalog:
+            # Threads racing here both get the same child from labels().
+            series = self._series = (catalog, catalog.pool_queue_wait.labels(self.pool))
+        series[1].observe(wait)
 
 
 def _asyncio_default_workers() -> int:
@@ -91,6 +151,7 @@ class InstrumentedExecutor(ThreadPoolExecutor):
         initargs: tuple[Any, ...] = (),
         *,
         pool: str = ASYNCIO_POOL,
+        catalog: Catalog | None = None,
     ) -> None:
         workers = _asyncio_default_workers() if max_workers is None else max_workers
         super().__init__(workers, thread_name_prefix, initializer, initargs)
@@ -99,7 +160,8 @@ class InstrumentedExecutor(ThreadPoolExecutor):
         self.in_use = 0
         self.queued = 0
         self._counts = threading.Lock()
-        self._observe_wait = WaitObserver(pool)
+        self.observe_wait: Final = WaitObserver(pool, catalog)
+        """Observes each job's wait; its ``catalog`` says where (``None``: nowhere)."""
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         job = _Job(self, functools.partial(fn, *args, **kwargs))
@@ -133,7 +195,7 @@ class _Job:
             executor.queued -= 1
             executor.in_use += 1
             self._started = True
-        executor._observe_wait(wait)
+        executor.observe_wait(wait)
         try:
             return self._call()
         finally:
@@ -196,8 +258,13 @@ _loops: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopThreads]]
 )
 
 
-def instrument_threads(loop: asyncio.AbstractEventLoop | None = None) -> LoopThreads:
+def instrument_threads(
+    loop: asyncio.AbstractEventLoop | None = None, catalog: Catalog | None = None
+) -> LoopThreads:
     """Measure ``loop``'s thread pools (default: the running loop); idempotent.
+
+    Waits are observed into ``catalog``: the pools are the loop's, so the first
+    guard to measure them with a catalog gets their waits.
 
     Installs an :class:`InstrumentedExecutor` as the default executor unless
     the loop has one already (one the app set, or one asyncio created for an
@@ -227,6 +294,11 @@ def instrument_threads(loop: asyncio.AbstractEventLoop | None = None) -> LoopThr
             loop.set_default_executor(threads.executor)
     if threads.anyio is None and _running_loop() is loop:
         threads.anyio = _timed_anyio_limiter()
+    if catalog is not None:
+        if threads.executor is not None and threads.executor.observe_wait.catalog is None:
+            threads.executor.observe_wait.catalog = catalog
+        if _observe_anyio_wait.catalog is None:
+            _observe_anyio_wait.catalog = catalog
     return threads
 
 
@@ -280,7 +352,7 @@ def _timed_anyio_limiter() -> Any:
 
 
 class Refresher:
-    """Copies limiter and pool state into the active catalog's gauges; call it to refresh.
+    """Copies limiter and pool state into ``catalog``'s gauges; call it to refresh.
 
     ``limiters()`` returns the route limiters by name (``kind="route"``),
     ``dependencies()`` the dependencies by name (their bulkheads as
@@ -291,39 +363,33 @@ class Refresher:
 
     >>> from prometheus_client import CollectorRegistry
     >>> from tailguard.admission import Limiter
-    >>> from tailguard.telemetry.catalog import Catalog, activate
-    >>> activate(catalog := Catalog(CollectorRegistry()))
+    >>> from tailguard.telemetry.catalog import Catalog
+    >>> catalog = Catalog(CollectorRegistry())
     >>> orders = Limiter("orders", max_concurrency=4)
     >>> permit = orders.try_acquire()
-    >>> refresh = Refresher(lambda: {"orders": orders})
+    >>> refresh = Refresher(catalog, lambda: {"orders": orders})
     >>> refresh()
     >>> catalog.registry.get_sample_value(
     ...     "tailguard_limiter_in_use", {"limiter": "orders", "kind": "route"})
     1.0
-    >>> activate(None)
     """
 
-    __slots__ = ("_catalog", "_dependencies", "_limiters", "_pools", "_series")
+    __slots__ = ("_dependencies", "_limiters", "_pools", "_series", "catalog")
 
     def __init__(
         self,
+        catalog: Catalog,
         limiters: Callable[[], Mapping[str, Limiter]],
-        dependencies: Callable[[], Mapping[str, Dependency]] | None = None,
+        dependencies: Callable[[], Mapping[str, Stateful]] | None = None,
     ) -> None:
+        self.catalog: Final = catalog
         self._limiters = limiters
         self._dependencies = dependencies
-        self._catalog: Catalog | None = None
         self._series: dict[tuple[str, str], _LimiterSeries] = {}
         self._pools: dict[str, _PoolSeries] = {}
 
     def __call__(self) -> None:
-        catalog = active()
-        if catalog is None:
-            return
-        if catalog is not self._catalog:  # a new registry counts from the limiters' start
-            self._catalog = catalog
-            self._series.clear()
-            self._pools.clear()
+        catalog = self.catalog
         for name, limiter in self._limiters().items():
             self._limiter(catalog, "route", name, limiter.state())
         if self._dependencies is not None:

@@ -29,11 +29,10 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from tailguard.telemetry.live import LiveRequests, Orphan, age, coroutine_name, orphans
-from tailguard.telemetry.pools import loop_pools
+from tailguard.telemetry.pools import Stateful, loop_pools
 
 if TYPE_CHECKING:
     from tailguard.admission import Limiter
-    from tailguard.dependency import Dependency
 
 __all__ = ["TASKS_LISTED", "build_snapshot"]
 
@@ -50,7 +49,7 @@ class Guarded(Protocol):
     def limiters(self) -> Mapping[str, Limiter]: ...
 
     @property
-    def dependencies(self) -> Mapping[str, Dependency]: ...
+    def dependencies(self) -> Mapping[str, Stateful]: ...
 
     @property
     def live(self) -> LiveRequests: ...
@@ -131,7 +130,7 @@ def _limiter(limiter: Limiter) -> dict[str, Any]:
     return _plain(limiter.state()._asdict())
 
 
-def _dependency(dependency: Dependency) -> dict[str, Any]:
+def _dependency(dependency: Stateful) -> dict[str, Any]:
     state = dependency.state()
     found = state._asdict()
     found["limiter"] = _plain(state.limiter._asdict())

@@ -26,12 +26,13 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Final
 
 from tailguard import _context
-from tailguard.telemetry import catalog as telemetry
 from tailguard.telemetry import otel
 from tailguard.telemetry.live import coroutine_name, orphans
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+
+    from tailguard.telemetry.catalog import Catalog
 
 __all__ = ["RequestTasks", "current_request_tasks", "ensure_task_factory"]
 
@@ -64,7 +65,7 @@ class RequestTasks:
     _live: dict[asyncio.Future[Any], float] | None = None
     spawned = 0
     span: Span | None = None
-    _after: tuple[str, bool] | None = None  # (route, cancel) once finished
+    _after: tuple[str, bool, Catalog | None] | None = None  # (route, cancel, catalog) once finished
 
     def add(self, task: asyncio.Future[Any]) -> None:
         """Track ``task`` until it finishes."""
@@ -72,9 +73,9 @@ class RequestTasks:
         if task.done():  # an eager factory may have run it to completion already
             return
         if self._after is not None:  # spawned by an orphan, after the request ended
-            route, cancel = self._after
-            _orphan(task, route, coroutine_name(task), monotonic(), cancel)
-            _count_orphans(route, cancel, 1)
+            route, cancel, catalog = self._after
+            _orphan(task, route, coroutine_name(task), monotonic(), cancel, catalog)
+            _count_orphans(catalog, route, cancel, 1)
             return
         live = self._live
         if live is None:
@@ -104,7 +105,7 @@ class RequestTasks:
             task.cancel()
         return len(pending)
 
-    def finish(self, route: str, *, cancel: bool = False) -> int:
+    def finish(self, route: str, *, cancel: bool = False, catalog: Catalog | None = None) -> int:
         """The request is over: report what it spawned and what outlived it.
 
         Adds ``spawned`` to ``tailguard_tasks_spawned_total{route}``. Tasks
@@ -115,18 +116,17 @@ class RequestTasks:
         end, logged once per coroutine name, listed by snapshots, marked on
         the server span, and cancelled if ``cancel``. Tasks they spawn later
         are orphans of the same route too. Returns the number of orphans;
-        calling it again does nothing.
+        calling it again does nothing. Metrics go to ``catalog`` (the
+        request's guard's; ``None``: none are recorded).
 
         >>> RequestTasks().finish("/items/{item_id}")
         0
         """
         if self._after is not None:
             return 0
-        self._after = (route, cancel)
-        if self.spawned:
-            catalog = telemetry.active()
-            if catalog is not None:
-                catalog.tasks_spawned.labels(route).inc(self.spawned)
+        self._after = (route, cancel, catalog)
+        if self.spawned and catalog is not None:
+            catalog.tasks_spawned.labels(route).inc(self.spawned)
         live = self._live
         if not live:
             return 0
@@ -136,9 +136,9 @@ class RequestTasks:
             if not task.done() and not _stopping(task):
                 name = coroutine_name(task)
                 names.append(name)
-                _orphan(task, route, name, created, cancel)
+                _orphan(task, route, name, created, cancel, catalog)
         if names:
-            _count_orphans(route, cancel, len(names))
+            _count_orphans(catalog, route, cancel, len(names))
             span = self.span
             if span is not None and span.is_recording():
                 span.add_event(
@@ -157,8 +157,15 @@ def _stopping(task: asyncio.Future[Any]) -> bool:
     return cancelling is not None and cancelling() > 0
 
 
-def _orphan(task: asyncio.Future[Any], route: str, name: str, created: float, cancel: bool) -> None:
-    orphans.adopt(task, route, name, created, cancelled=cancel)
+def _orphan(
+    task: asyncio.Future[Any],
+    route: str,
+    name: str,
+    created: float,
+    cancel: bool,
+    catalog: Catalog | None,
+) -> None:
+    orphans.adopt(task, route, name, created, cancelled=cancel, catalog=catalog)
     if name not in _logged and len(_logged) < LOGGED_NAMES:
         _logged.add(name)
         logger.warning(
@@ -172,8 +179,7 @@ def _orphan(task: asyncio.Future[Any], route: str, name: str, created: float, ca
         task.cancel()
 
 
-def _count_orphans(route: str, cancel: bool, count: int) -> None:
-    catalog = telemetry.active()
+def _count_orphans(catalog: Catalog | None, route: str, cancel: bool, count: int) -> None:
     if catalog is not None:
         catalog.tasks_orphaned.labels(route, "cancelled" if cancel else "left").inc(count)
 

@@ -27,9 +27,10 @@ import pytest
 
 import tailguard
 from tailguard import Deadline, DeadlineExceeded, _context
-from tailguard._threads import ThreadPool
 from tailguard.admission import LimiterState, Rejected
 from tailguard.dependency import Dependency, DependencyState
+from tailguard.dependency.seam import Seam
+from tailguard.dependency.threads import ThreadPool
 
 pytestmark = pytest.mark.anyio
 
@@ -132,15 +133,15 @@ def unarmed_deadline(seconds: float) -> Iterator[Deadline]:
 
 @pytest.fixture
 def exits(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
-    """What each call reported to the ``_exit`` seam (``None`` for success)."""
+    """What each call reported to its seam's ``release`` (``None`` for success)."""
     seen: list[BaseException | None] = []
-    original = Dependency._exit
+    original = Seam.release
 
-    def spy(self: Dependency, permit: Any, error: BaseException | None) -> None:
+    def spy(self: Seam, permit: Any, error: BaseException | None) -> None:
         seen.append(error)
         original(self, permit, error)
 
-    monkeypatch.setattr(Dependency, "_exit", spy)
+    monkeypatch.setattr(Seam, "release", spy)
     return seen
 
 

@@ -19,58 +19,57 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from tailguard.admission import Permit
-    from tailguard.dependency import Dependency
+    from tailguard.dependency.seam import Seam
     from tailguard.integrations._transport import Library
 
 __all__ = ["bulkhead_transport"]
 
 
-def bulkhead_transport(dependency: Dependency, inner: Any, header: str) -> Any:
-    """The transport for ``dependency`` over ``inner`` (httpx's or httpx2's; ``None``: default)."""
+def bulkhead_transport(name: str, seam: Seam, inner: Any, header: str) -> Any:
+    """Dependency ``name``'s transport over ``inner`` (httpx's or httpx2's; ``None``: default)."""
     integration = _integration_for(inner)
     return _transport_class(integration)(
-        dependency, integration.DeadlineTransport(inner, header=header)
+        name, seam, integration.DeadlineTransport(inner, header=header)
     )
 
 
 class _BulkheadTransport:
-    """Takes a slot of ``dependency`` per request and holds it until the response closes."""
+    """Takes a slot of the dependency per request and holds it until the response closes."""
 
     _stream: ClassVar[type[_SlotStream]]
     _async_stream: ClassVar[type[Any]]
     _library: ClassVar[Library]
 
-    def __init__(self, dependency: Dependency, inner: Any) -> None:
-        self.dependency = dependency
+    def __init__(self, name: str, seam: Seam, inner: Any) -> None:
+        self.name = name
+        self._seam = seam
         self._inner = inner
 
     async def handle_async_request(self, request: Any) -> Any:
-        dependency = self.dependency
-        permit = await dependency._acquire()
+        seam = self._seam
+        permit = await seam.acquire()
+        injection = seam.plan(permit, respond=True)
         try:
-            chaos = dependency.chaos
-            if chaos is not None and chaos.armed:
-                injection = chaos.plan(dependency.name, respond=True, span=permit.span)
-                if injection is not None:
-                    synthesized = await injection.apply_http(request, self._library)
-                    if synthesized is not None:
-                        dependency._exit(permit, None)
-                        return synthesized
+            if injection is not None:
+                synthesized = await injection.apply_http(request, self._library)
+                if synthesized is not None:
+                    seam.release(permit, None)
+                    return synthesized
             response = await self._inner.handle_async_request(request)
         except BaseException as exc:
-            dependency._exit(permit, exc)
+            seam.release(permit, exc)
             raise
         # A body read already (a mock's), or one an async client cannot read (it
         # will say so), is done with the dependency: only open streams hold the slot.
         if response.is_closed or not isinstance(response.stream, self._async_stream):
-            dependency._exit(permit, None)
+            seam.release(permit, None)
         else:
-            response.stream = self._stream(response.stream, dependency, permit)
+            response.stream = self._stream(response.stream, seam, permit)
         return response
 
     def handle_request(self, *request: Any) -> Any:
         raise TypeError(
-            f"the transport of dependency {self.dependency.name!r} is async-only: use an "
+            f"the transport of dependency {self.name!r} is async-only: use an "
             "AsyncClient, or a sync client inside dependency.run_sync()"
         )
 
@@ -83,9 +82,9 @@ class _BulkheadTransport:
 class _SlotStream:
     """A response body that gives the slot back when it is closed, or fails."""
 
-    def __init__(self, stream: Any, dependency: Dependency, permit: Permit) -> None:
+    def __init__(self, stream: Any, seam: Seam, permit: Permit) -> None:
         self._stream = stream
-        self._dependency = dependency
+        self._seam = seam
         self._permit: Permit | None = permit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -107,7 +106,7 @@ class _SlotStream:
     def _release(self, error: BaseException | None) -> None:
         permit, self._permit = self._permit, None
         if permit is not None:
-            self._dependency._exit(permit, error)
+            self._seam.release(permit, error)
 
 
 def _integration_for(inner: object) -> ModuleType:

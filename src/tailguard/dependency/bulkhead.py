@@ -8,11 +8,10 @@ a slow dependency fills its own queue and is shed with
 :class:`~tailguard.admission.Rejected` instead of tying up the whole service.
 Waits for a slot never outlast the request's deadline.
 
-This is the one seam where bulkhead, deadline, chaos, metrics and spans meet
-for an outbound call: every entry point takes its slot with
-``Dependency._acquire``, meets chaos inside the slot (``_enter`` for most
-seams; the transport and ``run_sync`` carry faults out their own way), and
-gives the slot back with ``Dependency._exit``.
+Bulkhead, deadline, chaos, metrics and spans meet for an outbound call in
+one place, the dependency's :class:`~tailguard.dependency.seam.Seam`: every
+entry point takes its slot there, meets chaos inside the slot, and gives the
+slot back there.
 
 >>> import asyncio
 >>> db = Dependency("db", max_concurrency=4)
@@ -30,54 +29,34 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-from asyncio import CancelledError
 from collections.abc import Awaitable, Callable, Coroutine
-from time import monotonic
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
-from tailguard import _dependency_support as held
-from tailguard._dependency_support import check_options
-from tailguard._threads import ThreadPool
-from tailguard.admission import Limiter, LimiterState, Permit, Rejected
-from tailguard.deadlines import Deadline, DeadlineExceeded, current_deadline
-from tailguard.integrations._bulkhead import bulkhead_transport
-from tailguard.integrations._transport import DEFAULT_HEADER, MIN_BUDGET
-from tailguard.tail.hedge import hedge as _hedge
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from tailguard.admission import Limiter
+from tailguard.chaos.engine import Chaos
+from tailguard.deadlines import DEADLINE_HEADER
+from tailguard.dependency import held
+from tailguard.dependency.options import check_options
+from tailguard.dependency.seam import Seam
+from tailguard.dependency.threads import ThreadPool
+from tailguard.dependency.transport import bulkhead_transport
+from tailguard.tail.hedge import hedge as run_hedge
 from tailguard.tail.sites import HedgeSite
 from tailguard.tail.sketch import LatencySketch
-from tailguard.telemetry import dependencies as dependency_telemetry
+from tailguard.telemetry.catalog import catalog_for
+from tailguard.telemetry.pools import DependencyState
 
 if TYPE_CHECKING:
     import httpx
     import httpx2
 
-    from tailguard.chaos import Chaos
-
 __all__ = ["Dependency", "DependencyState"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class DependencyState(NamedTuple):
-    """A snapshot of a dependency for telemetry.
-
-    >>> state = Dependency("db", max_concurrency=2).state()
-    >>> state.limiter.in_use, state.threads_in_use, state.threads_max
-    (0, 0, 2)
-    """
-
-    name: str
-    limiter: LimiterState
-    """The bulkhead: slots in use, queued, rejections by reason, mean waits."""
-    threads_in_use: int
-    """Threads of the dependency's pool running a job now (abandoned ones included)."""
-    threads_max: int
-    thread_queue_wait: float
-    """Recent mean seconds a job waited for a thread of the pool."""
-    threads_queued: int = 0
-    """Jobs waiting for a thread of the pool now."""
 
 
 class Dependency:
@@ -101,7 +80,9 @@ class Dependency:
     One dependency serves one event loop at a time. ``chaos`` is the
     :class:`~tailguard.chaos.Chaos` engine whose experiments may hit the
     dependency's calls (:meth:`Tailguard.dependency <tailguard.Tailguard.dependency>`
-    passes ``guard.chaos``); ``None``: none ever do.
+    passes ``guard.chaos``); ``None``: none ever do. Its metrics go to
+    ``registry`` (prometheus_client's default; :meth:`Tailguard.dependency
+    <tailguard.Tailguard.dependency>` passes the guard's), ``None``: none.
 
     >>> import asyncio
     >>> inventory = Dependency("inventory", max_concurrency=8, max_queue=16)
@@ -112,7 +93,7 @@ class Dependency:
     1
     """
 
-    __slots__ = ("_hedge_site", "_pool", "chaos", "latency", "limiter", "name")
+    __slots__ = ("_hedge_site", "_pool", "_seam", "chaos", "latency", "limiter", "name")
 
     def __init__(
         self,
@@ -122,24 +103,22 @@ class Dependency:
         max_queue: int = 0,
         queue_timeout: float | None = None,
         chaos: Chaos | None = None,
+        registry: CollectorRegistry | None = REGISTRY,
     ) -> None:
         check_options(name, max_concurrency, max_queue, queue_timeout)
+        if chaos is not None and not isinstance(chaos, Chaos):
+            raise TypeError(f"dependency {name!r}: chaos must be a Chaos or None, got {chaos!r}")
+        catalog = catalog_for(registry) if registry is not None else None
         self.name: Final = name
         self.limiter: Final = Limiter(
             name, max_concurrency=max_concurrency, max_queue=max_queue, queue_timeout=queue_timeout
         )
-        if chaos is not None:
-            from tailguard.chaos.engine import Chaos
-
-            if not isinstance(chaos, Chaos):
-                raise TypeError(
-                    f"dependency {name!r}: chaos must be a Chaos or None, got {chaos!r}"
-                )
-        self._pool = ThreadPool(name, max_concurrency)
+        self._pool = ThreadPool(name, max_concurrency, catalog)
         self.chaos: Final = chaos
         """The chaos engine whose experiments may hit this dependency (``guard.chaos``)."""
         self.latency: Final = LatencySketch()
         """Slot-hold times of recent calls (successes, and cancelled calls as lower bounds)."""
+        self._seam = Seam(name, self.limiter, chaos, self.latency, catalog)
         self._hedge_site: HedgeSite | None = None
 
     def __repr__(self) -> str:
@@ -176,73 +155,10 @@ class Dependency:
             pool.queued,
         )
 
-    # -- the seam -----------------------------------------------------------------------
-
-    async def _enter(self) -> Permit:
-        """Take a slot for one call, then meet chaos inside it.
-
-        Injected delays and hangs hold the slot, as a slow dependency would:
-        filling the bulkhead is what a game-day wants to see.
-        """
-        permit = await self._acquire()
-        chaos = self.chaos
-        if chaos is not None and chaos.armed:
-            injection = chaos.plan(self.name, span=permit.span)
-            if injection is not None:
-                try:
-                    await injection.apply()
-                except BaseException as exc:
-                    self._exit(permit, exc)
-                    raise
-        return permit
-
-    async def _acquire(self) -> Permit:
-        """Take a slot for one call; every entry point starts here.
-
-        A call given a slot at once has waited zero seconds (its permit's
-        ``requested_at`` is its ``acquired_at``); only the others are
-        recorded as queue waits.
-        """
-        name = self.name
-        span = dependency_telemetry.call_started(name)
-        deadline = current_deadline()
-        if deadline is not None and deadline.remaining() < MIN_BUDGET:
-            error = DeadlineExceeded(deadline)
-            dependency_telemetry.call_refused(name, error, span, 0.0)
-            raise error
-        permit = self.limiter.try_acquire()
-        if permit is None:
-            requested = monotonic()
-            try:
-                permit = await self._queue(deadline)
-            except BaseException as exc:
-                dependency_telemetry.call_refused(name, exc, span, monotonic() - requested)
-                raise
-            permit.requested_at = min(requested, permit.acquired_at)
-        permit.span = span
-        return permit
-
-    async def _queue(self, deadline: Deadline | None) -> Permit:
-        """Wait for a slot (none was free), for no longer than ``deadline`` allows."""
-        if deadline is None:
-            return await self.limiter.acquire()
-        try:
-            return await self.limiter.acquire(deadline_at=deadline.at)
-        except Rejected as exc:
-            if exc.reason != "deadline":
-                raise
-            # The wait was capped at the deadline and ran into it: the request's
-            # own scope is about to fire, so report what it would.
-            raise DeadlineExceeded(deadline) from exc
-
-    def _exit(self, permit: Permit, error: BaseException | None) -> None:
-        """Give a call's slot back; ``error`` is what the call raised, ``None`` if it went well."""
-        permit.release(ok=error is None)
-        dependency_telemetry.call_ended(self.name, permit, error)
-        if error is None or isinstance(error, CancelledError):
-            # A cancelled call (a hedge's loser, a deadline) ran at least this long:
-            # leaving it out would pull the estimate down to the winners.
-            self.latency.observe(monotonic() - permit.acquired_at)
+    @property
+    def seam(self) -> Seam:
+        """Where every call takes its slot, meets chaos and is counted (the transport's way in)."""
+        return self._seam
 
     async def hedge(
         self,
@@ -264,7 +180,7 @@ class Dependency:
         >>> asyncio.run(replica.hedge(lambda: asyncio.sleep(0, "row"), delay=0.05))
         'row'
         """
-        return await _hedge(
+        return await run_hedge(
             functools.partial(self.call, fn),
             delay=delay,
             max_hedges=max_hedges,
@@ -281,7 +197,7 @@ class Dependency:
     # -- entry points -------------------------------------------------------------------
 
     async def __aenter__(self) -> None:
-        held.push(self, await self._enter())
+        held.push(self, await self._seam.enter())
 
     async def __aexit__(
         self,
@@ -289,7 +205,7 @@ class Dependency:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._exit(held.pop(self), exc)
+        self._seam.release(held.pop(self), exc)
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``await fn(*args, **kwargs)`` inside the bulkhead.
@@ -299,13 +215,14 @@ class Dependency:
         >>> asyncio.run(db.call(asyncio.sleep, 0, "done"))
         'done'
         """
-        permit = await self._enter()
+        seam = self._seam
+        permit = await seam.enter()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._exit(permit, exc)
+            seam.release(permit, exc)
             raise
-        self._exit(permit, None)
+        seam.release(permit, None)
         return result
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -339,16 +256,15 @@ class Dependency:
         """
         if inspect.iscoroutinefunction(fn):
             raise TypeError(f"run_sync() runs blocking functions, not {fn!r}; await call() instead")
-        permit = await self._acquire()
+        seam = self._seam
+        permit = await seam.acquire()
         context = contextvars.copy_context()
         job: Callable[[], T] = functools.partial(context.run, fn, *args, **kwargs)
-        done: Callable[[BaseException | None], None] = functools.partial(self._exit, permit)
-        chaos = self.chaos
-        if chaos is not None and chaos.armed:
-            injection = chaos.plan(self.name, span=permit.span)
-            if injection is not None:
-                # In the worker thread, as a slow blocking call's time is spent.
-                job, done = injection.wrap_sync(job, done)
+        done: Callable[[BaseException | None], None] = functools.partial(seam.release, permit)
+        injection = seam.plan(permit)
+        if injection is not None:
+            # In the worker thread, as a slow blocking call's time is spent.
+            job, done = injection.wrap_sync(job, done)
         return await self._pool.run(job, done)
 
     def close(self) -> None:
@@ -376,7 +292,7 @@ class Dependency:
     @overload
     def transport(self, inner: None = None, *, header: str = ...) -> Any: ...
 
-    def transport(self, inner: Any = None, *, header: str = DEFAULT_HEADER) -> Any:
+    def transport(self, inner: Any = None, *, header: str = DEADLINE_HEADER) -> Any:
         """An async httpx (or httpx2) transport that calls this dependency through its bulkhead.
 
         Each request takes a slot (waiting as :class:`Dependency` describes),
@@ -396,4 +312,4 @@ class Dependency:
         >>> asyncio.run(main())
         ('ok', 0)
         """
-        return bulkhead_transport(self, inner, header)
+        return bulkhead_transport(self.name, self._seam, inner, header)

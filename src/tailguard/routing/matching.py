@@ -18,8 +18,8 @@ from starlette.routing import BaseRoute, Host, Match, Mount, compile_path
 from starlette.types import Scope
 
 from tailguard._scope import route_path
-from tailguard.middleware.service_time import ServiceTime
 from tailguard.policy import RoutePolicy
+from tailguard.routing.service_time import ServiceTime
 
 if TYPE_CHECKING:
     from tailguard.admission import Limiter

@@ -1,62 +1,40 @@
-"""Parts of :class:`tailguard.Dependency` kept out of its module: option checks, held blocks.
+"""The ``async with dependency:`` blocks a context is inside, each with its permit.
 
 ``async with dependency:`` cannot keep its permit on the dependency (one
 dependency serves many calls at once), so each context keeps a stack of the
 blocks it is inside: :func:`push` on entry, :func:`pop` on exit.
+
+>>> push("db", "permit")
+>>> pop("db")
+'permit'
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
-from tailguard._numbers import finite
-
-if TYPE_CHECKING:
-    from tailguard.admission import Permit
-
-__all__ = ["check_options", "pop", "push"]
-
-
-def check_options(
-    name: object, max_concurrency: object, max_queue: object, queue_timeout: object
-) -> None:
-    """Raise ``ValueError`` naming the dependency and the field for a bad option."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"dependency name must be a non-empty str, got {name!r}")
-    _check_int(name, "max_concurrency", max_concurrency, 1)
-    _check_int(name, "max_queue", max_queue, 0)
-    timeout = finite(queue_timeout)
-    if queue_timeout is not None and (timeout is None or timeout <= 0):
-        raise ValueError(
-            f"dependency {name!r}: queue_timeout must be None or a positive, finite"
-            f" number of seconds, got {queue_timeout!r}"
-        )
-
-
-def _check_int(name: str, field: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"dependency {name!r}: {field} must be an int >= {low}, got {value!r}")
+__all__ = ["pop", "push"]
 
 
 class _Held(NamedTuple):
     """One ``async with dependency:`` block in progress, on a per-context stack."""
 
     dependency: object
-    permit: Permit
+    permit: Any
     below: _Held | None
 
 
 _held: Final[ContextVar[_Held | None]] = ContextVar("tailguard.dependency", default=None)
 
 
-def push(dependency: object, permit: Permit) -> None:
+def push(dependency: object, permit: Any) -> None:
     """Enter a block of ``dependency`` holding ``permit``, in this context."""
     # Per call, per context: concurrent tasks each have their own stack.
     _held.set(_Held(dependency, permit, _held.get()))
 
 
-def pop(dependency: object) -> Permit:
+def pop(dependency: object) -> Any:
     """Leave this context's innermost block of ``dependency``; its permit."""
     node = _held.get()
     above: list[_Held] = []

@@ -8,8 +8,8 @@ from starlette.types import Scope
 
 from tailguard._scope import header as header_value
 from tailguard.admission import Limiter
-from tailguard.middleware.routing import limiter_name
 from tailguard.policy import RoutePolicy
+from tailguard.routing.matching import limiter_name
 
 __all__ = ["build_limiters", "tenant_resolver"]
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tailguard.middleware.inbound import (
+from tailguard.routing.inbound import (
     InboundDeadlines,
     parse_grpc_timeout,
     parse_milliseconds,

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from tailguard import RoutePolicy, Tailguard
 from tailguard.admission import Rejected
-from tailguard.middleware.admission import build_limiters, tenant_resolver
+from tailguard.routing.limits import build_limiters, tenant_resolver
 from tests.asgi import Client, call, http_scope
 
 pytestmark = pytest.mark.anyio

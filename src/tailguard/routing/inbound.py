@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
 
+from tailguard.deadlines import DEADLINE_HEADER
+
 __all__ = ["InboundDeadlines", "parse_grpc_timeout", "parse_milliseconds"]
 
 _name = itemgetter(0)
@@ -82,7 +84,7 @@ class InboundDeadlines:
 
     def __init__(
         self,
-        header: str = "x-request-timeout-ms",
+        header: str = DEADLINE_HEADER,
         *,
         grpc: bool = True,
         envoy: bool = True,

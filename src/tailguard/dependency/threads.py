@@ -22,9 +22,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from tailguard.telemetry.catalog import Catalog, active
+from tailguard.telemetry.catalog import Catalog
+from tailguard.telemetry.pools import WaitObserver
 
-__all__ = ["ThreadPool", "WaitObserver"]
+__all__ = ["ThreadPool"]
 
 T = TypeVar("T")
 
@@ -59,7 +60,7 @@ class ThreadPool:
         "queued",
     )
 
-    def __init__(self, name: str, max_workers: int) -> None:
+    def __init__(self, name: str, max_workers: int, catalog: Catalog | None = None) -> None:
         self.name = name
         self.max_workers = max_workers
         self.in_use = 0
@@ -71,7 +72,7 @@ class ThreadPool:
         self._running: set[Future[Any]] = set()  # jobs whose done() has not run yet
         self._waits = 0
         self._mean_wait = 0.0
-        self._observe_wait = WaitObserver(name)
+        self._observe_wait = WaitObserver(name, catalog)
 
     @property
     def mean_wait(self) -> float:
@@ -166,34 +167,3 @@ class ThreadPool:
         finally:
             with self._lock:
                 self.in_use -= 1
-
-
-class WaitObserver:
-    """Observes a pool's job waits into ``tailguard_pool_queue_wait_seconds{pool=...}``.
-
-    Does nothing while metrics are off; safe to call from any thread.
-
-    >>> from prometheus_client import CollectorRegistry
-    >>> from tailguard.telemetry.catalog import Catalog, activate
-    >>> activate(catalog := Catalog(CollectorRegistry()))
-    >>> WaitObserver("db")(0.002)
-    >>> catalog.registry.get_sample_value("tailguard_pool_queue_wait_seconds_sum", {"pool": "db"})
-    0.002
-    >>> activate(None)
-    """
-
-    __slots__ = ("_series", "pool")
-
-    def __init__(self, pool: str) -> None:
-        self.pool = pool
-        self._series: tuple[Catalog, Any] | None = None  # the catalog and this pool's child
-
-    def __call__(self, wait: float) -> None:
-        catalog = active()
-        if catalog is None:
-            return
-        series = self._series
-        if series is None or series[0] is not catalog:
-            # Threads racing here both get the same child from labels().
-            series = self._series = (catalog, catalog.pool_queue_wait.labels(self.pool))
-        series[1].observe(wait)

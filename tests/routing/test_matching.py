@@ -9,7 +9,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Host, Mount, Route, Router
 
 from tailguard import RoutePolicy
-from tailguard.middleware.routing import RouteMatcher, RouteTable, route_template
+from tailguard.routing.matching import RouteMatcher, RouteTable, route_template
 from tests.asgi import http_scope
 
 

@@ -1,0 +1,148 @@
+"""The one way into a dependency: a slot, the deadline, chaos, metrics, the span, the latency.
+
+Every entry point of a :class:`~tailguard.Dependency` (``async with``, the
+decorator, ``call``, ``run_sync``, the httpx transport) goes through one
+:class:`Seam`: :meth:`~Seam.acquire` takes a bulkhead slot within the
+deadline (and starts the call's span), :meth:`~Seam.plan` asks chaos what to
+inject into this call, and :meth:`~Seam.release` gives the slot back, counts
+the call, charges its time to the request and feeds the latency estimate.
+How a planned fault is *applied* differs by entry point (awaited, in the
+worker thread, or as an HTTP response), so each applies its own; planning,
+and giving the slot back when planning fails, happen here only.
+
+>>> import asyncio
+>>> from tailguard.admission import Limiter
+>>> from tailguard.tail.sketch import LatencySketch
+>>> seam = Seam("db", Limiter("db", max_concurrency=1), None, LatencySketch(), None)
+>>> async def main():
+...     permit = await seam.enter()
+...     in_use = seam.limiter.in_use
+...     seam.release(permit, None)
+...     return in_use, seam.limiter.in_use
+>>> asyncio.run(main())
+(1, 0)
+"""
+
+from __future__ import annotations
+
+import logging
+from asyncio import CancelledError
+from time import monotonic
+from typing import TYPE_CHECKING, Final
+
+from tailguard.admission import Limiter, Permit, Rejected
+from tailguard.deadlines import MIN_BUDGET, Deadline, DeadlineExceeded, current_deadline
+from tailguard.tail.sketch import LatencySketch
+from tailguard.telemetry import dependencies as dependency_telemetry
+
+if TYPE_CHECKING:
+    from tailguard.chaos._inject import Injection
+    from tailguard.chaos.engine import Chaos
+    from tailguard.telemetry.catalog import Catalog
+
+__all__ = ["Seam"]
+
+logger: Final = logging.getLogger("tailguard.dependency")
+
+
+class Seam:
+    """Slot, deadline, chaos and telemetry for the calls of one dependency."""
+
+    __slots__ = ("catalog", "chaos", "latency", "limiter", "name")
+
+    def __init__(
+        self,
+        name: str,
+        limiter: Limiter,
+        chaos: Chaos | None,
+        latency: LatencySketch,
+        catalog: Catalog | None,
+    ) -> None:
+        self.name: Final = name
+        self.limiter: Final = limiter
+        self.chaos: Final = chaos
+        self.latency: Final = latency
+        self.catalog: Final = catalog
+
+    async def enter(self) -> Permit:
+        """Take a slot for one call, then meet chaos inside it.
+
+        Injected delays and hangs hold the slot, as a slow dependency would:
+        filling the bulkhead is what a game-day wants to see.
+        """
+        permit = await self.acquire()
+        injection = self.plan(permit)
+        if injection is not None:
+            try:
+                await injection.apply()
+            except BaseException as exc:
+                self.release(permit, exc)
+                raise
+        return permit
+
+    async def acquire(self) -> Permit:
+        """Take a slot for one call; every entry point starts here.
+
+        A call given a slot at once has waited zero seconds (its permit's
+        ``requested_at`` is its ``acquired_at``); only the others are
+        recorded as queue waits.
+        """
+        name = self.name
+        span = dependency_telemetry.call_started(name)
+        deadline = current_deadline()
+        if deadline is not None and deadline.remaining() < MIN_BUDGET:
+            error = DeadlineExceeded(deadline)
+            dependency_telemetry.call_refused(self.catalog, name, error, span, 0.0)
+            raise error
+        permit = self.limiter.try_acquire()
+        if permit is None:
+            requested = monotonic()
+            try:
+                permit = await self._queue(deadline)
+            except BaseException as exc:
+                dependency_telemetry.call_refused(
+                    self.catalog, name, exc, span, monotonic() - requested
+                )
+                raise
+            permit.requested_at = min(requested, permit.acquired_at)
+        permit.span = span
+        return permit
+
+    async def _queue(self, deadline: Deadline | None) -> Permit:
+        """Wait for a slot (none was free), for no longer than ``deadline`` allows."""
+        if deadline is None:
+            return await self.limiter.acquire()
+        try:
+            return await self.limiter.acquire(deadline_at=deadline.at)
+        except Rejected as exc:
+            if exc.reason != "deadline":
+                raise
+            # The wait was capped at the deadline and ran into it: the request's
+            # own scope is about to fire, so report what it would.
+            raise DeadlineExceeded(deadline) from exc
+
+    def plan(self, permit: Permit, *, respond: bool = False) -> Injection | None:
+        """The fault chaos injects into the call holding ``permit``, if any.
+
+        ``respond``: the entry point can answer with a synthesized response
+        (the httpx transport). A failure while planning (a distribution that
+        cannot sample, a broken custom one) never costs the call its slot: the
+        slot goes back, and the error propagates to the caller.
+        """
+        chaos = self.chaos
+        if chaos is None or not chaos.armed:
+            return None
+        try:
+            return chaos.plan(self.name, respond=respond, span=permit.span)
+        except BaseException as exc:
+            self.release(permit, exc)
+            raise
+
+    def release(self, permit: Permit, error: BaseException | None) -> None:
+        """Give a call's slot back; ``error`` is what the call raised, ``None`` if it went well."""
+        permit.release(ok=error is None)
+        dependency_telemetry.call_ended(self.catalog, self.name, permit, error)
+        if error is None or isinstance(error, CancelledError):
+            # A cancelled call (a hedge's loser, a deadline) ran at least this long:
+            # leaving it out would pull the estimate down to the winners.
+            self.latency.observe(monotonic() - permit.acquired_at)
