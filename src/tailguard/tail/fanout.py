@@ -20,7 +20,6 @@ from tailguard.deadlines import remaining
 from tailguard.tail import sites
 from tailguard.tail._attempts import Attempt, Attempts, all_failed, check_fns, failure_of
 from tailguard.tail.sketch import LatencySketch
-from tailguard.telemetry.catalog import active
 
 __all__ = ["FanoutResult", "amplification", "fanout"]
 
@@ -185,7 +184,7 @@ def _pace(group: Attempts, label: str, sketch: LatencySketch | None, legs: list[
     if sketch is None:
         return
     tail = sketch.quantile(PACE_QUANTILE)
-    catalog = active()
+    catalog = group.catalog
     if tail is not None and catalog is not None:
         catalog.fanout_calls.labels(label).inc()
         if slowest > tail:
