@@ -112,7 +112,7 @@ async def hedge(
         raise ValueError(f"hedge: max_extra must be a finite number >= 0, got {max_extra!r}")
     where = _resolve_site(fn, name, site)
     wait = seconds if quantile is None else where.latency.quantile(quantile)
-    where.budget.earn(max_extra)
+    where.budget.earn(extra)
     label = where.name
 
     async with Attempts("hedge", label) as group:
