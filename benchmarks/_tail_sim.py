@@ -24,14 +24,16 @@ import functools
 import math
 import random
 import selectors
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 import tailguard
-from tailguard.telemetry.catalog import Catalog, activate
+from tailguard import _context
+from tailguard.telemetry.catalog import Catalog
 
 
 class _SkippingSelector(selectors.SelectSelector):
@@ -69,6 +71,38 @@ def run_virtual(main: Callable[[], Awaitable[Any]]) -> Any:
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+class _Request:
+    """The request the simulated calls run in, as the tail helpers see it: it carries the catalog.
+
+    The helpers record their metrics into the catalog of the request they run
+    in (``tailguard._context.RequestView.catalog``); the simulation has no
+    guard in front, so it stands in for the guard's per-request object.
+    """
+
+    method = "GET"
+    route = "/simulated"
+    tenant: str | None = None
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def header(self, name: str) -> str | None:
+        return None
+
+    def add(self, task: asyncio.Future[Any]) -> None:
+        pass  # the simulation's tasks are the helpers' own: they cancel and await them
+
+
+@contextmanager
+def in_request(catalog: Catalog) -> Iterator[None]:
+    """Run what starts inside (:func:`run_virtual`) as one request recording into ``catalog``."""
+    token = _context.current.set(_context.Frame(None, _Request(catalog)))
+    try:
+        yield
+    finally:
+        _context.current.reset(token)
 
 
 class Replica:
@@ -227,11 +261,8 @@ def run_fanout(
             if loop.time() - began > 0.100:
                 slow += 1
 
-    activate(catalog)
-    try:
+    with in_request(catalog):
         run_virtual(main)
-    finally:
-        activate(None)
     value = catalog.registry.get_sample_value
     return FanoutRun(
         legs,

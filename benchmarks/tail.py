@@ -11,10 +11,11 @@ Goals (issue 6):
    2 points for N = 100, p = 1 %.
 
 Method. The code under test is the real ``tailguard.hedge`` and
-``tailguard.fanout``, unchanged, with a real Prometheus catalog active (the
-hedge counts come from ``tailguard_hedges_total``). What is simulated is time
-and the replicas: everything runs on ``_tail_sim.VirtualLoop``, an asyncio
-event loop whose clock jumps to the next timer instead of sleeping, so
+``tailguard.fanout``, unchanged, run as one request whose guard has a real
+Prometheus catalog (the hedge counts come from ``tailguard_hedges_total``).
+What is simulated is time and the replicas: everything runs on
+``_tail_sim.VirtualLoop``, an asyncio event loop whose clock jumps to the next
+timer instead of sleeping, so
 ``asyncio.sleep`` and the ``loop.time()`` that tailguard measures latency with
 are simulated time. Why not wall-clock time: the effects measured are
 millisecond latencies at the 99.9th percentile; on a shared 2-core machine
@@ -89,6 +90,7 @@ from _tail_sim import (
     Latency,
     Replica,
     continuous_leg,
+    in_request,
     percentile,
     plans,
     replay,
@@ -98,7 +100,7 @@ from _tail_sim import (
 )
 from overhead import _version, load_average, log, machine_info, source_digest, write_section
 from tailguard.tail import HedgeSite
-from tailguard.telemetry.catalog import Catalog, activate
+from tailguard.telemetry.catalog import Catalog
 
 HERE = Path(__file__).resolve().parent
 SECTION = "tail"
@@ -205,12 +207,9 @@ def run_arm(scenario: Scenario, arm: Arm, seed: int) -> ArmResult:
         else:
             await tailguard.hedge(attempt, site=site, **arm.hedge)
 
-    activate(catalog)
     began = time.process_time()
-    try:
+    with in_request(catalog):
         latencies = run_virtual(lambda: replay(schedule, replicas, call))
-    finally:
-        activate(None)
     cpu = time.process_time() - began
     hedges = {
         event: catalog.registry.get_sample_value(

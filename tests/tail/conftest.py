@@ -1,4 +1,4 @@
-"""Fixtures for the tail helpers: a fresh metrics catalog, an in-memory span exporter, sites."""
+"""Fixtures for the tail helpers: a request with its own catalog, a span exporter, sites."""
 
 from __future__ import annotations
 
@@ -10,18 +10,24 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
+from tailguard import _context
 from tailguard.tail import sites
-from tailguard.telemetry.catalog import Catalog, activate
+from tailguard.telemetry.catalog import Catalog
 from tailguard.telemetry.tracing import use_tracer_provider
-from tests.tail.support import Metrics
+from tests.tail.support import Metrics, Request
 
 
 @pytest.fixture
 def metrics() -> Iterator[Metrics]:
+    """The test runs inside a request whose guard records into a fresh catalog; read it here.
+
+    The helpers record into the catalog of the request they run in, so the
+    test's own task (and every task it starts) is that request's.
+    """
     catalog = Catalog(CollectorRegistry())
-    activate(catalog)
+    token = _context.current.set(_context.Frame(None, Request(catalog)))
     yield Metrics(catalog.registry)
-    activate(None)
+    _context.current.reset(token)
 
 
 @pytest.fixture

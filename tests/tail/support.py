@@ -17,6 +17,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from tailguard.telemetry.catalog import Catalog
+
 WAIT = 20.0
 """An upper bound for something that happens at once, even on a loaded machine."""
 SHORT = 0.05
@@ -133,6 +135,28 @@ def watch_loop(*, collect: bool = True) -> Iterator[LoopWatch]:
     finally:
         loop.set_task_factory(watch._inner)
         loop.set_exception_handler(previous_handler)
+
+
+class Request:
+    """A request as the tail helpers see it (``tailguard._context.RequestView``), with its catalog.
+
+    Stands in for the middleware's per-request object: the helpers only read
+    ``catalog`` from it. Set it as the context's owner with
+    ``_context.current.set(_context.Frame(None, request))``.
+    """
+
+    method = "GET"
+    route = "/test"
+    tenant: str | None = None
+
+    def __init__(self, catalog: Catalog | None) -> None:
+        self.catalog = catalog
+
+    def header(self, name: str) -> str | None:
+        return None
+
+    def add(self, task: asyncio.Future[object]) -> None:
+        """Adopt nothing: a strong reference would hide the leaks :class:`LoopWatch` looks for."""
 
 
 class Metrics:

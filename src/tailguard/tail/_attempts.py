@@ -9,6 +9,8 @@ uses :class:`Attempts` as ``async with Attempts(helper, site) as group:``:
   last call (in the order they finished), or nothing once the loop's clock
   reaches ``until``;
 * ``group.won(attempt)`` links the helper's span to a winner;
+* ``group.catalog`` is the metrics of the request the helper runs in
+  (:func:`request_catalog`), read once per helper call;
 * leaving the block cancels every attempt still running and **waits until
   each has finished**, also when the caller is being cancelled (a second
   cancellation is remembered and re-raised once the attempts are done), so
@@ -28,15 +30,26 @@ import inspect
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from tailguard.telemetry.catalog import active
+from tailguard._context import current_request
 from tailguard.telemetry.tracing import tracer
 
-__all__ = ["Attempt", "Attempts", "all_failed", "check_fn", "check_fns", "failure_of"]
+if TYPE_CHECKING:
+    from tailguard.telemetry.catalog import Catalog
+
+__all__ = [
+    "Attempt",
+    "Attempts",
+    "all_failed",
+    "check_fn",
+    "check_fns",
+    "failure_of",
+    "request_catalog",
+]
 
 SITE: Final = "tailguard.site"
 HELPER: Final = "tailguard.helper"
@@ -47,6 +60,20 @@ ROLE: Final = "tailguard.link"
 
 AsyncFn = Callable[[], Awaitable[Any]]
 T = TypeVar("T")
+
+
+def request_catalog() -> Catalog | None:
+    """The metrics of the guard handling the current request; ``None`` outside a request.
+
+    Also ``None`` when that guard's metrics are off: the helpers then record
+    no metrics (their spans are unaffected). Each guard records into its own
+    catalog, so two guards in one process keep their tail metrics apart.
+
+    >>> request_catalog() is None  # not inside a request
+    True
+    """
+    request = current_request()
+    return None if request is None else request.catalog
 
 
 class Attempt:
@@ -119,10 +146,10 @@ class Attempts:
     """The attempts of one helper call (see the module docstring)."""
 
     __slots__ = (
-        "_catalog",
         "_loop",
         "_waiter",
         "all",
+        "catalog",
         "finished",
         "helper",
         "pending",
@@ -135,7 +162,7 @@ class Attempts:
         self.helper: Final = helper
         self.site: Final = site
         self._loop = asyncio.get_running_loop()
-        self._catalog = active()
+        self.catalog: Final = request_catalog()
         self._waiter: asyncio.Future[None] | None = None
         self.all: list[Attempt] = []
         self.pending: dict[asyncio.Task[Any], Attempt] = {}
@@ -185,7 +212,7 @@ class Attempts:
         else:
             self.pending[task] = attempt
             task.add_done_callback(self._on_done)
-        catalog = self._catalog
+        catalog = self.catalog
         if catalog is not None:
             catalog.tail_attempts.labels(self.site, self.helper).inc()
         return attempt
@@ -259,7 +286,7 @@ class Attempts:
         for winner in self.winners:
             attempt.span.add_link(winner.span.get_span_context(), {ROLE: "winner"})
         attempt.task.cancel()
-        catalog = self._catalog
+        catalog = self.catalog
         if catalog is not None:
             catalog.tail_attempts_cancelled.labels(self.site, self.helper).inc()
 

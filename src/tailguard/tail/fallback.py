@@ -18,8 +18,16 @@ from opentelemetry.trace import Status, StatusCode
 from tailguard._numbers import finite
 from tailguard.deadlines import DeadlineExceeded, deadline, remaining
 from tailguard.tail import sites
-from tailguard.tail._attempts import ATTEMPT, HELPER, KIND, OUTCOME, ROLE, SITE, check_fns
-from tailguard.telemetry.catalog import active
+from tailguard.tail._attempts import (
+    ATTEMPT,
+    HELPER,
+    KIND,
+    OUTCOME,
+    ROLE,
+    SITE,
+    check_fns,
+    request_catalog,
+)
 from tailguard.telemetry.tracing import tracer
 
 __all__ = ["fallback"]
@@ -63,7 +71,7 @@ async def fallback(
         raise ValueError("fallback: needs at least one fn")
     shares = _check_split(budget_split, len(tiers))
     label = sites.label(name)
-    catalog = active()
+    catalog = request_catalog()
     outer = tracer().start_span("tailguard.fallback", attributes={SITE: label, HELPER: "fallback"})
     failures: list[Exception] = []
     outcome = "cancelled"

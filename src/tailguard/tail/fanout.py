@@ -20,7 +20,6 @@ from tailguard.deadlines import remaining
 from tailguard.tail import sites
 from tailguard.tail._attempts import Attempt, Attempts, all_failed, check_fns, failure_of
 from tailguard.tail.sketch import LatencySketch
-from tailguard.telemetry.catalog import active
 
 __all__ = ["FanoutResult", "amplification", "fanout"]
 
@@ -47,11 +46,12 @@ def amplification(p: float, n: int) -> float:
     >>> amplification(0.5, 2), amplification(0.5, 0)
     (0.75, 0.0)
     """
-    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
+    probability = finite(p)
+    if probability is None or not 0 <= probability <= 1:
         raise ValueError(f"amplification: p must be a probability from 0 to 1, got {p!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"amplification: n must be an int >= 0, got {n!r}")
-    return 1 - (1 - p) ** n
+    return 1 - (1 - probability) ** n
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +185,7 @@ def _pace(group: Attempts, label: str, sketch: LatencySketch | None, legs: list[
     if sketch is None:
         return
     tail = sketch.quantile(PACE_QUANTILE)
-    catalog = active()
+    catalog = group.catalog
     if tail is not None and catalog is not None:
         catalog.fanout_calls.labels(label).inc()
         if slowest > tail:

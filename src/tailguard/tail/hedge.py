@@ -19,7 +19,6 @@ from tailguard.deadlines import remaining
 from tailguard.tail import sites
 from tailguard.tail._attempts import Attempt, Attempts, all_failed, check_fn, failure_of
 from tailguard.tail.sites import HedgeSite
-from tailguard.telemetry.catalog import active
 
 __all__ = ["hedge", "parse_delay"]
 
@@ -113,11 +112,11 @@ async def hedge(
         raise ValueError(f"hedge: max_extra must be a finite number >= 0, got {max_extra!r}")
     where = _resolve_site(fn, name, site)
     wait = seconds if quantile is None else where.latency.quantile(quantile)
-    where.budget.earn(max_extra)
-    catalog = active()
+    where.budget.earn(extra)
     label = where.name
 
     async with Attempts("hedge", label) as group:
+        catalog = group.catalog
         if wait is not None:
             group.span.set_attribute("tailguard.hedge.delay", wait)
         group.span.set_attribute("tailguard.hedges", 0)

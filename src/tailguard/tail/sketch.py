@@ -21,6 +21,8 @@ from bisect import bisect_right
 from itertools import accumulate
 from typing import Final
 
+from tailguard._numbers import finite
+
 __all__ = ["LatencySketch", "samples_needed"]
 
 SMALLEST: Final = 1e-6
@@ -74,19 +76,16 @@ class LatencySketch:
     )
 
     def __init__(self, *, relative_accuracy: float = 0.01, window: int = 2048) -> None:
-        if (
-            isinstance(relative_accuracy, bool)
-            or not isinstance(relative_accuracy, int | float)
-            or not 0 < relative_accuracy < 1
-        ):
+        accuracy = finite(relative_accuracy)
+        if accuracy is None or not 0 < accuracy < 1:
             raise ValueError(
                 f"relative_accuracy must be a number between 0 and 1, got {relative_accuracy!r}"
             )
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an int >= 1, got {window!r}")
-        self.relative_accuracy: Final = float(relative_accuracy)
+        self.relative_accuracy: Final = accuracy
         self.window: Final = window
-        self._gamma = (1 + relative_accuracy) / (1 - relative_accuracy)
+        self._gamma = (1 + accuracy) / (1 - accuracy)
         self._inv_log_gamma = 1 / math.log(self._gamma)
         self._current: dict[int, int] = {}
         self._previous: dict[int, int] = {}
