@@ -88,7 +88,7 @@ class RequestView(Protocol):
         ...
 
 
-class Entry(Protocol):
+class ContextEntry(Protocol):
     """What the context variable holds: the deadline in force and the request's task owner."""
 
     @property
@@ -103,7 +103,7 @@ class Frame(NamedTuple):
     owner: TaskOwner | None
 
 
-current: Final[ContextVar[Entry | None]] = ContextVar("tailguard", default=None)
+current: Final[ContextVar[ContextEntry | None]] = ContextVar("tailguard", default=None)
 
 
 def current_request() -> RequestView | None:

@@ -208,7 +208,7 @@ class deadline:  # lowercase: used like a function, ``with tailguard.deadline(0.
         self._seconds = float(seconds)
         self._deadline: Deadline | None = None
         self._scope: CancelScope | None = None
-        self._token: Token[_context.Entry | None] | None = None
+        self._token: Token[_context.ContextEntry | None] | None = None
 
     def __enter__(self) -> Deadline:
         own = self._deadline = Deadline.after(self._seconds, source="scope")

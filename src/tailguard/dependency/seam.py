@@ -25,7 +25,6 @@ and giving the slot back when planning fails, happen here only.
 
 from __future__ import annotations
 
-import logging
 from asyncio import CancelledError
 from time import monotonic
 from typing import TYPE_CHECKING, Final
@@ -41,8 +40,6 @@ if TYPE_CHECKING:
     from tailguard.telemetry.catalog import Catalog
 
 __all__ = ["Seam"]
-
-logger: Final = logging.getLogger("tailguard.dependency")
 
 
 class Seam:

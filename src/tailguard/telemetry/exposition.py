@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["metrics_app", "multiprocess_dir", "retire_worker"]
 
-_log = logging.getLogger("tailguard.telemetry")
+logger = logging.getLogger("tailguard.telemetry")
 
 _ALLOW = [(b"allow", b"GET, HEAD")]
 
@@ -82,7 +82,7 @@ def metrics_app(
             try:
                 before_scrape()
             except Exception:
-                _log.exception("tailguard: refreshing gauges before a scrape failed")
+                logger.exception("tailguard: refreshing gauges before a scrape failed")
         registry_now = served
         if path is not None:
             registry_now = CollectorRegistry()

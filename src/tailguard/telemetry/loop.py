@@ -25,7 +25,7 @@ from tailguard.telemetry.catalog import Catalog
 
 __all__ = ["LoopMonitor"]
 
-_log = logging.getLogger("tailguard.telemetry")
+logger = logging.getLogger("tailguard.telemetry")
 
 
 class LoopMonitor:
@@ -129,6 +129,6 @@ class LoopMonitor:
         except Exception:
             if not self._failing:
                 self._failing = True
-                _log.exception("tailguard: refreshing the limiter and pool gauges failed")
+                logger.exception("tailguard: refreshing the limiter and pool gauges failed")
             return
         self._failing = False
