@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import math
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ from tailguard.chaos import (
     Respond,
     Uniform,
 )
-from tailguard.chaos._inject import Injection
+from tailguard.chaos._inject import Injection, InjectionSlots, Injector
 from tailguard.telemetry.catalog import Catalog
 from tests.chaos.runtime_support import (  # noqa: F401 (fixtures)
     FOREVER,
@@ -637,14 +638,15 @@ def test_ending_an_experiment_twice_changes_nothing(engines: Engines, catalog: C
 
 
 def test_a_stale_lookup_skips_experiments_that_ended(engines: Engines) -> None:
-    from tailguard.chaos._inject import decide
-
     engine = engines()
     engine.start(experiment(Reset("db"), name="x"))
     assert planned(engine) is not None  # looked up, and cached
     entries = engine._by_name["db"]
     engine.stop("x")
-    assert decide(engine, entries, "db", None, respond=False) is None
+    slots = InjectionSlots(1)
+    injector = Injector(random.Random(7), engine.clock, engine.expire, slots)
+    assert injector.decide(entries, "db", None, respond=False) is None
+    assert (slots.in_flight, slots.skipped) == (0, 0)
 
 
 @pytest.mark.anyio

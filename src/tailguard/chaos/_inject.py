@@ -1,9 +1,15 @@
 """Deciding which faults hit one call, labelling them, and carrying them out at each seam.
 
-:func:`decide` rolls the faults that apply to a call (see ``docs/chaos.md``
-for the composition rule) and returns an :class:`Injection`, which each seam
-carries out its own way: :meth:`~Injection.apply` for ``async with``, ``@dep``
-and ``dep.call``; :meth:`~Injection.apply_http` at the httpx transport;
+The engine makes one :class:`Injector` and hands it what injecting needs:
+its random source, its clock, its ``expire`` and an
+:class:`InjectionSlots` (the cap on concurrent injections). So this module
+never looks back at the engine.
+
+:meth:`Injector.decide` rolls the faults that apply to a call (see
+``docs/chaos.md`` for the composition rule) and returns an
+:class:`Injection`, which each seam carries out its own way:
+:meth:`~Injection.apply` for ``async with``, ``@dep`` and ``dep.call``;
+:meth:`~Injection.apply_http` at the httpx transport;
 :meth:`~Injection.wrap_sync` inside ``run_sync``'s worker thread; and
 :meth:`~Injection.apply_inbound` for route faults in the middleware.
 """
@@ -15,6 +21,7 @@ import contextlib
 import errno
 import functools
 import math
+import random
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,10 +36,9 @@ from tailguard.chaos.faults import Fault, Raise, Respond
 from tailguard.telemetry.catalog import active
 
 if TYPE_CHECKING:
-    from tailguard.chaos.engine import Chaos
     from tailguard.integrations._transport import Library
 
-__all__ = ["Entry", "Injection", "decide"]
+__all__ = ["Entry", "Injection", "InjectionSlots", "Injector"]
 
 T = TypeVar("T")
 
@@ -52,77 +58,144 @@ the error on zero (benchmarks/chaos.py measures it). Worker threads wait on a
 """
 
 
-def decide(
-    engine: Chaos,
-    entries: Sequence[Entry],
-    target: str | None,
-    request: RequestView | None,
-    *,
-    respond: bool,
-    span: Span | None = None,
-) -> Injection | None:
-    """Roll ``entries`` for one call on ``target``; ``None`` when nothing hits.
+class InjectionSlots:
+    """The cap on calls under injection at once: :meth:`take` a place, :meth:`release` it.
 
-    Latencies are rolled independently and add up; of the terminal faults,
-    the first to hit (in experiment start order, then fault order) applies
-    and the rest are not rolled. ``respond``: whether the seam can answer.
-    ``target`` labels the injections (``None``: each fault's own target,
-    for route faults); ``span`` is the call's own span, marked when faults hit.
+    Thread-safe: worker threads (``run_sync``) release their places too.
+
+    >>> slots = InjectionSlots(1)
+    >>> slots.take(), slots.take()
+    (True, False)
+    >>> slots.release()
+    >>> slots.in_flight, slots.skipped
+    (0, 1)
     """
-    rng = engine.rng
-    delay = 0.0
-    terminal: Entry | None = None
-    hits: list[tuple[Run, Fault, float | None]] = []
-    verdicts: dict[Run, bool] = {}
-    for run, fault in entries:
-        if run.stopped:
-            continue
-        applies = verdicts.get(run)
-        if applies is None:
-            applies = verdicts[run] = run.applies(request)
-        if not applies:
-            continue
-        if fault.terminal:
-            if terminal is not None or (not respond and isinstance(fault, Respond)):
+
+    __slots__ = ("_lock", "in_flight", "limit", "skipped")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        """At most this many calls under injection at once (``max_injections``)."""
+        self.in_flight = 0
+        """Calls under injection now."""
+        self.skipped = 0
+        """Calls that faults hit but that were left alone because every place was taken."""
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Take a place; False (and counted as skipped) when all ``limit`` are taken."""
+        with self._lock:
+            if self.in_flight >= self.limit:
+                self.skipped += 1
+                return False
+            self.in_flight += 1
+            return True
+
+    def release(self) -> None:
+        """Give a place back (once per successful :meth:`take`)."""
+        with self._lock:
+            self.in_flight -= 1
+
+
+class Injector:
+    """Decides which faults hit one call, and gives each :class:`Injection` what it needs.
+
+    The engine makes one and hands it: ``rng`` for the draws, ``clock`` (the
+    engine's monotonic clock, for experiments' ends), ``expire`` (stops the
+    experiments whose TTL has run out) and ``slots`` (the cap on concurrent
+    injections).
+
+    >>> import random, time
+    >>> injector = Injector(random.Random(7), time.monotonic, lambda: None, InjectionSlots(1))
+    >>> injector.decide([], "db", None, respond=False) is None
+    True
+    """
+
+    __slots__ = ("clock", "expire", "rng", "slots")
+
+    def __init__(
+        self,
+        rng: random.Random,
+        clock: Callable[[], float],
+        expire: Callable[[], None],
+        slots: InjectionSlots,
+    ) -> None:
+        self.rng = rng
+        self.clock = clock
+        self.expire = expire
+        self.slots = slots
+
+    def decide(
+        self,
+        entries: Sequence[Entry],
+        target: str | None,
+        request: RequestView | None,
+        *,
+        respond: bool,
+        span: Span | None = None,
+    ) -> Injection | None:
+        """Roll ``entries`` for one call on ``target``; ``None`` when nothing hits.
+
+        Latencies are rolled independently and add up; of the terminal faults,
+        the first to hit (in experiment start order, then fault order) applies
+        and the rest are not rolled. ``respond``: whether the seam can answer.
+        ``target`` labels the injections (``None``: each fault's own target,
+        for route faults); ``span`` is the call's own span, marked when faults hit.
+        """
+        rng = self.rng
+        delay = 0.0
+        terminal: Entry | None = None
+        hits: list[tuple[Run, Fault, float | None]] = []
+        verdicts: dict[Run, bool] = {}
+        for run, fault in entries:
+            if run.stopped:
                 continue
-            if rng.random() < fault.rate:
-                terminal = (run, fault)
-                hits.append((run, fault, None))
-        elif rng.random() < fault.rate:
-            drawn = fault.distribution.sample(rng)  # type: ignore[attr-defined]
-            delay += drawn
-            hits.append((run, fault, drawn))
-    if not hits:
-        return None
-    catalog = active()
-    if not engine._take_slot():
-        for run, fault, _ in hits:
-            run.skipped += 1
+            applies = verdicts.get(run)
+            if applies is None:
+                applies = verdicts[run] = run.applies(request)
+            if not applies:
+                continue
+            if fault.terminal:
+                if terminal is not None or (not respond and isinstance(fault, Respond)):
+                    continue
+                if rng.random() < fault.rate:
+                    terminal = (run, fault)
+                    hits.append((run, fault, None))
+            elif rng.random() < fault.rate:
+                drawn = fault.distribution.sample(rng)  # type: ignore[attr-defined]
+                delay += drawn
+                hits.append((run, fault, drawn))
+        if not hits:
+            return None
+        catalog = active()
+        if not self.slots.take():
+            for run, fault, _ in hits:
+                run.skipped += 1
+                if catalog is not None:
+                    catalog.chaos_skipped.labels(run.name, fault.kind).inc()
+            return None
+        current = trace.get_current_span()
+        recording = current.is_recording()
+        for run, fault, drawn in hits:
+            run.injections += 1
+            label = fault.target if target is None else target
             if catalog is not None:
-                catalog.chaos_skipped.labels(run.name, fault.kind).inc()
-        return None
-    current = trace.get_current_span()
-    recording = current.is_recording()
-    for run, fault, drawn in hits:
-        run.injections += 1
-        label = fault.target if target is None else target
-        if catalog is not None:
-            catalog.chaos_injections.labels(run.name, label, fault.kind).inc()
+                catalog.chaos_injections.labels(run.name, label, fault.kind).inc()
+            if recording:
+                attributes: dict[str, str | float] = {
+                    "tailguard.chaos.experiment": run.name,
+                    "tailguard.chaos.fault": fault.kind,
+                    "tailguard.chaos.target": label,
+                }
+                if drawn is not None:
+                    attributes["tailguard.chaos.delay"] = drawn
+                current.add_event("tailguard.chaos.injection", attributes)
         if recording:
-            attributes: dict[str, str | float] = {
-                "tailguard.chaos.experiment": run.name,
-                "tailguard.chaos.fault": fault.kind,
-                "tailguard.chaos.target": label,
-            }
-            if drawn is not None:
-                attributes["tailguard.chaos.delay"] = drawn
-            current.add_event("tailguard.chaos.injection", attributes)
-    if recording:
-        current.set_attribute("tailguard.chaos.injected", True)
-    runs = tuple(dict.fromkeys(run for run, _, _ in hits))
-    if span is not None:
-        _mark(span, runs, hits, delay)
-    return Injection(engine, delay, terminal, runs)
+            current.set_attribute("tailguard.chaos.injected", True)
+        runs = tuple(dict.fromkeys(run for run, _, _ in hits))
+        if span is not None:
+            _mark(span, runs, hits, delay)
+        return Injection(self, delay, terminal, runs)
 
 
 def _mark(
@@ -168,12 +241,12 @@ class Injection:
     dependency, as if the experiment had never hit it.
     """
 
-    __slots__ = ("_engine", "_finished", "delay", "runs", "terminal")
+    __slots__ = ("_finished", "_injector", "delay", "runs", "terminal")
 
     def __init__(
-        self, engine: Chaos, delay: float, terminal: Entry | None, runs: tuple[Run, ...]
+        self, injector: Injector, delay: float, terminal: Entry | None, runs: tuple[Run, ...]
     ) -> None:
-        self._engine = engine
+        self._injector = injector
         self.delay = delay
         self.terminal = terminal
         self.runs = runs
@@ -183,10 +256,10 @@ class Injection:
         """The injection is over: give back its place under ``max_injections`` (once)."""
         if not self._finished:
             self._finished = True
-            self._engine._release_slot()
+            self._injector.slots.release()
 
     def _ended(self) -> bool:
-        self._engine.expire()
+        self._injector.expire()
         return any(run.stopped for run in self.runs)
 
     def _limit(self, seconds: float) -> tuple[float, bool]:
@@ -195,7 +268,7 @@ class Injection:
         A capped wait ends a moment after that end (``AFTER_END``), never before
         it, so the engine sees the experiment over when the call goes on.
         """
-        ends_in = min(run.expires_at for run in self.runs) - self._engine.clock()
+        ends_in = min(run.expires_at for run in self.runs) - self._injector.clock()
         if ends_in <= seconds:
             return max(0.0, ends_in) + AFTER_END, True
         return seconds, False

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 from starlette.types import Send
 
 from tailguard._context import RequestView, current_request
-from tailguard.chaos._inject import Entry, Injection, decide
+from tailguard.chaos._inject import Entry, Injection, InjectionSlots, Injector
 from tailguard.chaos._log import log_event
 from tailguard.chaos._run import Run
 from tailguard.chaos._status import ExperimentStatus
@@ -141,9 +141,9 @@ class Chaos:
         self._next_expiry = math.inf
         self._lock = threading.RLock()
         self._ticker = Ticker(self.expire, "tailguard-chaos-ttl")
-        self._slots_lock = threading.Lock()
-        self._in_flight = 0
-        self._skipped = 0
+        self._slots = InjectionSlots(max_injections)
+        # Injections get what they need from here; they never call back into the engine.
+        self._injector = Injector(self.rng, clock, self.expire, self._slots)
         self._stopped: deque[dict[str, Any]] = deque(maxlen=_RECENT_STOPS)
 
     def __repr__(self) -> str:
@@ -258,8 +258,8 @@ class Chaos:
             "seed": self.seed,
             "experiments": [status.to_dict() for status in self.experiments()],
             "stopped": list(self._stopped),
-            "injections_in_flight": self._in_flight,
-            "injections_skipped": self._skipped,
+            "injections_in_flight": self._slots.in_flight,
+            "injections_skipped": self._slots.skipped,
             "max_injections": self.max_injections,
             "max_experiments": self.max_experiments,
         }
@@ -341,7 +341,9 @@ class Chaos:
         # Only calls a fault targets need the TTL checked (decide skips ended runs).
         if self.clock() >= self._next_expiry:
             self.expire()
-        return decide(self, entries, dependency, current_request(), respond=respond, span=span)
+        return self._injector.decide(
+            entries, dependency, current_request(), respond=respond, span=span
+        )
 
     async def inbound(self, request: RequestView, send: Send) -> bool:
         """Apply route faults to ``request`` before the app; True if it was answered here.
@@ -370,7 +372,7 @@ class Chaos:
         if self.clock() >= self._next_expiry:
             self.expire()
         # Labelled by each fault's own route key: the operator's words, not the client's.
-        injection = decide(self, entries, None, request, respond=True)
+        injection = self._injector.decide(entries, None, request, respond=True)
         if injection is None:
             return False
         return await injection.apply_inbound(send)
@@ -397,17 +399,3 @@ class Chaos:
             if reason is not None:
                 with self._lock:
                     self._end(run, "safeguard", "safeguard", reason)
-
-    # -- the cap on concurrent injections -----------------------------------------------
-
-    def _take_slot(self) -> bool:
-        with self._slots_lock:
-            if self._in_flight >= self.max_injections:
-                self._skipped += 1
-                return False
-            self._in_flight += 1
-            return True
-
-    def _release_slot(self) -> None:
-        with self._slots_lock:
-            self._in_flight -= 1
