@@ -122,6 +122,7 @@ class Tailguard:
         if metrics:
             catalog = catalog_for(registry)
             activate(catalog)
+            self.chaos.bind(catalog)
             self.recorder = RequestRecorder(catalog)
             self.refresher = Refresher(lambda: self.limiters, lambda: self._dependencies)
             self.loop_monitor = LoopMonitor(refresh=self._refresh)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
 
 from tailguard import Tailguard
 from tailguard.chaos import (
@@ -213,6 +214,46 @@ def test_halt_stops_everything_and_says_how_many(engines: Engines, catalog: Cata
     for name in ("a", "b"):
         assert sample(catalog, ENDED, experiment=name, reason="halt") == 1
     assert [stop["reason"] for stop in engine.status()["stopped"]] == ["halt", "halt"]
+
+
+def test_an_engine_records_only_into_the_catalog_it_is_bound_to(
+    engines: Engines, catalog: Catalog
+) -> None:
+    bound = engines()
+    loose = Chaos(enabled=True, seed=7)  # never bound
+    try:
+        for engine in (bound, loose):
+            engine.start(experiment(Raise("db", exc=OSError), name="x"))
+            assert planned(engine) is not None
+            engine.stop("x")
+    finally:
+        loose.halt()
+    injected = {"experiment": "x", "target": "db", "fault": "raise"}
+    assert sample(catalog, "tailguard_chaos_injections_total", **injected) == 1
+    assert sample(catalog, ENDED, experiment="x", reason="stopped") == 1
+    bound.bind(None)
+    bound.start(experiment(Raise("db", exc=OSError), name="x"))
+    assert planned(bound) is not None
+    assert sample(catalog, "tailguard_chaos_injections_total", **injected) == 1
+    assert sample(catalog, "tailguard_chaos_experiments_active") == 0
+
+
+def test_binding_counts_the_experiments_already_running() -> None:
+    engine = Chaos(enabled=True, seed=7)
+    try:
+        engine.start(experiment(Hang("db"), name="early"))
+        later = Catalog(CollectorRegistry())
+        engine.bind(later)
+        assert sample(later, "tailguard_chaos_experiments_active") == 1
+    finally:
+        engine.halt()
+    assert sample(later, "tailguard_chaos_experiments_active") == 0
+    assert sample(later, ENDED, experiment="early", reason="halt") == 1
+
+
+def test_bind_takes_a_catalog_or_none() -> None:
+    with pytest.raises(TypeError, match=r"bind\(\) takes a Catalog or None, got CollectorRegistry"):
+        Chaos(enabled=True).bind(CollectorRegistry())  # type: ignore[arg-type]
 
 
 def test_control_actions_are_logged_as_structured_lines(

@@ -1,9 +1,9 @@
 """Deciding which faults hit one call, labelling them, and carrying them out at each seam.
 
 The engine makes one :class:`Injector` and hands it what injecting needs:
-its random source, its clock, its ``expire`` and an
-:class:`InjectionSlots` (the cap on concurrent injections). So this module
-never looks back at the engine.
+its random source, its clock, its ``expire``, an :class:`InjectionSlots`
+(the cap on concurrent injections) and the catalog it records into. So this
+module never looks back at the engine.
 
 :meth:`Injector.decide` rolls the faults that apply to a call (see
 ``docs/chaos.md`` for the composition rule) and returns an
@@ -33,7 +33,7 @@ from starlette.types import Send
 from tailguard._context import RequestView
 from tailguard.chaos._run import Run
 from tailguard.chaos.faults import Fault, Raise, Respond
-from tailguard.telemetry.catalog import active
+from tailguard.telemetry.catalog import Catalog
 
 if TYPE_CHECKING:
     from tailguard.integrations._transport import Library
@@ -102,8 +102,9 @@ class Injector:
 
     The engine makes one and hands it: ``rng`` for the draws, ``clock`` (the
     engine's monotonic clock, for experiments' ends), ``expire`` (stops the
-    experiments whose TTL has run out) and ``slots`` (the cap on concurrent
-    injections).
+    experiments whose TTL has run out), ``slots`` (the cap on concurrent
+    injections) and ``catalog`` (where injections are counted; ``None``:
+    nowhere, until the engine is bound to one).
 
     >>> import random, time
     >>> injector = Injector(random.Random(7), time.monotonic, lambda: None, InjectionSlots(1))
@@ -111,7 +112,7 @@ class Injector:
     True
     """
 
-    __slots__ = ("clock", "expire", "rng", "slots")
+    __slots__ = ("catalog", "clock", "expire", "rng", "slots")
 
     def __init__(
         self,
@@ -119,11 +120,13 @@ class Injector:
         clock: Callable[[], float],
         expire: Callable[[], None],
         slots: InjectionSlots,
+        catalog: Catalog | None = None,
     ) -> None:
         self.rng = rng
         self.clock = clock
         self.expire = expire
         self.slots = slots
+        self.catalog = catalog
 
     def decide(
         self,
@@ -167,7 +170,7 @@ class Injector:
                 hits.append((run, fault, drawn))
         if not hits:
             return None
-        catalog = active()
+        catalog = self.catalog
         if not self.slots.take():
             for run, fault, _ in hits:
                 run.skipped += 1

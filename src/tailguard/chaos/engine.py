@@ -41,7 +41,7 @@ from tailguard.chaos._run import Run
 from tailguard.chaos._status import ExperimentStatus
 from tailguard.chaos._ticker import Ticker
 from tailguard.chaos.experiment import Experiment
-from tailguard.telemetry.catalog import active
+from tailguard.telemetry.catalog import Catalog
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -143,6 +143,7 @@ class Chaos:
         self._ticker = Ticker(self.expire, "tailguard-chaos-ttl")
         self._slots = InjectionSlots(max_injections)
         # Injections get what they need from here; they never call back into the engine.
+        # It also holds the catalog the engine records into (see bind()).
         self._injector = Injector(self.rng, clock, self.expire, self._slots)
         self._stopped: deque[dict[str, Any]] = deque(maxlen=_RECENT_STOPS)
 
@@ -154,6 +155,35 @@ class Chaos:
     def enabled(self) -> bool:
         """Whether experiments may be started (fixed when the engine is created)."""
         return self._enabled
+
+    def bind(self, catalog: Catalog | None) -> None:
+        """Record this engine's metrics into ``catalog`` (``None``: record nothing).
+
+        The :class:`~tailguard.Tailguard` given this engine binds its own
+        catalog when it is created; an engine never bound records nothing.
+        An engine records into one catalog at a time, so binding again
+        replaces it: guards that keep their metrics apart each need their
+        own engine.
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> from tailguard.chaos import Raise
+        >>> from tailguard.telemetry.catalog import Catalog
+        >>> catalog = Catalog(CollectorRegistry())
+        >>> chaos = Chaos(enabled=True)
+        >>> chaos.bind(catalog)
+        >>> chaos.start(Experiment("db-down", faults=[Raise("db", exc=OSError)], ttl=60))
+        >>> catalog.registry.get_sample_value("tailguard_chaos_experiments_active")
+        1.0
+        >>> chaos.halt()
+        1
+        """
+        if catalog is not None and not isinstance(catalog, Catalog):
+            raise TypeError(f"bind() takes a Catalog or None, got {type(catalog).__name__}")
+        with self._lock:
+            self._injector.catalog = catalog
+            if catalog is not None:
+                # The gauge says what runs now, even if experiments started before binding.
+                catalog.chaos_experiments_active.set(len(self._runs))
 
     # -- control ------------------------------------------------------------------------
 
@@ -281,7 +311,7 @@ class Chaos:
                 "injections": run.injections,
             }
         )
-        catalog = active()
+        catalog = self._injector.catalog
         if catalog is not None:
             catalog.chaos_experiments_ended.labels(run.name, reason).inc()
         self._publish(tuple(other for other in self._runs if other is not run))
@@ -311,7 +341,7 @@ class Chaos:
         self.watching = bool(self._watchers)
         self._next_expiry = min((run.expires_at for run in runs), default=math.inf)
         self.armed = bool(runs)
-        catalog = active()
+        catalog = self._injector.catalog
         if catalog is not None:
             catalog.chaos_experiments_active.set(len(runs))
 
