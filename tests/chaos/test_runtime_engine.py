@@ -93,6 +93,14 @@ def test_the_environment_variable_decides_when_enabled_is_none(
     assert Chaos(enabled=True).enabled is True
 
 
+def test_the_environment_variable_is_named_once_for_everyone() -> None:
+    """One public spelling: the engine reads it and the game-day sets it through it."""
+    from tailguard import chaos
+
+    assert chaos.ENV_VAR == "TAILGUARD_CHAOS"
+    assert chaos.ENV_VAR is chaos.engine.ENV_VAR
+
+
 def test_an_unreadable_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TAILGUARD_CHAOS", "maybe")
     with pytest.raises(ValueError, match="TAILGUARD_CHAOS must be one of 1, true"):

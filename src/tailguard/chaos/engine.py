@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 ENV_VAR: Final = "TAILGUARD_CHAOS"
+"""The environment variable that enables chaos in an engine made with ``enabled=None``."""
 MAX_EXPERIMENTS: Final = 32
 """The default cap on experiments running at once in one engine."""
 _ON: Final = frozenset({"1", "true", "yes", "on"})
