@@ -717,13 +717,13 @@ async def test_an_injection_whose_experiment_ended_before_it_ran_does_nothing(
 
 @pytest.mark.anyio
 async def test_waking_a_sleeper_twice_is_harmless() -> None:
-    from tailguard.chaos._inject import _resolve, _wake_future
+    from tailguard.chaos._inject import resolve_future, wake_future
 
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
-    _resolve(future)
-    _resolve(future)  # the timer and a stop can both fire
+    resolve_future(future)
+    resolve_future(future)  # the timer and a stop can both fire
     assert future.done()
     closed = asyncio.new_event_loop()
     closed.close()
-    _wake_future(closed, closed.create_future())  # a loop that is gone: nothing to wake
+    wake_future(closed, closed.create_future())  # a loop that is gone: nothing to wake

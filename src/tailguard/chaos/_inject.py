@@ -215,16 +215,18 @@ def _mark(
     span.set_attributes(attributes)
 
 
-def _wake_future(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+def wake_future(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    """Resolve ``future`` from any thread (a stop, a halt); a closed loop is left alone."""
     with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-        loop.call_soon_threadsafe(_resolve, future)
+        loop.call_soon_threadsafe(resolve_future, future)
 
 
 AFTER_END = 0.0001
 """Seconds past an experiment's end that a wait it capped lasts (timers may run a hair early)."""
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def resolve_future(future: asyncio.Future[None]) -> None:
+    """End a wait: the timer and the experiment's end may both call it, in either order."""
     if not future.done():
         future.set_result(None)
 
@@ -282,7 +284,7 @@ class Injection:
         """Sleep ``seconds`` (``inf``: until cancelled); False if an experiment ended first."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        wake = functools.partial(_wake_future, loop, future)
+        wake = functools.partial(wake_future, loop, future)
         runs = self.runs
         for run in runs:
             run.add_waker(wake)
@@ -291,7 +293,7 @@ class Injection:
             if not any(run.stopped for run in runs):
                 limit, capped = self._limit(seconds)
                 early = 0.0 if capped else min(TIMER_SLACK, limit / 2)
-                handle = loop.call_later(limit - early, _resolve, future)
+                handle = loop.call_later(limit - early, resolve_future, future)
                 await future
         finally:
             if handle is not None:
