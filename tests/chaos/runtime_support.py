@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from tailguard import _context
 from tailguard.chaos import Chaos, Experiment, Fault
 from tailguard.dependency import Dependency
-from tailguard.telemetry.catalog import Catalog, activate
+from tailguard.telemetry.catalog import Catalog
 
 FOREVER = 30.0
 """A delay the test ends by other means (halt, stop, TTL, deadline)."""
@@ -88,14 +88,15 @@ def in_request(request: FakeRequest | None) -> Iterator[None]:
 
 
 @pytest.fixture(name="engines")
-def engines_fixture() -> Iterator[Callable[..., Chaos]]:
-    """Make enabled, seeded engines; every one is halted after the test (timers cancelled)."""
+def engines_fixture(catalog: Catalog) -> Iterator[Callable[..., Chaos]]:
+    """Make enabled, seeded engines bound to the test's catalog; all are halted after the test."""
     made: list[Chaos] = []
 
     def make(**settings: Any) -> Chaos:
         settings.setdefault("enabled", True)
         settings.setdefault("seed", 7)
         engine = Chaos(**settings)
+        engine.bind(catalog)
         made.append(engine)
         return engine
 
@@ -121,12 +122,9 @@ def deps_fixture() -> Iterator[Callable[..., Dependency]]:
 
 
 @pytest.fixture(name="catalog")
-def catalog_fixture() -> Iterator[Catalog]:
-    """A fresh metrics catalog, active for the test."""
-    made = Catalog(CollectorRegistry())
-    activate(made)
-    yield made
-    activate(None)
+def catalog_fixture() -> Catalog:
+    """A fresh metrics catalog for the test; the engines from ``engines`` record into it."""
+    return Catalog(CollectorRegistry())
 
 
 @pytest.fixture(name="spans")

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tailguard.chaos import Chaos, ControlAPI, ExperimentError
 from tailguard.chaos.schema import experiment_from_dict
 from tests.asgi import Sent, http_scope
-from tests.chaos.test_schema_properties import _damage, documents, json_values
+from tests.chaos.test_schema_properties import damage, documents, json_values
 
 TOKEN = "fuzz-token-0123456789abcdef"
 PATHS = [
@@ -109,7 +109,7 @@ def _valid_or_not(document: dict[str, Any], data: st.DataObject) -> object:
     if choice == "as is":
         return document
     if choice == "damaged":
-        return _damage(document, data)
+        return damage(document, data)
     return data.draw(json_values)
 
 

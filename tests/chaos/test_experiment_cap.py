@@ -13,6 +13,7 @@ from tailguard.chaos import MAX_EXPERIMENTS, Chaos, Hang, Latency, TooManyExperi
 from tailguard.chaos._ticker import Ticker
 from tests.chaos.runtime_support import (  # noqa: F401 (fixtures)
     WAIT,
+    catalog_fixture,
     engines_fixture,
     experiment,
     wait_until,

@@ -1,4 +1,7 @@
-"""guard.install(control_token=...): the control API mounted in front of the app."""
+"""guard.install(control_token=...): the control API mounted in front of the app.
+
+And the guard's engine records into that guard's own metrics.
+"""
 
 from __future__ import annotations
 
@@ -78,3 +81,27 @@ async def test_without_a_token_there_is_no_control_api() -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         assert (await http.get("/_tailguard/status", headers=AUTH)).status_code == 404
+
+
+def test_each_guards_engine_records_into_that_guards_registry() -> None:
+    """No "last guard wins": two guards in one process keep their chaos metrics apart."""
+    first, second = CollectorRegistry(), CollectorRegistry()
+    mine, theirs = chaos.Chaos(enabled=True, seed=1), chaos.Chaos(enabled=True, seed=1)
+    Tailguard(registry=first, chaos=mine)
+    Tailguard(registry=second, chaos=theirs)  # created last
+    try:
+        for engine, name in ((mine, "mine"), (theirs, "theirs")):
+            engine.start(chaos.Experiment(name, faults=[chaos.Raise("db", exc=OSError)], ttl=60))
+            injection = engine.plan("db")
+            assert injection is not None
+            injection.finish()
+    finally:
+        mine.halt()
+        theirs.halt()
+
+    def injected(registry: CollectorRegistry, experiment: str) -> float | None:
+        labels = {"experiment": experiment, "target": "db", "fault": "raise"}
+        return registry.get_sample_value("tailguard_chaos_injections_total", labels)
+
+    assert (injected(first, "mine"), injected(first, "theirs")) == (1.0, None)
+    assert (injected(second, "mine"), injected(second, "theirs")) == (None, 1.0)

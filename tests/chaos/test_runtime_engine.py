@@ -6,12 +6,14 @@ import asyncio
 import json
 import logging
 import math
+import random
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
 
 from tailguard import Tailguard
 from tailguard.chaos import (
@@ -26,7 +28,7 @@ from tailguard.chaos import (
     Respond,
     Uniform,
 )
-from tailguard.chaos._inject import Injection
+from tailguard.chaos._inject import Injection, InjectionSlots, Injector
 from tailguard.telemetry.catalog import Catalog
 from tests.chaos.runtime_support import (  # noqa: F401 (fixtures)
     FOREVER,
@@ -89,6 +91,14 @@ def test_the_environment_variable_decides_when_enabled_is_none(
     assert Chaos().enabled is enabled
     assert Chaos(enabled=False).enabled is False
     assert Chaos(enabled=True).enabled is True
+
+
+def test_the_environment_variable_is_named_once_for_everyone() -> None:
+    """One public spelling: the engine reads it and the game-day sets it through it."""
+    from tailguard import chaos
+
+    assert chaos.ENV_VAR == "TAILGUARD_CHAOS"
+    assert chaos.ENV_VAR is chaos.engine.ENV_VAR
 
 
 def test_an_unreadable_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,6 +222,46 @@ def test_halt_stops_everything_and_says_how_many(engines: Engines, catalog: Cata
     for name in ("a", "b"):
         assert sample(catalog, ENDED, experiment=name, reason="halt") == 1
     assert [stop["reason"] for stop in engine.status()["stopped"]] == ["halt", "halt"]
+
+
+def test_an_engine_records_only_into_the_catalog_it_is_bound_to(
+    engines: Engines, catalog: Catalog
+) -> None:
+    bound = engines()
+    loose = Chaos(enabled=True, seed=7)  # never bound
+    try:
+        for engine in (bound, loose):
+            engine.start(experiment(Raise("db", exc=OSError), name="x"))
+            assert planned(engine) is not None
+            engine.stop("x")
+    finally:
+        loose.halt()
+    injected = {"experiment": "x", "target": "db", "fault": "raise"}
+    assert sample(catalog, "tailguard_chaos_injections_total", **injected) == 1
+    assert sample(catalog, ENDED, experiment="x", reason="stopped") == 1
+    bound.bind(None)
+    bound.start(experiment(Raise("db", exc=OSError), name="x"))
+    assert planned(bound) is not None
+    assert sample(catalog, "tailguard_chaos_injections_total", **injected) == 1
+    assert sample(catalog, "tailguard_chaos_experiments_active") == 0
+
+
+def test_binding_counts_the_experiments_already_running() -> None:
+    engine = Chaos(enabled=True, seed=7)
+    try:
+        engine.start(experiment(Hang("db"), name="early"))
+        later = Catalog(CollectorRegistry())
+        engine.bind(later)
+        assert sample(later, "tailguard_chaos_experiments_active") == 1
+    finally:
+        engine.halt()
+    assert sample(later, "tailguard_chaos_experiments_active") == 0
+    assert sample(later, ENDED, experiment="early", reason="halt") == 1
+
+
+def test_bind_takes_a_catalog_or_none() -> None:
+    with pytest.raises(TypeError, match=r"bind\(\) takes a Catalog or None, got CollectorRegistry"):
+        Chaos(enabled=True).bind(CollectorRegistry())  # type: ignore[arg-type]
 
 
 def test_control_actions_are_logged_as_structured_lines(
@@ -637,14 +687,15 @@ def test_ending_an_experiment_twice_changes_nothing(engines: Engines, catalog: C
 
 
 def test_a_stale_lookup_skips_experiments_that_ended(engines: Engines) -> None:
-    from tailguard.chaos._inject import decide
-
     engine = engines()
     engine.start(experiment(Reset("db"), name="x"))
     assert planned(engine) is not None  # looked up, and cached
     entries = engine._by_name["db"]
     engine.stop("x")
-    assert decide(engine, entries, "db", None, respond=False) is None
+    slots = InjectionSlots(1)
+    injector = Injector(random.Random(7), engine.clock, engine.expire, slots)
+    assert injector.decide(entries, "db", None, respond=False) is None
+    assert (slots.in_flight, slots.skipped) == (0, 0)
 
 
 @pytest.mark.anyio
@@ -666,13 +717,13 @@ async def test_an_injection_whose_experiment_ended_before_it_ran_does_nothing(
 
 @pytest.mark.anyio
 async def test_waking_a_sleeper_twice_is_harmless() -> None:
-    from tailguard.chaos._inject import _resolve, _wake_future
+    from tailguard.chaos._inject import resolve_future, wake_future
 
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
-    _resolve(future)
-    _resolve(future)  # the timer and a stop can both fire
+    resolve_future(future)
+    resolve_future(future)  # the timer and a stop can both fire
     assert future.done()
     closed = asyncio.new_event_loop()
     closed.close()
-    _wake_future(closed, closed.create_future())  # a loop that is gone: nothing to wake
+    wake_future(closed, closed.create_future())  # a loop that is gone: nothing to wake

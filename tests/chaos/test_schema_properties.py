@@ -143,7 +143,7 @@ def test_well_formed_documents_are_accepted_everywhere_and_round_trip(
     assert again.secret == experiment.secret
 
 
-def _damage(document: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
+def damage(document: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
     """Replace, drop or add one value somewhere in ``document``."""
     damaged = copy.deepcopy(document)
     node: Any = damaged
@@ -174,7 +174,7 @@ def _damage(document: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
 def test_damaged_documents_are_refused_cleanly_and_the_schema_is_never_stricter(
     document: dict[str, Any], data: st.DataObject
 ) -> None:
-    damaged = _damage(document, data)
+    damaged = damage(document, data)
     refused: ExperimentError | None = None
     try:
         experiment_from_dict(damaged)

@@ -29,6 +29,7 @@ from tailguard.chaos.distributions import (
     Uniform,
 )
 from tailguard.chaos.engine import (
+    ENV_VAR,
     MAX_EXPERIMENTS,
     Chaos,
     ChaosDisabled,
@@ -46,6 +47,7 @@ from tailguard.chaos.schema import (
 )
 
 __all__ = [
+    "ENV_VAR",
     "EXPERIMENT_JSON_SCHEMA",
     "MAX_EXPERIMENTS",
     "AbortWhen",

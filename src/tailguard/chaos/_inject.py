@@ -1,9 +1,15 @@
 """Deciding which faults hit one call, labelling them, and carrying them out at each seam.
 
-:func:`decide` rolls the faults that apply to a call (see ``docs/chaos.md``
-for the composition rule) and returns an :class:`Injection`, which each seam
-carries out its own way: :meth:`~Injection.apply` for ``async with``, ``@dep``
-and ``dep.call``; :meth:`~Injection.apply_http` at the httpx transport;
+The engine makes one :class:`Injector` and hands it what injecting needs:
+its random source, its clock, its ``expire``, an :class:`InjectionSlots`
+(the cap on concurrent injections) and the catalog it records into. So this
+module never looks back at the engine.
+
+:meth:`Injector.decide` rolls the faults that apply to a call (see
+``docs/chaos.md`` for the composition rule) and returns an
+:class:`Injection`, which each seam carries out its own way:
+:meth:`~Injection.apply` for ``async with``, ``@dep`` and ``dep.call``;
+:meth:`~Injection.apply_http` at the httpx transport;
 :meth:`~Injection.wrap_sync` inside ``run_sync``'s worker thread; and
 :meth:`~Injection.apply_inbound` for route faults in the middleware.
 """
@@ -15,6 +21,7 @@ import contextlib
 import errno
 import functools
 import math
+import random
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,13 +33,12 @@ from starlette.types import Send
 from tailguard._context import RequestView
 from tailguard.chaos._run import Run
 from tailguard.chaos.faults import Fault, Raise, Respond
-from tailguard.telemetry.catalog import active
+from tailguard.telemetry.catalog import Catalog
 
 if TYPE_CHECKING:
-    from tailguard.chaos.engine import Chaos
     from tailguard.integrations._transport import Library
 
-__all__ = ["Entry", "Injection", "decide"]
+__all__ = ["Entry", "Injection", "InjectionSlots", "Injector"]
 
 T = TypeVar("T")
 
@@ -52,77 +58,147 @@ the error on zero (benchmarks/chaos.py measures it). Worker threads wait on a
 """
 
 
-def decide(
-    engine: Chaos,
-    entries: Sequence[Entry],
-    target: str | None,
-    request: RequestView | None,
-    *,
-    respond: bool,
-    span: Span | None = None,
-) -> Injection | None:
-    """Roll ``entries`` for one call on ``target``; ``None`` when nothing hits.
+class InjectionSlots:
+    """The cap on calls under injection at once: :meth:`take` a place, :meth:`release` it.
 
-    Latencies are rolled independently and add up; of the terminal faults,
-    the first to hit (in experiment start order, then fault order) applies
-    and the rest are not rolled. ``respond``: whether the seam can answer.
-    ``target`` labels the injections (``None``: each fault's own target,
-    for route faults); ``span`` is the call's own span, marked when faults hit.
+    Thread-safe: worker threads (``run_sync``) release their places too.
+
+    >>> slots = InjectionSlots(1)
+    >>> slots.take(), slots.take()
+    (True, False)
+    >>> slots.release()
+    >>> slots.in_flight, slots.skipped
+    (0, 1)
     """
-    rng = engine.rng
-    delay = 0.0
-    terminal: Entry | None = None
-    hits: list[tuple[Run, Fault, float | None]] = []
-    verdicts: dict[Run, bool] = {}
-    for run, fault in entries:
-        if run.stopped:
-            continue
-        applies = verdicts.get(run)
-        if applies is None:
-            applies = verdicts[run] = run.applies(request)
-        if not applies:
-            continue
-        if fault.terminal:
-            if terminal is not None or (not respond and isinstance(fault, Respond)):
+
+    __slots__ = ("_lock", "in_flight", "limit", "skipped")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        """At most this many calls under injection at once (``max_injections``)."""
+        self.in_flight = 0
+        """Calls under injection now."""
+        self.skipped = 0
+        """Calls that faults hit but that were left alone because every place was taken."""
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Take a place; False (and counted as skipped) when all ``limit`` are taken."""
+        with self._lock:
+            if self.in_flight >= self.limit:
+                self.skipped += 1
+                return False
+            self.in_flight += 1
+            return True
+
+    def release(self) -> None:
+        """Give a place back (once per successful :meth:`take`)."""
+        with self._lock:
+            self.in_flight -= 1
+
+
+class Injector:
+    """Decides which faults hit one call, and gives each :class:`Injection` what it needs.
+
+    The engine makes one and hands it: ``rng`` for the draws, ``clock`` (the
+    engine's monotonic clock, for experiments' ends), ``expire`` (stops the
+    experiments whose TTL has run out), ``slots`` (the cap on concurrent
+    injections) and ``catalog`` (where injections are counted; ``None``:
+    nowhere, until the engine is bound to one).
+
+    >>> import random, time
+    >>> injector = Injector(random.Random(7), time.monotonic, lambda: None, InjectionSlots(1))
+    >>> injector.decide([], "db", None, respond=False) is None
+    True
+    """
+
+    __slots__ = ("catalog", "clock", "expire", "rng", "slots")
+
+    def __init__(
+        self,
+        rng: random.Random,
+        clock: Callable[[], float],
+        expire: Callable[[], None],
+        slots: InjectionSlots,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self.rng = rng
+        self.clock = clock
+        self.expire = expire
+        self.slots = slots
+        self.catalog = catalog
+
+    def decide(
+        self,
+        entries: Sequence[Entry],
+        target: str | None,
+        request: RequestView | None,
+        *,
+        respond: bool,
+        span: Span | None = None,
+    ) -> Injection | None:
+        """Roll ``entries`` for one call on ``target``; ``None`` when nothing hits.
+
+        Latencies are rolled independently and add up; of the terminal faults,
+        the first to hit (in experiment start order, then fault order) applies
+        and the rest are not rolled. ``respond``: whether the seam can answer.
+        ``target`` labels the injections (``None``: each fault's own target,
+        for route faults); ``span`` is the call's own span, marked when faults hit.
+        """
+        rng = self.rng
+        delay = 0.0
+        terminal: Entry | None = None
+        hits: list[tuple[Run, Fault, float | None]] = []
+        verdicts: dict[Run, bool] = {}
+        for run, fault in entries:
+            if run.stopped:
                 continue
-            if rng.random() < fault.rate:
-                terminal = (run, fault)
-                hits.append((run, fault, None))
-        elif rng.random() < fault.rate:
-            drawn = fault.distribution.sample(rng)  # type: ignore[attr-defined]
-            delay += drawn
-            hits.append((run, fault, drawn))
-    if not hits:
-        return None
-    catalog = active()
-    if not engine._take_slot():
-        for run, fault, _ in hits:
-            run.skipped += 1
+            applies = verdicts.get(run)
+            if applies is None:
+                applies = verdicts[run] = run.applies(request)
+            if not applies:
+                continue
+            if fault.terminal:
+                if terminal is not None or (not respond and isinstance(fault, Respond)):
+                    continue
+                if rng.random() < fault.rate:
+                    terminal = (run, fault)
+                    hits.append((run, fault, None))
+            elif rng.random() < fault.rate:
+                drawn = fault.distribution.sample(rng)  # type: ignore[attr-defined]
+                delay += drawn
+                hits.append((run, fault, drawn))
+        if not hits:
+            return None
+        catalog = self.catalog
+        if not self.slots.take():
+            for run, fault, _ in hits:
+                run.skipped += 1
+                if catalog is not None:
+                    catalog.chaos_skipped.labels(run.name, fault.kind).inc()
+            return None
+        current = trace.get_current_span()
+        recording = current.is_recording()
+        for run, fault, drawn in hits:
+            run.injections += 1
+            label = fault.target if target is None else target
             if catalog is not None:
-                catalog.chaos_skipped.labels(run.name, fault.kind).inc()
-        return None
-    current = trace.get_current_span()
-    recording = current.is_recording()
-    for run, fault, drawn in hits:
-        run.injections += 1
-        label = fault.target if target is None else target
-        if catalog is not None:
-            catalog.chaos_injections.labels(run.name, label, fault.kind).inc()
+                catalog.chaos_injections.labels(run.name, label, fault.kind).inc()
+            if recording:
+                attributes: dict[str, str | float] = {
+                    "tailguard.chaos.experiment": run.name,
+                    "tailguard.chaos.fault": fault.kind,
+                    "tailguard.chaos.target": label,
+                }
+                if drawn is not None:
+                    attributes["tailguard.chaos.delay"] = drawn
+                current.add_event("tailguard.chaos.injection", attributes)
         if recording:
-            attributes: dict[str, str | float] = {
-                "tailguard.chaos.experiment": run.name,
-                "tailguard.chaos.fault": fault.kind,
-                "tailguard.chaos.target": label,
-            }
-            if drawn is not None:
-                attributes["tailguard.chaos.delay"] = drawn
-            current.add_event("tailguard.chaos.injection", attributes)
-    if recording:
-        current.set_attribute("tailguard.chaos.injected", True)
-    runs = tuple(dict.fromkeys(run for run, _, _ in hits))
-    if span is not None:
-        _mark(span, runs, hits, delay)
-    return Injection(engine, delay, terminal, runs)
+            current.set_attribute("tailguard.chaos.injected", True)
+        runs = tuple(dict.fromkeys(run for run, _, _ in hits))
+        if span is not None:
+            _mark(span, runs, hits, delay)
+        return Injection(self, delay, terminal, runs)
 
 
 def _mark(
@@ -139,16 +215,18 @@ def _mark(
     span.set_attributes(attributes)
 
 
-def _wake_future(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+def wake_future(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    """Resolve ``future`` from any thread (a stop, a halt); a closed loop is left alone."""
     with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-        loop.call_soon_threadsafe(_resolve, future)
+        loop.call_soon_threadsafe(resolve_future, future)
 
 
 AFTER_END = 0.0001
 """Seconds past an experiment's end that a wait it capped lasts (timers may run a hair early)."""
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def resolve_future(future: asyncio.Future[None]) -> None:
+    """End a wait: the timer and the experiment's end may both call it, in either order."""
     if not future.done():
         future.set_result(None)
 
@@ -168,12 +246,12 @@ class Injection:
     dependency, as if the experiment had never hit it.
     """
 
-    __slots__ = ("_engine", "_finished", "delay", "runs", "terminal")
+    __slots__ = ("_finished", "_injector", "delay", "runs", "terminal")
 
     def __init__(
-        self, engine: Chaos, delay: float, terminal: Entry | None, runs: tuple[Run, ...]
+        self, injector: Injector, delay: float, terminal: Entry | None, runs: tuple[Run, ...]
     ) -> None:
-        self._engine = engine
+        self._injector = injector
         self.delay = delay
         self.terminal = terminal
         self.runs = runs
@@ -183,10 +261,10 @@ class Injection:
         """The injection is over: give back its place under ``max_injections`` (once)."""
         if not self._finished:
             self._finished = True
-            self._engine._release_slot()
+            self._injector.slots.release()
 
     def _ended(self) -> bool:
-        self._engine.expire()
+        self._injector.expire()
         return any(run.stopped for run in self.runs)
 
     def _limit(self, seconds: float) -> tuple[float, bool]:
@@ -195,7 +273,7 @@ class Injection:
         A capped wait ends a moment after that end (``AFTER_END``), never before
         it, so the engine sees the experiment over when the call goes on.
         """
-        ends_in = min(run.expires_at for run in self.runs) - self._engine.clock()
+        ends_in = min(run.expires_at for run in self.runs) - self._injector.clock()
         if ends_in <= seconds:
             return max(0.0, ends_in) + AFTER_END, True
         return seconds, False
@@ -206,7 +284,7 @@ class Injection:
         """Sleep ``seconds`` (``inf``: until cancelled); False if an experiment ended first."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        wake = functools.partial(_wake_future, loop, future)
+        wake = functools.partial(wake_future, loop, future)
         runs = self.runs
         for run in runs:
             run.add_waker(wake)
@@ -215,7 +293,7 @@ class Injection:
             if not any(run.stopped for run in runs):
                 limit, capped = self._limit(seconds)
                 early = 0.0 if capped else min(TIMER_SLACK, limit / 2)
-                handle = loop.call_later(limit - early, _resolve, future)
+                handle = loop.call_later(limit - early, resolve_future, future)
                 await future
         finally:
             if handle is not None:

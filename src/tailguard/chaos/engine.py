@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any, Final
 from starlette.types import Send
 
 from tailguard._context import RequestView, current_request
-from tailguard.chaos._inject import Entry, Injection, decide
+from tailguard.chaos._inject import Entry, Injection, InjectionSlots, Injector
 from tailguard.chaos._log import log_event
 from tailguard.chaos._run import Run
 from tailguard.chaos._status import ExperimentStatus
 from tailguard.chaos._ticker import Ticker
 from tailguard.chaos.experiment import Experiment
-from tailguard.telemetry.catalog import Catalog, active
+from tailguard.telemetry.catalog import Catalog
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 ENV_VAR: Final = "TAILGUARD_CHAOS"
+"""The environment variable that enables chaos in an engine made with ``enabled=None``."""
 MAX_EXPERIMENTS: Final = 32
 """The default cap on experiments running at once in one engine."""
 _ON: Final = frozenset({"1", "true", "yes", "on"})
@@ -141,9 +142,10 @@ class Chaos:
         self._next_expiry = math.inf
         self._lock = threading.RLock()
         self._ticker = Ticker(self.expire, "tailguard-chaos-ttl")
-        self._slots_lock = threading.Lock()
-        self._in_flight = 0
-        self._skipped = 0
+        self._slots = InjectionSlots(max_injections)
+        # Injections get what they need from here; they never call back into the engine.
+        # It also holds the catalog the engine records into (see bind()).
+        self._injector = Injector(self.rng, clock, self.expire, self._slots)
         self._stopped: deque[dict[str, Any]] = deque(maxlen=_RECENT_STOPS)
 
     def __repr__(self) -> str:
@@ -154,6 +156,35 @@ class Chaos:
     def enabled(self) -> bool:
         """Whether experiments may be started (fixed when the engine is created)."""
         return self._enabled
+
+    def bind(self, catalog: Catalog | None) -> None:
+        """Record this engine's metrics into ``catalog`` (``None``: record nothing).
+
+        The :class:`~tailguard.Tailguard` given this engine binds its own
+        catalog when it is created; an engine never bound records nothing.
+        An engine records into one catalog at a time, so binding again
+        replaces it: guards that keep their metrics apart each need their
+        own engine.
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> from tailguard.chaos import Raise
+        >>> from tailguard.telemetry.catalog import Catalog
+        >>> catalog = Catalog(CollectorRegistry())
+        >>> chaos = Chaos(enabled=True)
+        >>> chaos.bind(catalog)
+        >>> chaos.start(Experiment("db-down", faults=[Raise("db", exc=OSError)], ttl=60))
+        >>> catalog.registry.get_sample_value("tailguard_chaos_experiments_active")
+        1.0
+        >>> chaos.halt()
+        1
+        """
+        if catalog is not None and not isinstance(catalog, Catalog):
+            raise TypeError(f"bind() takes a Catalog or None, got {type(catalog).__name__}")
+        with self._lock:
+            self._injector.catalog = catalog
+            if catalog is not None:
+                # The gauge says what runs now, even if experiments started before binding.
+                catalog.chaos_experiments_active.set(len(self._runs))
 
     # -- control ------------------------------------------------------------------------
 
@@ -210,10 +241,6 @@ class Chaos:
             self._end(run, "stopped", actor)
         return True
 
-    def bind(self, catalog: Catalog | None) -> None:
-        """TEMPORARY on main until the chaos branch lands: record into ``catalog``."""
-        self._bound = catalog
-
     def halt(self, *, actor: str = "code") -> int:
         """The kill switch: stop every experiment now and end injections in progress.
 
@@ -262,8 +289,8 @@ class Chaos:
             "seed": self.seed,
             "experiments": [status.to_dict() for status in self.experiments()],
             "stopped": list(self._stopped),
-            "injections_in_flight": self._in_flight,
-            "injections_skipped": self._skipped,
+            "injections_in_flight": self._slots.in_flight,
+            "injections_skipped": self._slots.skipped,
             "max_injections": self.max_injections,
             "max_experiments": self.max_experiments,
         }
@@ -285,7 +312,7 @@ class Chaos:
                 "injections": run.injections,
             }
         )
-        catalog = active()
+        catalog = self._injector.catalog
         if catalog is not None:
             catalog.chaos_experiments_ended.labels(run.name, reason).inc()
         self._publish(tuple(other for other in self._runs if other is not run))
@@ -315,7 +342,7 @@ class Chaos:
         self.watching = bool(self._watchers)
         self._next_expiry = min((run.expires_at for run in runs), default=math.inf)
         self.armed = bool(runs)
-        catalog = active()
+        catalog = self._injector.catalog
         if catalog is not None:
             catalog.chaos_experiments_active.set(len(runs))
 
@@ -345,7 +372,9 @@ class Chaos:
         # Only calls a fault targets need the TTL checked (decide skips ended runs).
         if self.clock() >= self._next_expiry:
             self.expire()
-        return decide(self, entries, dependency, current_request(), respond=respond, span=span)
+        return self._injector.decide(
+            entries, dependency, current_request(), respond=respond, span=span
+        )
 
     async def inbound(self, request: RequestView, send: Send) -> bool:
         """Apply route faults to ``request`` before the app; True if it was answered here.
@@ -374,7 +403,7 @@ class Chaos:
         if self.clock() >= self._next_expiry:
             self.expire()
         # Labelled by each fault's own route key: the operator's words, not the client's.
-        injection = decide(self, entries, None, request, respond=True)
+        injection = self._injector.decide(entries, None, request, respond=True)
         if injection is None:
             return False
         return await injection.apply_inbound(send)
@@ -401,17 +430,3 @@ class Chaos:
             if reason is not None:
                 with self._lock:
                     self._end(run, "safeguard", "safeguard", reason)
-
-    # -- the cap on concurrent injections -----------------------------------------------
-
-    def _take_slot(self) -> bool:
-        with self._slots_lock:
-            if self._in_flight >= self.max_injections:
-                self._skipped += 1
-                return False
-            self._in_flight += 1
-            return True
-
-    def _release_slot(self) -> None:
-        with self._slots_lock:
-            self._in_flight -= 1
