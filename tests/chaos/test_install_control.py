@@ -5,8 +5,6 @@ And the guard's engine records into that guard's own metrics.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
@@ -16,18 +14,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from tailguard import Tailguard, chaos
-from tailguard.telemetry import catalog as telemetry
 
 pytestmark = pytest.mark.anyio
 
 TOKEN = "install-token-0123456789abcdef"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_catalog() -> Iterator[None]:
-    yield
-    telemetry.activate(None)
 
 
 async def item(request: Request) -> Response:

@@ -22,7 +22,7 @@ import tailguard
 from tailguard.admission import Rejected
 from tailguard.chaos import Chaos, Hang, Latency, Raise, Reset, Respond
 from tailguard.dependency import Dependency
-from tailguard.telemetry.catalog import Catalog, activate
+from tailguard.telemetry.catalog import Catalog
 from tailguard.telemetry.tracing import tracer, use_tracer_provider
 from tests.chaos.runtime_support import (  # noqa: F401 (fixtures)
     FOREVER,
@@ -556,7 +556,6 @@ async def test_an_injected_fault_is_marked_on_the_dependency_span() -> None:
     finally:
         engine.halt()
         use_tracer_provider(None)
-        activate(None)
     attributes = dependency_span(exporter)
     assert attributes["tailguard.chaos.injected"] is True
     assert attributes["tailguard.chaos.experiment"] == "slow-db"

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tailguard import RoutePolicy, Tailguard, _context
 from tailguard.chaos import AbortWhen, Chaos, Experiment, Hang, Latency, Raise, Reset, Respond
 from tailguard.routing.matching import RouteMatcher
-from tailguard.telemetry.catalog import Catalog, activate
+from tailguard.telemetry.catalog import Catalog
 from tests.chaos.runtime_support import (  # noqa: F401 (fixtures)
     FOREVER,
     SECRET,
@@ -302,7 +302,6 @@ async def test_inbound_chaos_target_label_is_bounded_by_the_method() -> None:
         assert set(engine._by_route) == {("", "/a")}
     finally:
         engine.halt()
-        activate(None)
     targets = {
         sample_.labels["target"]
         for family in registry.collect()

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 import tailguard
 from tailguard import Deadline, DeadlineExceeded, Dependency, _context
 from tailguard.admission import Rejected
-from tailguard.telemetry.catalog import Catalog, activate
+from tailguard.telemetry.catalog import Catalog, catalog_for
 from tailguard.telemetry.tracing import tracer, use_tracer_provider
 
 pytestmark = pytest.mark.anyio
@@ -34,16 +34,19 @@ LABELS = {"limiter": "db", "kind": "dependency"}
 
 
 @pytest.fixture
-def catalog() -> Iterator[Catalog]:
-    made = Catalog(CollectorRegistry())
-    activate(made)
-    yield made
-    activate(None)
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
 
 
 @pytest.fixture
-def db() -> Iterator[Dependency]:
-    dep = Dependency("db", max_concurrency=1, max_queue=4)
+def catalog(registry: CollectorRegistry) -> Catalog:
+    """The catalog the test's dependencies record into: their registry's."""
+    return catalog_for(registry)
+
+
+@pytest.fixture
+def db(registry: CollectorRegistry) -> Iterator[Dependency]:
+    dep = Dependency("db", max_concurrency=1, max_queue=4, registry=registry)
     yield dep
     dep.close()
 
@@ -103,9 +106,11 @@ async def test_calls_given_a_slot_at_once_are_not_recorded(
 
 
 @pytest.mark.parametrize("how", ["queue_timeout", "deadline", "cancelled"])
-async def test_a_call_that_waited_and_got_no_slot_is_recorded(catalog: Catalog, how: str) -> None:
+async def test_a_call_that_waited_and_got_no_slot_is_recorded(
+    registry: CollectorRegistry, catalog: Catalog, how: str
+) -> None:
     timeout = SHORT if how == "queue_timeout" else None
-    db = Dependency("db", max_concurrency=1, max_queue=4, queue_timeout=timeout)
+    db = Dependency("db", max_concurrency=1, max_queue=4, queue_timeout=timeout, registry=registry)
     release = asyncio.Event()
     holder = await hold(db, release)
     if how == "queue_timeout":
@@ -129,9 +134,10 @@ async def test_a_call_that_waited_and_got_no_slot_is_recorded(catalog: Catalog, 
 
 
 async def test_a_call_shed_because_the_queue_is_full_is_recorded_as_routes_are(
-    catalog: Catalog,
+    registry: CollectorRegistry, catalog: Catalog
 ) -> None:
-    db = Dependency("db", max_concurrency=1)  # no queue: shed as soon as the slot is taken
+    # No queue: shed as soon as the slot is taken.
+    db = Dependency("db", max_concurrency=1, registry=registry)
     release = asyncio.Event()
     holder = await hold(db, release)
     with pytest.raises(Rejected) as caught:
@@ -183,21 +189,14 @@ async def test_the_span_says_a_slot_given_at_once_was_not_waited_for(db: Depende
     assert slot_waits[1] > 0.0
 
 
-async def test_a_call_cut_off_by_the_request_deadline_counts_as_deadline_exceeded() -> None:
-    import tailguard
-    from tailguard import Dependency
-    from tailguard.telemetry.catalog import Catalog, activate
-
-    registry = CollectorRegistry()
-    activate(Catalog(registry))
-    db = Dependency("db-deadline", max_concurrency=1)
-    try:
-        with pytest.raises(tailguard.DeadlineExceeded):
-            async with tailguard.deadline(0.01):
-                async with db:
-                    await asyncio.sleep(10)
-    finally:
-        activate(None)
+async def test_a_call_cut_off_by_the_request_deadline_counts_as_deadline_exceeded(
+    registry: CollectorRegistry,
+) -> None:
+    db = Dependency("db-deadline", max_concurrency=1, registry=registry)
+    with pytest.raises(tailguard.DeadlineExceeded):
+        async with tailguard.deadline(0.01):
+            async with db:
+                await asyncio.sleep(10)
     outcome = registry.get_sample_value(
         "tailguard_dependency_calls_total",
         {"dependency": "db-deadline", "outcome": "deadline_exceeded"},

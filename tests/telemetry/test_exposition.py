@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,7 +12,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp
 
-from tailguard.telemetry.catalog import activate
 from tailguard.telemetry.exposition import metrics_app, multiprocess_dir, retire_worker
 from tests.asgi import Sent, http_scope
 
@@ -21,10 +19,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def registry() -> Iterator[CollectorRegistry]:
-    registry = CollectorRegistry()
-    yield registry
-    activate(None)
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
 
 
 def scrape_client(app: ASGIApp) -> httpx.AsyncClient:

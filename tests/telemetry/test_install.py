@@ -16,7 +16,6 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from tailguard import RoutePolicy, Tailguard
-from tailguard.telemetry import catalog as telemetry
 from tailguard.telemetry import tracing
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +24,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(autouse=True)
 def _reset() -> object:
     yield
-    telemetry.activate(None)
     tracing.use_tracer_provider(None)
 
 

@@ -29,16 +29,16 @@ import asyncio, os, sys
 from prometheus_client import CollectorRegistry
 from tailguard.admission import Limiter, Rejected
 from tailguard.dependency import Dependency
-from tailguard.telemetry.catalog import Catalog, activate
+from tailguard.telemetry.catalog import catalog_for
 from tailguard.telemetry.exposition import retire_worker
 from tailguard.telemetry.pools import Refresher
 
 share = int(sys.argv[1])  # this worker's load: slots held, requests, rejections, jobs
-catalog = Catalog(CollectorRegistry())
-activate(catalog)
+registry = CollectorRegistry()
+catalog = catalog_for(registry)
 orders = Limiter("orders", max_concurrency=share)
-inventory = Dependency("inventory", max_concurrency=2)
-refresh = Refresher(lambda: {"orders": orders}, lambda: {"inventory": inventory})
+inventory = Dependency("inventory", max_concurrency=2, registry=registry)
+refresh = Refresher(catalog, lambda: {"orders": orders}, lambda: {"inventory": inventory})
 
 async def main():
     held = [orders.try_acquire() for _ in range(share)]

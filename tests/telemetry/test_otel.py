@@ -23,7 +23,6 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tailguard import Tailguard, TailguardMiddleware
-from tailguard.telemetry import catalog as telemetry
 from tailguard.telemetry import otel, tracing
 
 pytestmark = pytest.mark.anyio
@@ -35,7 +34,6 @@ Annotate = Callable[[trace.Span, Scope], Awaitable[None]]
 def exporter() -> Iterator[InMemorySpanExporter]:
     yield InMemorySpanExporter()
     tracing.use_tracer_provider(None)
-    telemetry.activate(None)
 
 
 def provider_for(exporter: InMemorySpanExporter, **options: object) -> TracerProvider:

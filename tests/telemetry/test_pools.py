@@ -10,7 +10,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,16 +23,18 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from tailguard._threads import ThreadPool, WaitObserver
+from tailguard import RoutePolicy, Tailguard
 from tailguard.admission import Limiter, Rejected
 from tailguard.dependency import Dependency
+from tailguard.dependency.threads import ThreadPool
 from tailguard.telemetry import pools
-from tailguard.telemetry.catalog import Catalog, activate
+from tailguard.telemetry.catalog import Catalog, catalog_for
 from tailguard.telemetry.pools import (
     ANYIO_POOL,
     ASYNCIO_POOL,
     InstrumentedExecutor,
     Refresher,
+    WaitObserver,
     instrument_threads,
 )
 
@@ -45,11 +47,14 @@ HELD = 0.05
 
 
 @pytest.fixture
-def catalog() -> Iterator[Catalog]:
-    catalog = Catalog(CollectorRegistry())
-    activate(catalog)
-    yield catalog
-    activate(None)
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def catalog(registry: CollectorRegistry) -> Catalog:
+    """The test's catalog: its registry's, which the test's dependencies record into too."""
+    return catalog_for(registry)
 
 
 def value(catalog: Catalog, name: str, **labels: str) -> float | None:
@@ -112,11 +117,14 @@ async def shed(limiter: Limiter, times: int) -> None:
 # -- limiters -----------------------------------------------------------------------------
 
 
-async def test_route_and_dependency_limiters_report_under_their_kind(catalog: Catalog) -> None:
+async def test_route_and_dependency_limiters_report_under_their_kind(
+    registry: CollectorRegistry, catalog: Catalog
+) -> None:
     orders = Limiter("orders", max_concurrency=3, max_queue=5)
-    db = Dependency("orders", max_concurrency=2)  # the same name, told apart by kind
+    # The same name, told apart by kind.
+    db = Dependency("orders", max_concurrency=2, registry=registry)
     held = [orders.try_acquire(), orders.try_acquire()]
-    refresh = Refresher(lambda: {"orders": orders}, lambda: {"orders": db})
+    refresh = Refresher(catalog, lambda: {"orders": orders}, lambda: {"orders": db})
     async with db:
         refresh()
     route = {"limiter": "orders", "kind": "route"}
@@ -140,7 +148,7 @@ async def test_queued_requests_are_reported(catalog: Catalog) -> None:
     assert permit is not None
     waiters = [asyncio.create_task(orders.acquire()) for _ in range(3)]
     await wait_until(lambda: orders.queued == 3)
-    refresh = Refresher(lambda: {"orders": orders})
+    refresh = Refresher(catalog, lambda: {"orders": orders})
     refresh()
     assert value(catalog, "tailguard_limiter_queued", limiter="orders", kind="route") == 3
     for task in waiters:
@@ -153,7 +161,7 @@ async def test_queued_requests_are_reported(catalog: Catalog) -> None:
 
 async def test_rejections_become_counter_increments(catalog: Catalog) -> None:
     orders = Limiter("orders", max_concurrency=1)
-    refresh = Refresher(lambda: {"orders": orders})
+    refresh = Refresher(catalog, lambda: {"orders": orders})
     refresh()
     labels = {"limiter": "orders", "kind": "route"}
     name = "tailguard_limiter_rejections_total"
@@ -175,7 +183,7 @@ async def test_a_new_limiter_under_the_same_name_counts_afresh(catalog: Catalog)
     current = {"orders": Limiter("orders", max_concurrency=1)}
     assert current["orders"].try_acquire() is not None
     await shed(current["orders"], 3)
-    refresh = Refresher(lambda: current)
+    refresh = Refresher(catalog, lambda: current)
     refresh()
     current["orders"] = Limiter("orders", max_concurrency=1)
     assert current["orders"].try_acquire() is not None
@@ -189,34 +197,33 @@ async def test_a_new_registry_gets_the_rejections_so_far(catalog: Catalog) -> No
     orders = Limiter("orders", max_concurrency=1)
     assert orders.try_acquire() is not None
     await shed(orders, 2)
-    refresh = Refresher(lambda: {"orders": orders})
+    refresh = Refresher(catalog, lambda: {"orders": orders})
     refresh()
     fresh = Catalog(CollectorRegistry())
-    activate(fresh)
-    refresh()
+    Refresher(fresh, lambda: {"orders": orders})()
     labels = {"limiter": "orders", "kind": "route", "reason": "queue_full"}
     assert value(fresh, "tailguard_limiter_rejections_total", **labels) == 2
     assert value(fresh, "tailguard_limiter_in_use", limiter="orders", kind="route") == 1
+    assert value(catalog, "tailguard_limiter_rejections_total", **labels) == 2  # not counted twice
 
 
 def test_refresh_without_metrics_does_nothing() -> None:
-    activate(None)
-    calls: list[str] = []
-
-    def limiters() -> dict[str, Limiter]:
-        calls.append("limiters")
-        return {}
-
-    Refresher(limiters)()
-    assert calls == []
+    guard = Tailguard(metrics=False, routes={"/orders": RoutePolicy(max_concurrency=1)})
+    assert guard.limiters  # there is something to report...
+    # ...but without metrics there is no refresher, and no loop monitor to call one.
+    assert guard.refresher is None
+    assert guard.loop_monitor is None
+    assert guard.runtime.loop_monitor is None
 
 
 # -- dependency pools ---------------------------------------------------------------------
 
 
-async def test_dependency_pool_reports_threads_and_waits(catalog: Catalog, gate: Gate) -> None:
-    db = Dependency("db", max_concurrency=2)
-    refresh = Refresher(dict, lambda: {"db": db})
+async def test_dependency_pool_reports_threads_and_waits(
+    registry: CollectorRegistry, catalog: Catalog, gate: Gate
+) -> None:
+    db = Dependency("db", max_concurrency=2, registry=registry)
+    refresh = Refresher(catalog, dict, lambda: {"db": db})
     try:
         refresh()
         assert pool_state(catalog, "db") == (0, 2, 0)
@@ -235,7 +242,7 @@ async def test_dependency_pool_reports_threads_and_waits(catalog: Catalog, gate:
 
 
 async def test_thread_pool_counts_jobs_waiting_for_a_thread(catalog: Catalog, gate: Gate) -> None:
-    pool = ThreadPool("reports", max_workers=1)
+    pool = ThreadPool("reports", max_workers=1, catalog=catalog)
     ended: list[BaseException | None] = []
     try:
         first = asyncio.create_task(pool.run(gate, ended.append))
@@ -272,19 +279,15 @@ async def test_thread_pool_that_cannot_submit_leaves_no_queued_job() -> None:
     assert isinstance(errors[0], RuntimeError)
 
 
-def test_wait_observer_follows_the_active_catalog() -> None:
-    activate(None)
+def test_wait_observer_follows_its_catalog() -> None:
     observe = WaitObserver("db")
-    observe(1.0)  # metrics off: nothing to do
+    observe(1.0)  # no catalog (metrics off): nothing to do
     first, second = Catalog(CollectorRegistry()), Catalog(CollectorRegistry())
-    try:
-        activate(first)
-        observe(0.5)
-        activate(second)
-        observe(0.25)
-        observe(0.25)
-    finally:
-        activate(None)
+    observe.catalog = first
+    observe(0.5)
+    observe.catalog = second  # the pool's owner changed where its waits go
+    observe(0.25)
+    observe(0.25)
     assert waits(first, "db") == (1, 0.5)
     assert waits(second, "db") == (2, 0.5)
 
@@ -294,7 +297,7 @@ def test_wait_observer_follows_the_active_catalog() -> None:
 
 async def test_to_thread_is_measured_once_instrumented(catalog: Catalog) -> None:
     loop = asyncio.get_running_loop()
-    threads = instrument_threads()
+    threads = instrument_threads(catalog=catalog)
     assert instrument_threads(loop) is threads  # idempotent
     executor = threads.executor
     assert isinstance(executor, InstrumentedExecutor)
@@ -304,7 +307,7 @@ async def test_to_thread_is_measured_once_instrumented(catalog: Catalog) -> None
     assert name.startswith("asyncio")
     await loop.run_in_executor(None, int)
     assert waits(catalog, ASYNCIO_POOL)[0] == 2
-    Refresher(dict)()
+    Refresher(catalog, dict)()
     assert pool_state(catalog, ASYNCIO_POOL) == (0, executor.max_workers, 0)
 
 
@@ -312,9 +315,9 @@ async def test_executor_reports_busy_and_queued_jobs(catalog: Catalog, gate: Gat
     loop = asyncio.get_running_loop()
     executor = InstrumentedExecutor(1)
     loop.set_default_executor(executor)
-    threads = instrument_threads()
+    threads = instrument_threads(catalog=catalog)
     assert threads.executor is executor  # adopted, not replaced
-    refresh = Refresher(dict)
+    refresh = Refresher(catalog, dict)
     busy = asyncio.create_task(asyncio.to_thread(gate))
     await gate.next_start()
     waiting = asyncio.create_task(asyncio.to_thread(int))
@@ -378,22 +381,22 @@ async def test_an_executor_the_app_set_is_left_alone(catalog: Catalog) -> None:
     loop = asyncio.get_running_loop()
     own = ThreadPoolExecutor(3)
     loop.set_default_executor(own)
-    threads = instrument_threads()
+    threads = instrument_threads(catalog=catalog)
     assert threads.executor is None
     assert loop._default_executor is own  # type: ignore[attr-defined]
-    Refresher(dict)()
+    Refresher(catalog, dict)()
     assert value(catalog, "tailguard_pool_threads_max", pool=ASYNCIO_POOL) is None
 
 
 def test_instrumenting_a_loop_that_is_not_running(catalog: Catalog) -> None:
     loop = asyncio.new_event_loop()
     try:
-        threads = instrument_threads(loop)
+        threads = instrument_threads(loop, catalog)
         assert isinstance(threads.executor, InstrumentedExecutor)
         assert threads.anyio is None  # anyio's limiter needs a task on that loop
 
         async def refresh() -> None:
-            Refresher(dict)()
+            Refresher(catalog, dict)()
 
         loop.run_until_complete(refresh())
         assert pool_state(catalog, ASYNCIO_POOL)[1] == threads.executor.max_workers
@@ -424,9 +427,9 @@ async def test_anyio_is_left_for_later_when_it_cannot_tell_the_library(
 
 
 async def test_the_anyio_limiter_is_timed_once(catalog: Catalog) -> None:
-    limiter = instrument_threads().anyio
+    limiter = instrument_threads(catalog=catalog).anyio
     del pools._loops[asyncio.get_running_loop()]  # as if tailguard had never looked
-    assert instrument_threads().anyio is limiter
+    assert instrument_threads(catalog=catalog).anyio is limiter
     assert [cls for cls in type(limiter).__mro__ if cls is pools._TimedAcquire] == [
         pools._TimedAcquire
     ]
@@ -440,10 +443,10 @@ async def test_the_anyio_limiter_is_timed_once(catalog: Catalog) -> None:
 async def test_anyio_threads_report_tokens_waiters_and_waits(catalog: Catalog, gate: Gate) -> None:
     limiter = anyio.to_thread.current_default_thread_limiter()
     limiter.total_tokens = 1  # set by the app before tailguard looks: kept
-    threads = instrument_threads()
+    threads = instrument_threads(catalog=catalog)
     assert threads.anyio is limiter
     assert instrument_threads().anyio is limiter  # idempotent: timed once
-    refresh = Refresher(dict)
+    refresh = Refresher(catalog, dict)
     busy = asyncio.create_task(anyio.to_thread.run_sync(gate))
     await gate.next_start()
     waiting = asyncio.create_task(anyio.to_thread.run_sync(int))
@@ -466,7 +469,7 @@ async def test_starlette_sync_endpoints_are_measured(catalog: Catalog) -> None:
         return PlainTextResponse(threading.current_thread().name)
 
     app = Starlette(routes=[Route("/sync", sync_endpoint)])
-    instrument_threads()
+    instrument_threads(catalog=catalog)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         for _ in range(3):
@@ -479,7 +482,7 @@ async def test_starlette_sync_endpoints_are_measured(catalog: Catalog) -> None:
 async def test_a_cancelled_anyio_wait_is_not_observed(catalog: Catalog, gate: Gate) -> None:
     limiter = anyio.to_thread.current_default_thread_limiter()
     limiter.total_tokens = 1
-    instrument_threads()
+    instrument_threads(catalog=catalog)
     busy = asyncio.create_task(anyio.to_thread.run_sync(gate))
     await gate.next_start()
     waiting = asyncio.create_task(anyio.to_thread.run_sync(int))
@@ -500,17 +503,17 @@ async def test_an_anyio_limiter_that_cannot_be_timed_is_still_reported(
 
     monkeypatch.setattr(pools, "_timed_class", refuse)
     limiter = anyio.to_thread.current_default_thread_limiter()
-    threads = instrument_threads()
+    threads = instrument_threads(catalog=catalog)
     assert threads.anyio is limiter
     assert not isinstance(limiter, pools._TimedAcquire)
     await anyio.to_thread.run_sync(int)
-    Refresher(dict)()
+    Refresher(catalog, dict)()
     assert pool_state(catalog, ANYIO_POOL) == (0, 40, 0)
     assert waits(catalog, ANYIO_POOL) == (None, None)
 
 
 def test_refresh_outside_a_loop_reports_only_limiters(catalog: Catalog) -> None:
-    Refresher(lambda: {"orders": Limiter("orders", max_concurrency=2)})()
+    Refresher(catalog, lambda: {"orders": Limiter("orders", max_concurrency=2)})()
     assert value(catalog, "tailguard_limiter_limit", limiter="orders", kind="route") == 2
     assert value(catalog, "tailguard_pool_threads_max", pool=ASYNCIO_POOL) is None
 
@@ -518,6 +521,21 @@ def test_refresh_outside_a_loop_reports_only_limiters(catalog: Catalog) -> None:
 async def test_refresh_on_a_loop_never_instrumented_reports_no_loop_pools(
     catalog: Catalog,
 ) -> None:
-    Refresher(dict)()
+    Refresher(catalog, dict)()
     assert value(catalog, "tailguard_pool_threads_max", pool=ASYNCIO_POOL) is None
     assert value(catalog, "tailguard_pool_threads_max", pool=ANYIO_POOL) is None
+
+
+def test_each_loop_reports_its_anyio_waits_to_its_own_catalog() -> None:
+    """Two loops measured for two guards: neither loop's waits reach the other's registry."""
+    first, second = Catalog(CollectorRegistry()), Catalog(CollectorRegistry())
+
+    async def measured(catalog: Catalog, jobs: int) -> None:
+        instrument_threads(catalog=catalog)
+        for _ in range(jobs):
+            await anyio.to_thread.run_sync(int)
+
+    asyncio.run(measured(first, 1))
+    asyncio.run(measured(second, 2))
+    assert waits(first, ANYIO_POOL)[0] == 1
+    assert waits(second, ANYIO_POOL)[0] == 2

@@ -12,7 +12,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio.to_thread
@@ -24,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tailguard.admission import Limiter, Rejected
 from tailguard.dependency import Dependency
-from tailguard.telemetry.catalog import Catalog, activate
+from tailguard.telemetry.catalog import Catalog, catalog_for
 from tailguard.telemetry.exposition import metrics_app
 from tailguard.telemetry.loop import LoopMonitor
 from tailguard.telemetry.pools import Refresher, instrument_threads
@@ -75,11 +74,9 @@ def promtool() -> str:
 
 
 @pytest.fixture
-def catalog() -> Iterator[Catalog]:
-    catalog = Catalog(CollectorRegistry())
-    activate(catalog)
-    yield catalog
-    activate(None)
+def catalog() -> Catalog:
+    """A fresh registry's catalog, which the test's dependency records into as well."""
+    return catalog_for(CollectorRegistry())
 
 
 def metrics_of(catalog: Catalog) -> dict[str, MetricWrapperBase]:
@@ -108,9 +105,9 @@ def fill(metric: MetricWrapperBase) -> None:
 async def exercise(catalog: Catalog) -> Refresher:
     """Record through tailguard's own pool, limiter and loop code, as a live service would."""
     orders = Limiter("orders", max_concurrency=1)
-    inventory = Dependency("inventory", max_concurrency=2)
-    refresh = Refresher(lambda: {"orders": orders}, lambda: {"inventory": inventory})
-    instrument_threads()
+    inventory = Dependency("inventory", max_concurrency=2, registry=catalog.registry)
+    refresh = Refresher(catalog, lambda: {"orders": orders}, lambda: {"inventory": inventory})
+    instrument_threads(catalog=catalog)
     assert orders.try_acquire() is not None
     with pytest.raises(Rejected):
         await orders.acquire()
@@ -118,7 +115,7 @@ async def exercise(catalog: Catalog) -> Refresher:
     await asyncio.to_thread(int)
     await anyio.to_thread.run_sync(int)
     ticked = asyncio.Event()
-    monitor = LoopMonitor(interval=0.001, refresh=ticked.set)
+    monitor = LoopMonitor(interval=0.001, refresh=ticked.set, catalog=catalog)
     monitor.start()
     await asyncio.wait_for(ticked.wait(), 20)
     monitor.stop()

@@ -1,9 +1,14 @@
-"""Per-request metrics recorded by the middleware: bounded labels, every outcome counted."""
+"""Per-request metrics recorded by the middleware: bounded labels, every outcome counted.
+
+Each guard records into its own registry: two guards in one process keep their
+metrics apart.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -14,19 +19,21 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import tailguard
-from tailguard import RoutePolicy, Tailguard
+from tailguard import RoutePolicy, Tailguard, _context
 from tailguard.admission import Rejected
-from tailguard.telemetry import catalog as telemetry
+from tailguard.telemetry.catalog import Catalog, catalog_for
 from tailguard.telemetry.requests import RequestRecorder, status_class
 
 pytestmark = pytest.mark.anyio
 
 
+WAIT = 20.0
+"""A generous bound for things that happen at once, even on a loaded machine."""
+
+
 @pytest.fixture
 def registry() -> CollectorRegistry:
-    registry = CollectorRegistry()
-    yield registry
-    telemetry.activate(None)
+    return CollectorRegistry()
 
 
 def build(registry: CollectorRegistry, **options: object) -> tuple[Starlette, Tailguard]:
@@ -213,16 +220,103 @@ async def test_metrics_off_records_nothing(registry: CollectorRegistry) -> None:
     )
 
 
-def test_one_catalog_per_registry_and_the_last_guard_is_active(registry: CollectorRegistry) -> None:
+def test_guards_sharing_a_registry_share_its_one_catalog(registry: CollectorRegistry) -> None:
     first = Tailguard(registry=registry)
     second = Tailguard(registry=registry)
     assert first.recorder is not None
     assert second.recorder is not None
-    assert first.recorder.catalog is second.recorder.catalog is telemetry.active()
+    assert first.recorder.catalog is second.recorder.catalog is catalog_for(registry)
+    assert first.registry is second.registry is registry
+
+
+class Service:
+    """One app and its guard, with its own registry and a dependency ``db`` of ``slots``."""
+
+    def __init__(self, slots: int) -> None:
+        self.registry = CollectorRegistry()
+        self.guard = Tailguard(registry=self.registry)
+        assert self.guard.recorder is not None
+        assert self.guard.loop_monitor is not None
+        self.catalog: Catalog = self.guard.recorder.catalog
+        self.monitor = self.guard.loop_monitor
+        self.monitor.interval = 0.001  # tick often: the test waits for ticks, not for time
+        self.seen: list[Catalog | None] = []
+        """The catalog each request found for itself, as tailguard's features look it up."""
+        db = self.guard.dependency("db", max_concurrency=slots)
+
+        async def item(request: Request) -> Response:
+            view = _context.current_request()
+            self.seen.append(view.catalog if view is not None else None)
+            await db.run_sync(int)  # a dependency call, and a job of its thread pool
+            return PlainTextResponse(request.path_params["item_id"])
+
+        self.app = self.guard.install(
+            Starlette(routes=[Route("/items/{item_id}", item)]), tracing=False
+        )
+
+    def value(self, name: str, **labels: str) -> float:
+        return value(self.registry, name, **labels)
+
+    def lag_ticks(self) -> float:
+        return self.value("tailguard_event_loop_lag_seconds_count")
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    give_up = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < give_up, "condition never became true"
+        await asyncio.sleep(0.001)
+
+
+async def test_two_guards_with_two_registries_keep_their_metrics_apart() -> None:
+    """Two apps in one process: each guard's registry counts its own requests and nothing else.
+
+    Both use the same route template and the same dependency name, so any
+    metric recorded into the wrong registry would show there under the same labels.
+    """
+    first, second = Service(slots=2), Service(slots=3)
+    assert first.catalog is not second.catalog
+    calls = {first: 3, second: 2}
+    try:
+        for service, count in calls.items():
+            async with client(service.app) as http:
+                for n in range(count):
+                    assert (await http.get(f"/items/{n}")).status_code == 200
+                assert (await http.get("/metrics")).status_code == 200  # refreshes the gauges
+        for service, count in calls.items():
+            assert service.seen == [service.catalog] * count
+            ok = {"route": "/items/{item_id}", "method": "GET", "status_class": "2xx"}
+            assert service.value("tailguard_requests_total", **ok, outcome="ok") == count
+            duration = "tailguard_request_duration_seconds_count"
+            assert service.value(duration, route="/items/{item_id}", method="GET") == count
+            calls_ok = {"dependency": "db", "outcome": "ok"}
+            assert service.value("tailguard_dependency_calls_total", **calls_ok) == count
+            held = "tailguard_dependency_duration_seconds_count"
+            assert service.value(held, dependency="db") == count
+            # Each job of the dependency's pool observed its wait once, in its own registry.
+            assert service.value("tailguard_pool_queue_wait_seconds_count", pool="db") == count
+        # Gauges come from each guard's own dependencies: told apart by their sizes.
+        for service, slots in ((first, 2), (second, 3)):
+            limit = service.value("tailguard_limiter_limit", limiter="db", kind="dependency")
+            assert limit == slots
+            assert service.value("tailguard_pool_threads_max", pool="db") == slots
+        # Loop lag: both monitors watch this loop; each observes into its own registry only.
+        await wait_until(lambda: first.lag_ticks() > 0 and second.lag_ticks() > 0)
+        for ticking, stopped in ((first, second), (second, first)):
+            stopped.monitor.stop()
+            ticking.monitor.start()
+            before, frozen = ticking.lag_ticks(), stopped.lag_ticks()
+            await wait_until(lambda: ticking.lag_ticks() >= before + 3)  # noqa: B023
+            assert stopped.lag_ticks() == frozen
+    finally:
+        for service in calls:
+            service.monitor.stop()
+            for dependency in service.guard.dependencies.values():
+                await dependency.aclose()
 
 
 def test_dependency_charges_show_in_the_budget(registry: CollectorRegistry) -> None:
-    recorder = RequestRecorder(telemetry.catalog_for(registry))
+    recorder = RequestRecorder(catalog_for(registry))
     route = recorder.route("/checkout", "POST")
     route.begin()
     route.end(200, "ok", duration=0.3, queue_wait=0.05, dependencies={"payments": 0.2})
@@ -249,7 +343,7 @@ def test_folded_histograms_match_direct_observations(registry: CollectorRegistry
     from tailguard.telemetry.catalog import BUCKETS
 
     direct = Histogram("direct_seconds", "", buckets=BUCKETS["latency"], registry=registry)
-    recorder = RequestRecorder(telemetry.catalog_for(registry))
+    recorder = RequestRecorder(catalog_for(registry))
     route = recorder.route("/r", "GET")
     values = [0.0, 0.001, 0.0011, 0.003, 0.05, 0.7, 10.0, 11.0, 0.25]
     for seconds in values:
@@ -290,7 +384,7 @@ def test_requests_with_and_without_a_split_fold_like_direct_observations(
         )
         for phase in ("duration", "handler", "queue")
     }
-    recorder = RequestRecorder(telemetry.catalog_for(registry))
+    recorder = RequestRecorder(catalog_for(registry))
     route = recorder.route("/r", "GET")
     cases: list[tuple[float, float | None, dict[str, float] | None]] = [
         (0.004, None, None),  # no limiter: whole
@@ -329,7 +423,7 @@ def test_requests_with_and_without_a_split_fold_like_direct_observations(
 def test_a_scrape_from_another_thread_lags_but_loses_nothing(registry: CollectorRegistry) -> None:
     import threading
 
-    recorder = RequestRecorder(telemetry.catalog_for(registry))
+    recorder = RequestRecorder(catalog_for(registry))
     route = recorder.route("/r", "GET")
     labels = {"route": "/r", "method": "GET", "status_class": "2xx", "outcome": "ok"}
 

@@ -17,7 +17,6 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from tailguard import RoutePolicy, Tailguard, chaos
-from tailguard.telemetry import catalog as telemetry
 from tailguard.telemetry import tracing
 
 pytestmark = pytest.mark.anyio
@@ -29,7 +28,6 @@ SECRET = "story-secret-0123456789"
 def exporter() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     yield exporter
-    telemetry.activate(None)
     tracing.use_tracer_provider(None)
 
 

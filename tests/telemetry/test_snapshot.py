@@ -21,7 +21,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tailguard import RoutePolicy, Tailguard, _context
 from tailguard.admission import Limiter
-from tailguard.telemetry import catalog as telemetry
 from tailguard.telemetry import snapshot as snapshots
 from tailguard.telemetry.live import LiveRequests
 from tailguard.telemetry.tasks import RequestTasks, ensure_task_factory
@@ -71,7 +70,6 @@ def guard() -> Iterator[Tailguard]:
     yield guard
     for dependency in guard.dependencies.values():
         dependency.close()
-    telemetry.activate(None)
 
 
 class Service:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
 from time import monotonic
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tailguard.telemetry import catalog as telemetry
 from tailguard.telemetry.catalog import Catalog
 from tailguard.telemetry.live import Orphans, coroutine_name
 
@@ -19,11 +17,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def catalog() -> Iterator[Catalog]:
-    found = Catalog(CollectorRegistry())
-    telemetry.activate(found)
-    yield found
-    telemetry.activate(None)
+def catalog() -> Catalog:
+    return Catalog(CollectorRegistry())
 
 
 def live(catalog: Catalog, route: str) -> float:
@@ -36,7 +31,7 @@ async def test_the_cap_limits_what_is_listed_not_what_is_gauged(catalog: Catalog
     loop = asyncio.get_running_loop()
     futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(2)]
     for future in futures:
-        registry.adopt(future, "/r", "Future", monotonic(), cancelled=False)
+        registry.adopt(future, "/r", "Future", monotonic(), cancelled=False, catalog=catalog)
     assert len(registry) == 1
     assert live(catalog, "/r") == 2
     for future in futures:
@@ -60,7 +55,9 @@ async def test_a_pending_orphan_that_is_collected_leaves_the_registry(catalog: C
     try:
         task = asyncio.create_task(forgotten())
         await asyncio.sleep(0)
-        registry.adopt(task, "/r", coroutine_name(task), monotonic(), cancelled=False)
+        registry.adopt(
+            task, "/r", coroutine_name(task), monotonic(), cancelled=False, catalog=catalog
+        )
         assert live(catalog, "/r") == 1
         del task
         gc.collect()

@@ -18,7 +18,6 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 
 from tailguard import _context
-from tailguard.telemetry import catalog as telemetry
 from tailguard.telemetry import tasks as registry
 from tailguard.telemetry import tracing
 from tailguard.telemetry.catalog import Catalog
@@ -30,11 +29,8 @@ ROUTE = "/items/{item_id}"
 
 
 @pytest.fixture
-def catalog() -> Iterator[Catalog]:
-    found = Catalog(CollectorRegistry())
-    telemetry.activate(found)
-    yield found
-    telemetry.activate(None)
+def catalog() -> Catalog:
+    return Catalog(CollectorRegistry())
 
 
 @pytest.fixture
@@ -114,13 +110,13 @@ async def test_spawned_tasks_are_counted_and_flushed_once_per_request(catalog: C
         await asyncio.gather(finish_quickly(), finish_quickly())
     assert owner.spawned == 5
     assert value(catalog, "tailguard_tasks_spawned_total", route=ROUTE) == 0  # not per task
-    assert owner.finish(ROUTE) == 0
-    assert owner.finish(ROUTE) == 0  # a second call changes nothing
+    assert owner.finish(ROUTE, catalog=catalog) == 0
+    assert owner.finish(ROUTE, catalog=catalog) == 0  # a second call changes nothing
     assert value(catalog, "tailguard_tasks_spawned_total", route=ROUTE) == 5
 
 
 async def test_a_request_without_tasks_records_nothing(catalog: Catalog) -> None:
-    assert registry.RequestTasks().finish(ROUTE) == 0
+    assert registry.RequestTasks().finish(ROUTE, catalog=catalog) == 0
     assert (
         catalog.registry.get_sample_value("tailguard_tasks_spawned_total", {"route": ROUTE}) is None
     )
@@ -157,7 +153,7 @@ async def test_an_orphan_is_counted_logged_once_and_gauged_until_it_ends(
         with Request(owner):
             leftovers.append(asyncio.create_task(wait_forever()))
             await asyncio.create_task(finish_quickly())  # done: not an orphan
-    assert [owner.finish(ROUTE) for owner in requests] == [1, 1]
+    assert [owner.finish(ROUTE, catalog=catalog) for owner in requests] == [1, 1]
     labels = {"route": ROUTE, "action": "left"}
     assert value(catalog, "tailguard_tasks_orphaned_total", **labels) == 2
     assert value(catalog, "tailguard_tasks_live", route=ROUTE) == 2
@@ -178,7 +174,7 @@ async def test_the_cancel_policy_cancels_orphans(catalog: Catalog) -> None:
     with Request(registry.RequestTasks()) as owner:
         leftover = asyncio.create_task(wait_forever(started))
     await started.wait()
-    assert owner.finish("/reports", cancel=True) == 1
+    assert owner.finish("/reports", cancel=True, catalog=catalog) == 1
     with pytest.raises(asyncio.CancelledError):
         await leftover
     assert (
@@ -192,7 +188,7 @@ async def test_tasks_the_request_already_cancelled_are_not_orphans(catalog: Cata
     with Request(registry.RequestTasks()) as owner:
         stopping = asyncio.create_task(wait_forever())
     owner.cancel_pending()  # what a deadline or a disconnect does before finish()
-    assert owner.finish(ROUTE) == 0
+    assert owner.finish(ROUTE, catalog=catalog) == 0
     assert value(catalog, "tailguard_tasks_orphaned_total", route=ROUTE, action="left") == 0
     await reap(stopping)
 
@@ -212,7 +208,7 @@ async def test_tasks_an_orphan_spawns_later_are_orphans_too(
 
     with Request(registry.RequestTasks()) as owner:
         parent = asyncio.create_task(background())
-    assert owner.finish("/jobs") == 1
+    assert owner.finish("/jobs", catalog=catalog) == 1
     go.set()
     while not spawned:
         await asyncio.sleep(0)
@@ -258,7 +254,7 @@ async def test_logging_stops_at_the_cap_but_counting_does_not(
 
     with Request(registry.RequestTasks()) as owner:
         leftovers = [asyncio.create_task(wait_forever()), asyncio.create_task(other())]
-    assert owner.finish(ROUTE) == 2
+    assert owner.finish(ROUTE, catalog=catalog) == 2
     assert len(caplog.records) == 1
     assert value(catalog, "tailguard_tasks_orphaned_total", route=ROUTE, action="left") == 2
     await reap(*leftovers)

@@ -1,6 +1,6 @@
 """What every dependency call reports: calls by outcome, time in the slot, waits, spans.
 
-:class:`~tailguard.dependency.Dependency` calls :func:`call_started` before it
+:class:`~tailguard.dependency.seam.Seam` calls :func:`call_started` before it
 asks for a slot, :func:`call_refused` when none was given, and
 :func:`call_ended` when the call gives its slot back. The time is also charged
 to the request being handled, for its budget split (queue, each dependency,
@@ -11,15 +11,12 @@ queued are with ``kind="route"``; calls given a slot at once are not.
 >>> import asyncio
 >>> from prometheus_client import CollectorRegistry
 >>> from tailguard import Dependency
->>> from tailguard.telemetry.catalog import Catalog, activate
->>> catalog = Catalog(CollectorRegistry())
->>> activate(catalog)
->>> db = Dependency("db", max_concurrency=1)
+>>> registry = CollectorRegistry()
+>>> db = Dependency("db", max_concurrency=1, registry=registry)
 >>> asyncio.run(db.call(asyncio.sleep, 0))
->>> catalog.registry.get_sample_value(
+>>> registry.get_sample_value(
 ...     "tailguard_dependency_calls_total", {"dependency": "db", "outcome": "ok"})
 1.0
->>> activate(None)
 """
 
 from __future__ import annotations

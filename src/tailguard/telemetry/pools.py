@@ -218,10 +218,9 @@ class _TimedAcquire:
     async def acquire_on_behalf_of(self, borrower: object) -> None:
         started = time.monotonic()
         await super().acquire_on_behalf_of(borrower)  # type: ignore[misc]
-        _observe_anyio_wait(time.monotonic() - started)
-
-
-_observe_anyio_wait: Final = WaitObserver(ANYIO_POOL)
+        threads = _loops.get(asyncio.get_running_loop())
+        if threads is not None:
+            threads.anyio_waits(time.monotonic() - started)
 
 
 _timed_classes: Final[dict[type, type]] = {}
@@ -243,14 +242,16 @@ class LoopThreads:
 
     ``executor`` is the loop's default executor if tailguard installed it
     (``None`` if the app set its own); ``anyio`` is the loop's default anyio
-    thread limiter (``None`` until :func:`instrument_threads` ran in a task).
+    thread limiter (``None`` until :func:`instrument_threads` ran in a task),
+    whose waits ``anyio_waits`` observes.
     """
 
-    __slots__ = ("anyio", "executor")
+    __slots__ = ("anyio", "anyio_waits", "executor")
 
     def __init__(self) -> None:
         self.executor: InstrumentedExecutor | None = None
         self.anyio: Any = None
+        self.anyio_waits = WaitObserver(ANYIO_POOL)
 
 
 _loops: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopThreads]] = (
@@ -264,7 +265,7 @@ def instrument_threads(
     """Measure ``loop``'s thread pools (default: the running loop); idempotent.
 
     Waits are observed into ``catalog``: the pools are the loop's, so the first
-    guard to measure them with a catalog gets their waits.
+    guard to measure a loop with a catalog gets that loop's waits.
 
     Installs an :class:`InstrumentedExecutor` as the default executor unless
     the loop has one already (one the app set, or one asyncio created for an
@@ -297,8 +298,8 @@ def instrument_threads(
     if catalog is not None:
         if threads.executor is not None and threads.executor.observe_wait.catalog is None:
             threads.executor.observe_wait.catalog = catalog
-        if _observe_anyio_wait.catalog is None:
-            _observe_anyio_wait.catalog = catalog
+        if threads.anyio_waits.catalog is None:
+            threads.anyio_waits.catalog = catalog
     return threads
 
 
