@@ -1,1 +1,1 @@
-"""Runnable example apps for tailguard (``tailguard demo`` drives ``examples.shop``)."""
+"""Runnable example apps for tailguard (``examples.shop`` re-exports ``tailguard.gameday.shop``)."""

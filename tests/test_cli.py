@@ -193,13 +193,24 @@ def test_demo_without_its_extras_says_what_to_install(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = write_module(STARLETTE_APP)
-    # As if httpx were not installed: importing it, and so tailguard.demo, fails.
-    monkeypatch.setitem(sys.modules, "httpx", None)
-    monkeypatch.delitem(sys.modules, "tailguard.demo", raising=False)
-    monkeypatch.delattr(tailguard, "demo", raising=False)
-    assert cli.main(["demo", "--app", f"{name}:app", "--app-dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "the demo needs httpx and uvicorn: pip install 'tailguard[httpx,server]'" in err
+    # As if httpx, then uvicorn, were not installed: importing it fails. The
+    # demo imports both only when it runs, and says so before importing the app.
+    for missing, extra in (("httpx", "tailguard[httpx]"), ("uvicorn", "tailguard[server]")):
+        with monkeypatch.context() as patch:
+            patch.setitem(sys.modules, missing, None)
+            assert cli.main(["demo", "--app", f"{name}:app", "--app-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "the demo needs httpx and uvicorn: pip install 'tailguard[httpx,server]'" in err
+        assert f"pip install '{extra}'" in err
+        assert name not in sys.modules
+
+
+def test_the_example_shop_is_the_bundled_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In a checkout, examples.shop:app (what docs and older commands name) is the
+    # app the demo serves by default, which an installed wheel has too.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    root = Path(__file__).resolve().parent.parent
+    assert cli.import_app("examples.shop:app", str(root)) is cli.import_app(cli.DEFAULT_APP)
 
 
 def test_console_script_entry_point() -> None:

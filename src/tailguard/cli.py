@@ -26,7 +26,7 @@ from tailguard import __version__
 
 __all__ = ["CommandError", "build_parser", "import_app", "main"]
 
-DEFAULT_APP = "examples.shop:app"
+DEFAULT_APP = "tailguard.gameday.shop:app"
 MAX_DEMO_REQUESTS = 1000
 DEFAULT_URL = "http://127.0.0.1:8000"
 TOKEN_ENV = "TAILGUARD_TOKEN"
@@ -158,7 +158,7 @@ def _add_demo(commands: argparse._SubParsersAction[_Parser]) -> None:
             "the inventory dependency slow through the control API, send more requests, "
             "halt it, and show what /metrics recorded. For that the app is imported with "
             "TAILGUARD_CHAOS=1 and a random TAILGUARD_TOKEN. Both are written for "
-            "examples/shop.py; point --app at your copy of it."
+            "the bundled shop (tailguard/gameday/shop.py); point --app at your copy of it."
         ),
     )
     demo.add_argument(
@@ -189,14 +189,15 @@ def _add_demo(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    try:
-        from tailguard import demo, demo_gameday
+    from tailguard.gameday import demo
 
+    try:
+        demo.check_extras()
         if args.no_gameday:
             app, token = import_app(args.app, args.app_dir), None
         else:
             # The app reads both when it is created, so set them for its import.
-            with demo_gameday.chaos_environment() as token:
+            with demo.chaos_environment() as token:
                 app = import_app(args.app, args.app_dir)
         return demo.run(app, requests=args.requests, control_token=token)
     except ImportError as exc:  # httpx or uvicorn missing: both are extras

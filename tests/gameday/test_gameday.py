@@ -1,8 +1,8 @@
-"""The mini game-day that follows ``tailguard demo``'s table (``tailguard.demo_gameday``).
+"""The mini game-day that follows ``tailguard demo``'s table (``tailguard.gameday.demo``).
 
 The end-to-end test runs ``tailguard demo`` as ``make demo`` does, against
-``examples/shop.py`` under real uvicorn, and checks only what does not depend
-on timing: the experiment was started and halted through the control API,
+the bundled shop (``tailguard.gameday.shop``) under real uvicorn, and checks
+only what does not depend on timing: the experiment was started and halted through the control API,
 faults were injected, and the client's counts agree with the server's
 ``/metrics``. How many requests were slow, shed or late is for the report to
 say, not for the test to guess.
@@ -24,16 +24,16 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from tailguard import RoutePolicy, Tailguard, cli, demo_gameday
-from tailguard._gameday_report import _logfmt
+from tailguard import RoutePolicy, Tailguard, cli
 from tailguard.chaos import Chaos
-from tailguard.demo import Kind, Outcome, Scenario
-from tailguard.demo_gameday import Burst, GameDay, _control, _watch
+from tailguard.gameday import control, demo, report
+from tailguard.gameday.demo import GameDay
+from tailguard.gameday.load import Kind, Outcome, Scenario
+from tailguard.gameday.report import Burst
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "a-control-token-for-tests-only"
-STOCK = demo_gameday.stock_scenario(1)
-ITEMS = demo_gameday.items_scenario(1)
+STOCK = demo.stock_scenario(1)
+ITEMS = demo.items_scenario(1)
 
 
 def rows(text: str, first_heading: str) -> list[list[str]]:
@@ -49,7 +49,7 @@ def rows(text: str, first_heading: str) -> list[list[str]]:
     return found
 
 
-# --- end to end: `tailguard demo` against examples/shop.py -------------------------------
+# --- end to end: `tailguard demo` against the bundled shop ---------------------------------
 
 
 @pytest.mark.e2e
@@ -61,10 +61,10 @@ def test_demo_plays_the_gameday_against_the_shop(
     caplog.set_level(logging.WARNING, logger="tailguard.chaos")  # whatever a test before set
     monkeypatch.setattr(sys, "path", list(sys.path))  # --app-dir goes first on it
     # The shop reads TAILGUARD_CHAOS and TAILGUARD_TOKEN when it is created: import it afresh.
-    monkeypatch.delitem(sys.modules, "examples.shop", raising=False)
+    monkeypatch.delitem(sys.modules, "tailguard.gameday.shop", raising=False)
     monkeypatch.delenv("TAILGUARD_CHAOS", raising=False)
     monkeypatch.delenv("TAILGUARD_TOKEN", raising=False)
-    assert cli.main(["demo", "--app-dir", str(ROOT), "--requests", "1"]) == 0
+    assert cli.main(["demo", "--requests", "1"]) == 0
     out = capsys.readouterr().out
     assert "TAILGUARD_CHAOS" not in os.environ  # set for the import only
     assert "TAILGUARD_TOKEN" not in os.environ
@@ -183,14 +183,14 @@ def guarded(chaos: bool, **install: object) -> Callable[[], Starlette]:
 )
 def test_an_app_that_cannot_play_gets_a_note(app: Callable[[], Starlette], reason: str) -> None:
     out = io.StringIO()
-    demo_gameday.run(app(), control_token=TOKEN, out=out)
+    demo.run_gameday(app(), control_token=TOKEN, out=out)
     assert out.getvalue() == f"\ngame-day skipped: {reason}\n"
 
 
 def test_chaos_environment_restores_what_was_there(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TAILGUARD_CHAOS", "0")
     monkeypatch.delenv("TAILGUARD_TOKEN", raising=False)
-    with demo_gameday.chaos_environment() as token:
+    with demo.chaos_environment() as token:
         assert os.environ["TAILGUARD_CHAOS"] == "1"
         assert os.environ["TAILGUARD_TOKEN"] == token
         assert len(token) >= 32
@@ -216,22 +216,23 @@ async def test_control_reports_what_the_api_answered() -> None:
             raise httpx.ConnectError("refused", request=request)
         return answers[request.url.path]
 
-    game = GameDay("/_tailguard")
     transport = httpx.MockTransport(handler)
     async with httpx.AsyncClient(base_url="http://demo.invalid", transport=transport) as client:
-        results = [
-            await _control(client, game, path, {"name": "x"})
+        answered = [
+            await control.post(client, "/_tailguard" + path, {"name": "x"})
             for path in ("/experiments", "/halt", "/refused", "/odd", "/html", "/down")
         ]
+    results = [ok for ok, _ in answered]
+    lines = [line for _, line in answered]
     assert results == [True, True, False, False, False, False]
-    assert game.actions[:4] == [
+    assert lines[:4] == [
         "POST /_tailguard/experiments -> 201",  # a long answer is left out
         'POST /_tailguard/halt -> 200 {"halted": 1}',
         "POST /_tailguard/refused -> 401: no token",
         "POST /_tailguard/odd -> 500: ['not', 'an', 'object']",
     ]
-    assert game.actions[4].startswith("POST /_tailguard/html -> failed: JSONDecodeError: ")
-    assert game.actions[5] == "POST /_tailguard/down -> failed: ConnectError: refused"
+    assert lines[4].startswith("POST /_tailguard/html -> failed: JSONDecodeError: ")
+    assert lines[5] == "POST /_tailguard/down -> failed: ConnectError: refused"
 
 
 def snapshot(in_use: int, queued: int) -> httpx.Response:
@@ -252,20 +253,21 @@ async def test_watch_keeps_the_peaks_until_stopped() -> None:
             stop.set()  # the burst is over while this snapshot is taken
         return answer
 
-    game = GameDay("/_tailguard")
+    peak: dict[str, int] = {}
     transport = httpx.MockTransport(handler)
     async with httpx.AsyncClient(base_url="http://demo.invalid", transport=transport) as client:
-        await _watch(client, game, stop)
-    assert game.peak == {"in_use": 3, "queued": 5, "max_concurrency": 4, "max_queue": 8}
+        await control.watch_limiter(client, "/_tailguard", "inventory", peak, stop)
+    assert peak == {"in_use": 3, "queued": 5, "max_concurrency": 4, "max_queue": 8}
 
 
 @pytest.mark.anyio
 async def test_watch_gives_up_when_there_is_no_snapshot() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(404, json={"detail": "no"}))
-    game = GameDay("/_tailguard")
+    peak: dict[str, int] = {}
     async with httpx.AsyncClient(base_url="http://demo.invalid", transport=transport) as client:
-        await _watch(client, game, asyncio.Event())  # returns although never stopped
-    assert game.peak == {}
+        # returns although never stopped
+        await control.watch_limiter(client, "/_tailguard", "inventory", peak, asyncio.Event())
+    assert peak == {}
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -294,12 +296,12 @@ tailguard_chaos_experiments_ended_total{experiment="old",reason="halt"} 1
 tailguard_queue_wait_seconds_sum{limiter="inventory",kind="dependency"} 0.5
 tailguard_queue_wait_seconds_sum{limiter="inventory",kind="route"} 2.0
 """
-    changes = demo_gameday.metric_changes(before, after)
+    changes = report.metric_changes(before, after, demo.FOLLOWED)
     assert changes == [
         ('tailguard_requests_total{route="/stock/{item_id}",outcome="ok"}', 3.0),
         ('tailguard_queue_wait_seconds_sum{limiter="inventory",kind="dependency"}', 0.5),
     ]
-    assert demo_gameday.format_changes(changes).splitlines()[2:] == [
+    assert report.format_changes(changes).splitlines()[2:] == [
         '    +3  tailguard_requests_total{route="/stock/{item_id}",outcome="ok"}',
         '+0.500  tailguard_queue_wait_seconds_sum{limiter="inventory",kind="dependency"}',
     ]
@@ -312,14 +314,14 @@ def test_format_bursts() -> None:
         burst("empty", ITEMS),
         Burst("lost", ITEMS, [Outcome("aborted", "1", client_seconds=0.3)]),
     ]
-    lines = demo_gameday.format_bursts(bursts, guard).splitlines()
+    lines = report.format_bursts(bursts, guard).splitlines()
     assert [re.split(r" {2,}", line) for line in lines[2:]] == [
         ["baseline", "GET /stock/{item_id}", "250 ms", "4", "2", "1", "1", "0", "5 ms", "251 ms"],
         ["empty", "GET /items/{item_id}", "none", "0", "0", "0", "0", "0", "-", "-"],
         ["lost", "GET /items/{item_id}", "none", "1", "0", "0", "0", "1", "300 ms",
          "300 ms"],
     ]  # fmt: skip
-    assert demo_gameday.format_bursts(bursts[:1], None).splitlines()[2].split()[3] == "?"
+    assert report.format_bursts(bursts[:1], None).splitlines()[2].split()[3] == "?"
 
 
 def test_explain_when_everything_went_as_planned() -> None:
@@ -343,7 +345,7 @@ def test_explain_when_everything_went_as_planned() -> None:
         peak={"in_use": 4, "queued": 8, "max_concurrency": 4, "max_queue": 8},
         changes=[('tailguard_chaos_injections_total{target="inventory",fault="latency"}', 7.0)],
     )
-    assert demo_gameday.explain(game, guard) == (
+    assert demo.explain_gameday(game, guard) == (
         "Chaos delayed 7 inventory calls. Deadlines held: 2 stock requests slowed by the delays "
         "got a 504 when the 250 ms budget ran out (slowest 252 ms) instead of hanging. The "
         "bulkhead capped inventory at 4 calls at once (snapshots: up to 4 in use, 8 queued) and "
@@ -353,7 +355,7 @@ def test_explain_when_everything_went_as_planned() -> None:
     )
     out = io.StringIO()
     game.logs = ['{"event": "halt", "at": "now", "stopped": 1}']
-    demo_gameday.report(game, guard, out=out)
+    demo.print_gameday(game, guard, out=out)
     text = out.getvalue()
     assert "  logged: event=halt stopped=1\n" in text
     assert all(len(line) <= 100 for line in text.split("\n\n")[-1].splitlines())
@@ -368,7 +370,7 @@ def test_explain_when_things_went_otherwise() -> None:
             burst("no experiment", ITEMS, (200, 0.002)),
         ],
     )
-    assert demo_gameday.explain(game) == (
+    assert demo.explain_gameday(game) == (
         "The experiment did not start (see the control API's answer above)."
     )
     game = GameDay(
@@ -381,7 +383,7 @@ def test_explain_when_things_went_otherwise() -> None:
         started=True,
         halted=False,
     )
-    assert demo_gameday.explain(game) == (
+    assert demo.explain_gameday(game) == (
         "Chaos delayed 0 inventory calls. No stock request ran out of its budget this time. "
         "The bulkhead capped inventory at ? calls at once (snapshots: up to ? in use, ? queued); "
         "it shed none. GET /items/{item_id}, which does not use inventory, answered 1 of 2 "
@@ -390,8 +392,8 @@ def test_explain_when_things_went_otherwise() -> None:
 
 
 def test_logfmt_leaves_other_lines_alone() -> None:
-    assert _logfmt("not json") == "not json"
-    assert _logfmt("[1, 2]") == "[1, 2]"
-    assert _logfmt('{"event": "start", "experiment": "x", "ttl": 30.0}') == (
+    assert report.logfmt("not json") == "not json"
+    assert report.logfmt("[1, 2]") == "[1, 2]"
+    assert report.logfmt('{"event": "start", "experiment": "x", "ttl": 30.0}') == (
         "event=start experiment=x ttl=30.0"
     )

@@ -1,6 +1,7 @@
-"""``tailguard demo``: the burst, the table and the explanation.
+"""``tailguard demo``'s first part: the burst (``gameday.load``), the budgets
+(``gameday.target``), the table and the explanation (``gameday.report``).
 
-The end-to-end tests serve ``examples/shop.py`` under real uvicorn. Their
+The end-to-end tests serve the bundled shop (``tailguard.gameday.shop``) under real uvicorn. Their
 outcomes are fixed by design, never by timing: each request's work either
 fits its budget by a wide margin (a few ms of work against 100 ms, 300 ms
 against 2 s) or overruns it by a wide margin (5 s against 150 ms, a 5 s
@@ -13,7 +14,6 @@ import io
 import json
 import re
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,10 +23,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from tailguard import RoutePolicy, Tailguard, TailguardMiddleware, cli, demo
-from tailguard.demo import Budget, Outcome, Row, Scenario
-
-ROOT = Path(__file__).resolve().parent.parent
+from tailguard import RoutePolicy, Tailguard, TailguardMiddleware, cli
+from tailguard.gameday import demo, load, report, target
+from tailguard.gameday.load import Outcome, Scenario
+from tailguard.gameday.report import Row
+from tailguard.gameday.target import Budget
 
 Table = dict[tuple[str, str], dict[str, str]]
 
@@ -57,7 +58,7 @@ def tally(
     return {"requests": requests, "2xx": ok, "504": deadline, "aborted": aborted, "other": other}
 
 
-# --- end to end, against examples/shop.py ------------------------------------------------
+# --- end to end, against the bundled shop --------------------------------------------------
 
 
 @pytest.mark.e2e
@@ -66,8 +67,9 @@ def test_demo_against_the_shop_example(
 ) -> None:
     monkeypatch.setattr(sys, "path", list(sys.path))  # --app-dir goes first on it
     requests = 3
-    # The game-day that follows by default has tests of its own (test_demo_gameday.py).
-    argv = ["demo", "--app-dir", str(ROOT), "--requests", str(requests), "--no-gameday"]
+    # The game-day that follows by default has tests of its own (test_gameday.py).
+    # The default app is the shop in the package: no checkout needed, as from a wheel.
+    argv = ["demo", "--requests", str(requests), "--no-gameday"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "game-day" not in out
@@ -141,18 +143,18 @@ def guarded_app(**middleware_options: object) -> Starlette:
 
 def test_find_guard() -> None:
     guard = Tailguard(default=RoutePolicy(deadline=1.0))
-    assert demo.find_guard(guard.install(Starlette())) is guard
-    assert demo.find_guard(TailguardMiddleware(Starlette(), guard=guard)) is guard
-    built = demo.find_guard(guarded_app(routes={"/a": RoutePolicy(deadline=0.5)}))
+    assert target.find_guard(guard.install(Starlette())) is guard
+    assert target.find_guard(TailguardMiddleware(Starlette(), guard=guard)) is guard
+    built = target.find_guard(guarded_app(routes={"/a": RoutePolicy(deadline=0.5)}))
     assert built is not None
     assert built.routes.lookup("GET", "/a").policy.deadline == 0.5
-    assert demo.find_guard(Starlette()) is None
+    assert target.find_guard(Starlette()) is None
     gzipped = Starlette()
     gzipped.add_middleware(GZipMiddleware)
-    assert demo.find_guard(guard.install(gzipped)) is guard
+    assert target.find_guard(guard.install(gzipped)) is guard
     gzipped.add_middleware(GZipMiddleware)
-    assert demo.find_guard(gzipped) is guard
-    assert demo.find_guard(object()) is None
+    assert target.find_guard(gzipped) is guard
+    assert target.find_guard(object()) is None
 
 
 def test_budget_for() -> None:
@@ -164,7 +166,7 @@ def test_budget_for() -> None:
     loose = (("x-request-timeout-ms", "5000"),)
 
     def budget(template: str, headers: tuple[tuple[str, str], ...] = ()) -> Budget | None:
-        return demo.budget_for(guard, Scenario("GET", template, (template,), 1, headers))
+        return target.budget_for(guard, Scenario("GET", template, (template,), 1, headers))
 
     assert budget("/fast") == Budget(0.1, "GET /fast", 0.1)
     assert budget("/slow/{name}") == Budget(2.0, "/slow/*", 2.0)
@@ -178,8 +180,8 @@ def test_budget_for() -> None:
     )
     ignoring = Tailguard(routes={"GET /fast": RoutePolicy(deadline=0.1)}, inbound_deadlines=False)
     scenario = Scenario("GET", "/fast", ("/fast",), 1, tight)
-    assert demo.budget_for(ignoring, scenario) == Budget(0.1, "GET /fast", 0.1)
-    assert demo.budget_for(None, scenario) is None
+    assert target.budget_for(ignoring, scenario) == Budget(0.1, "GET /fast", 0.1)
+    assert target.budget_for(None, scenario) is None
 
 
 def test_scenario_names_and_paths() -> None:
@@ -195,7 +197,7 @@ def test_scenario_names_and_paths() -> None:
 
 def mock_transport() -> httpx.MockTransport:
     def handler(request: httpx.Request) -> httpx.Response:
-        assert request.headers[demo.DEMO_ID_HEADER].isdigit()
+        assert request.headers[load.DEMO_ID_HEADER].isdigit()
         match request.url.path:
             case "/ok":
                 return httpx.Response(200, json={"ok": True})
@@ -219,7 +221,7 @@ def mock_transport() -> httpx.MockTransport:
 async def test_send_burst_classifies_every_ending() -> None:
     paths = ["/ok", "/deadline", "/gateway", "/boom", "/cut", "/reset", "/down"]
     plan = [Scenario("GET", path, (path,), 2) for path in paths]
-    results = await demo.send_burst(
+    results = await load.send_burst(
         "http://demo.invalid", plan, concurrency=3, transport=mock_transport()
     )
     kinds = {path: [o.kind for o in found] for path, found in zip(paths, results, strict=True)}
@@ -246,10 +248,10 @@ async def test_stopwatch_times_requests_that_carry_a_demo_id() -> None:
     async def hello(request: Request) -> Response:
         return PlainTextResponse("hello")
 
-    stopwatch = demo.Stopwatch(Starlette(routes=[Route("/hello", hello)]))
+    stopwatch = load.Stopwatch(Starlette(routes=[Route("/hello", hello)]))
     transport = httpx.ASGITransport(app=stopwatch)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        await client.get("/hello", headers={demo.DEMO_ID_HEADER: "7"})
+        await client.get("/hello", headers={load.DEMO_ID_HEADER: "7"})
         await client.get("/hello")
     assert list(stopwatch.seconds) == ["7"]
     timed, untimed = stopwatch.attach(
@@ -263,7 +265,7 @@ async def test_stopwatch_times_requests_that_carry_a_demo_id() -> None:
 # --- the table and the explanation --------------------------------------------------------
 
 
-def outcome(kind: demo.Kind, seconds: float, body: bytes = b"") -> Outcome:
+def outcome(kind: load.Kind, seconds: float, body: bytes = b"") -> Outcome:
     return Outcome(kind, "0", client_seconds=seconds, body=body)
 
 
@@ -277,7 +279,7 @@ def test_format_table_aligns_columns() -> None:
         Row(Scenario("GET", "/x", ("/x",), 0), Budget(None, "default", None), []),
         Row(Scenario("POST", "/orders", ("/orders",), 1), None, [outcome("aborted", 0.3)]),
     ]
-    lines = demo.format_table(rows).splitlines()
+    lines = report.format_table(rows).splitlines()
     assert [re.split(r" {2,}", line) for line in lines[2:]] == [
         ["GET /items/{id}", "100 ms", "3", "2", "1", "0", "0", "4.0 ms", "100 ms"],
         ["GET /x", "none (default)", "0", "0", "0", "0", "0", "-", "-"],
@@ -318,7 +320,7 @@ def test_explain_reports_each_kind_of_outcome() -> None:
         ),
         Row(Scenario("GET", "/empty", ("/empty",), 0), None, []),
     ]
-    text = demo.explain(rows)
+    text = report.explain_table(rows)
     assert "Every request to GET /a, GET /b and GET /q finished within budget." in text
     assert "1 of 2 requests to GET /s ran past the 150 ms budget" in text
     assert "1 of 1 requests to GET /u ran past the budget" in text
@@ -333,4 +335,4 @@ def test_explain_reports_each_kind_of_outcome() -> None:
 
 def test_explain_with_nothing_fine() -> None:
     row = Row(Scenario("GET", "/s", ("/s",), 1), None, [outcome("504", 0.2)])
-    assert "finished within budget" not in demo.explain([row])
+    assert "finished within budget" not in report.explain_table([row])

@@ -1,0 +1,44 @@
+"""The bundled shop (``tailguard.gameday.shop``): answers the demo does not exercise.
+
+The demo's burst and game-day (test_burst.py, test_gameday.py) cover its
+budgets end to end; here, in-process, what a caller gets for a wrong request.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tailguard.gameday import shop
+
+
+async def get(path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=shop.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
+        return await client.get(path)
+
+
+@pytest.mark.anyio
+async def test_items_and_reports_answer_json() -> None:
+    assert (await get("/items/1")).json() == {"id": 1, "name": "lamp"}
+    answer = (await get("/reports/sales?work_ms=0")).json()
+    assert answer["report"] == "sales"
+    assert 0 < answer["budget_left_ms"] <= 2000
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/items/9", "/quote/9", "/stock/9"])
+async def test_an_unknown_item_is_a_json_404(path: str) -> None:
+    response = await get(path)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "no such item"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("work_ms", ["abc", "nan", "inf"])
+async def test_work_ms_must_be_a_finite_number(work_ms: str) -> None:
+    response = await get(f"/search?work_ms={work_ms}")
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": f"work_ms must be a number of milliseconds, got {work_ms!r}"
+    }
