@@ -43,13 +43,18 @@ def find_guard(app: object) -> Tailguard | None:
     Understands ``guard.install(app)`` and ``app.add_middleware(TailguardMiddleware, ...)``
     on Starlette and FastAPI apps, and an app wrapped as ``TailguardMiddleware(app, ...)``.
     """
+    found: object = None
     if isinstance(app, TailguardMiddleware):
-        return app.guard
-    for middleware in getattr(app, "user_middleware", ()):
-        if getattr(middleware, "cls", None) is TailguardMiddleware:
-            # Build it the way the app will, around an app that is never called.
-            return TailguardMiddleware(_unused, *middleware.args, **middleware.kwargs).guard
-    return None
+        found = app.guard
+    else:
+        for middleware in getattr(app, "user_middleware", ()):
+            if getattr(middleware, "cls", None) is TailguardMiddleware:
+                # Build it the way the app will, around an app that is never called.
+                built = TailguardMiddleware(_unused, *middleware.args, **middleware.kwargs)
+                found = built.guard
+                break
+    # The middleware holds whatever owns its runtime; the demo reads a Tailguard's.
+    return found if isinstance(found, Tailguard) else None
 
 
 async def _unused(scope: Scope, receive: Receive, send: Send) -> None:  # pragma: no cover
