@@ -43,8 +43,6 @@ __all__ = [
     "Catalog",
     "MetricSpec",
     "TenantLabels",
-    "activate",
-    "active",
     "catalog_for",
 ]
 
@@ -470,7 +468,6 @@ class TenantLabels:
 
 
 _catalogs: weakref.WeakKeyDictionary[CollectorRegistry, Catalog] = weakref.WeakKeyDictionary()
-_active: Catalog | None = None
 
 
 def catalog_for(registry: CollectorRegistry | None = None) -> Catalog:
@@ -484,14 +481,3 @@ def catalog_for(registry: CollectorRegistry | None = None) -> Catalog:
     if catalog is None:
         catalog = _catalogs[registry] = Catalog(registry)
     return catalog
-
-
-def activate(catalog: Catalog | None) -> None:
-    """Make ``catalog`` the one tailguard records into (``None``: record nothing)."""
-    global _active
-    _active = catalog
-
-
-def active() -> Catalog | None:
-    """The catalog tailguard records into, or ``None`` when metrics are off."""
-    return _active
