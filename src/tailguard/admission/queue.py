@@ -41,7 +41,19 @@ Outcome = TypeVar("Outcome")
 
 
 class Waiter(Generic[Outcome]):
-    """One queued request: its future, its timer (if any), and its place in the queue."""
+    """One queued request: its future, its timer (if any), and its place in the queue.
+
+    The queue never resolves the future: whoever pops the waiter does.
+
+    >>> loop = asyncio.new_event_loop()
+    >>> waiter: Waiter[str] = Waiter(loop.create_future(), 5, "gold", enqueued_at=0.0)
+    >>> queue: WaitQueue[str] = WaitQueue()
+    >>> queue.push(waiter, now=0.0)
+    >>> queue.pop(lifo_since=-1.0, busy=None, cap=0) is waiter
+    True
+    >>> waiter.future.set_result("served")
+    >>> loop.close()
+    """
 
     __slots__ = ("enqueued_at", "future", "handle", "lane", "next", "prev", "priority", "tenant")
 
