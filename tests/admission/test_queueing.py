@@ -332,7 +332,7 @@ def test_wait_queue_removes_from_the_middle() -> None:
         assert queue.pop(lifo_since=1.0, busy=None, cap=0) is waiters[2]
         assert queue.pop(lifo_since=1.0, busy={"t": 1}, cap=1) is None  # t is at its cap
         assert queue.victim(0, "t", lifo_since=-1.0) is None
-        assert queue.victim(1, "t", lifo_since=1.0) == (waiters[0], "priority")
+        assert queue.victim(1, "t", lifo_since=1.0) is waiters[0]  # the oldest: t is LIFO
         assert queue.remove(waiters[0])
         assert queue.count == 0
         assert queue.victim(5, "t", lifo_since=-1.0) is None

@@ -1,8 +1,9 @@
-"""The limiter: every request is admitted, queued, or shed.
+"""The limiter and its permits: every request is admitted, queued, or shed.
 
 A :class:`Limiter` holds ``limit`` slots. A request that finds a free slot (and
 nobody eligible waiting) gets a :class:`Permit` at once, synchronously, from
-:meth:`Limiter.try_acquire`. Otherwise it may wait in a bounded queue, served
+:meth:`Limiter.try_acquire`, and gives the slot back with
+:meth:`Permit.release`. Otherwise it may wait in a bounded queue, served
 by priority, then fairly across tenants (see :mod:`.queue`), for no longer than
 its cap: the smaller of ``queue_timeout`` and the time left before its
 deadline. Everything else is shed with :class:`Rejected` and a reason.
@@ -26,18 +27,21 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Hashable, Mapping
-from typing import NamedTuple
+from types import TracebackType
+from typing import TYPE_CHECKING, NamedTuple
 
 from tailguard._numbers import finite
 from tailguard.admission.adaptive import AdaptiveLimit, LimitController
 from tailguard.admission.errors import REASONS, Reason, Rejected
-from tailguard.admission.permit import Permit, decrement
 from tailguard.admission.queue import PRIORITY_LEVELS, Waiter, WaitQueue
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 __all__ = ["Limiter", "LimiterState", "Permit"]
 
 _WARMUP = 20
-"""Wait means are plain means of the first 20 samples, then EWMAs of weight 1/20."""
+"""Hold and wait means are plain means of the first 20 samples, then EWMAs of weight 1/20."""
 
 _WAIT_MARGIN = 2.0
 """A request is queued only if twice its expected wait fits in its cap."""
@@ -166,7 +170,7 @@ class Limiter:
         """Permits held now."""
         self._tenant_in_use: dict[Hashable, int] | None = None if tenant_concurrency is None else {}
         self._tenant_cap = tenant_concurrency or 0
-        self._queue = WaitQueue(tenant_weights)
+        self._queue: WaitQueue[Permit | Rejected] = WaitQueue(tenant_weights)
         self._admitted = 0
         self._rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
         self._holds = 0
@@ -279,7 +283,7 @@ class Limiter:
         tenant: Hashable,
         deadline_at: float | None,
         service_estimate: float | None,
-    ) -> Waiter:
+    ) -> Waiter[Permit | Rejected]:
         queue = self._queue
         if self.max_queue == 0:
             # With a free slot, only the tenant's own cap kept this request out.
@@ -309,10 +313,11 @@ class Limiter:
             # time out whenever service slows a little.
             raise self._reject(reason, tenant)
         if queue.count >= self.max_queue:
-            found = queue.victim(priority, tenant, lifo_since=lifo_since)
-            if found is None:
+            victim = queue.victim(priority, tenant, lifo_since=lifo_since)
+            if victim is None:
                 raise self._reject("queue_full", tenant)
-            self._shed(*found, now)
+            # Outranked, or its tenant is the one filling the queue.
+            self._shed(victim, "priority" if victim.priority < priority else "queue_full", now)
         loop = asyncio.get_running_loop()
         waiter = Waiter(loop.create_future(), priority, tenant, now)
         queue.push(waiter, now)
@@ -330,11 +335,11 @@ class Limiter:
         ahead = self._queue.ahead(priority, tenant)
         return (ahead + 1) * self._mean_hold / self.limit
 
-    def _expire(self, waiter: Waiter, reason: Reason) -> None:
+    def _expire(self, waiter: Waiter[Permit | Rejected], reason: Reason) -> None:
         waiter.handle = None
         self._shed(waiter, reason, self._clock())
 
-    def _shed(self, waiter: Waiter, reason: Reason, now: float) -> None:
+    def _shed(self, waiter: Waiter[Permit | Rejected], reason: Reason, now: float) -> None:
         self._queue.remove(waiter)  # always queued: leaving the queue cancels the timer
         if waiter.handle is not None:
             waiter.handle.cancel()
@@ -358,7 +363,7 @@ class Limiter:
         self.in_use -= 1
         counts = self._tenant_in_use
         if counts is not None:
-            decrement(counts, tenant)
+            _decrement(counts, tenant)
         if self._queue.count:
             self._dispatch()
 
@@ -397,6 +402,81 @@ class Limiter:
         self._mean_wait += (wait - self._mean_wait) / (waits if waits < _WARMUP else _WARMUP)
 
 
+class Permit:
+    """A slot held in a :class:`Limiter`; give it back with :meth:`release`.
+
+    Release is idempotent: the first call returns the slot, later ones do
+    nothing. ``with permit:`` releases on exit, with ``ok=False`` if the block
+    raised, so the adaptive limit can tell timeouts from successes.
+
+    >>> limiter = Limiter("db", max_concurrency=1)
+    >>> with limiter.try_acquire() as permit:
+    ...     limiter.in_use
+    1
+    >>> permit.released, limiter.in_use
+    (True, 0)
+    """
+
+    __slots__ = ("_limiter", "acquired_at", "requested_at", "span", "tenant")
+
+    def __init__(self, limiter: Limiter, tenant: Hashable, acquired_at: float) -> None:
+        self._limiter: Limiter | None = limiter
+        self.tenant = tenant
+        self.acquired_at = acquired_at
+        self.requested_at = acquired_at
+        """When the caller asked (earlier than ``acquired_at`` if it waited); set by callers."""
+        self.span: Span | None = None
+        """A span the holder attaches (a dependency call's), ended when the slot goes back."""
+
+    @property
+    def released(self) -> bool:
+        """Whether the slot has been given back."""
+        return self._limiter is None
+
+    def release(self, *, ok: bool = True) -> None:
+        """Give the slot back (once), recording how long it was held and whether it went well."""
+        limiter = self._limiter
+        if limiter is None:
+            return
+        self._limiter = None
+        # The limiter's half of a release, inlined rather than a call into the
+        # limiter because it runs once per request. A permit is the limiter's own
+        # handle: this is the one place outside Limiter that writes its fields,
+        # which is why it lives in this file.
+        hold = limiter._clock() - self.acquired_at
+        holds = limiter._holds = limiter._holds + 1
+        limiter._mean_hold += (hold - limiter._mean_hold) / (holds if holds < _WARMUP else _WARMUP)
+        in_use = limiter.in_use
+        limiter.in_use = in_use - 1
+        counts = limiter._tenant_in_use
+        if counts is not None:
+            _decrement(counts, self.tenant)
+        controller = limiter._controller
+        if controller is not None:
+            limiter.limit = controller.sample(hold, in_use, ok)
+        if limiter._queue.count:
+            limiter._dispatch()
+
+    def _discard(self) -> None:
+        # Granted to a waiter that was cancelled before it could use it: the
+        # slot goes back without a hold-time sample (it was never used).
+        limiter = self._limiter
+        assert limiter is not None  # a fresh permit nobody else has seen
+        self._limiter = None
+        limiter._discard(self.tenant)
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release(ok=exc_type is None)
+
+
 def _bad_priority(priority: object) -> ValueError:
     return ValueError(f"priority must be an int from 0 to {PRIORITY_LEVELS - 1}, got {priority!r}")
 
@@ -412,3 +492,11 @@ def _check_seconds(
     number = finite(value)
     if number is None or number <= 0:
         raise ValueError(f"Limiter.{field} must be {what}, got {value!r}")
+
+
+def _decrement(counts: dict[Hashable, int], tenant: Hashable) -> None:
+    left = counts[tenant] - 1
+    if left:
+        counts[tenant] = left
+    else:
+        del counts[tenant]  # tenants are unbounded: keep only those holding permits

@@ -1,4 +1,4 @@
-"""The waiting room behind a limiter: priority levels, one fair lane per tenant.
+"""A waiting room: priority levels, one fair lane per tenant.
 
 Waiters are kept per priority level (0..9, highest served first), and within a
 level per tenant, in a *lane*: a doubly linked list in arrival order, so any
@@ -14,13 +14,14 @@ tenant waits at most one round, however deep a noisy tenant's backlog is.
 Lanes whose tenant is at its concurrency cap are passed over without credit.
 
 The queue also records since when each tenant has had waiters without a break
-(``standing_since``), for the limiter's CoDel check, which is per tenant as in
-Linux's ``fq_codel``: a tenant whose backlog never drains is served newest
-first and gets short waits, while a tenant whose requests come and go keeps
-plain FIFO and its full wait.
+(``standing_since``), for a CoDel check per tenant as in Linux's ``fq_codel``:
+a tenant whose backlog never drains can be served newest first, while a tenant
+whose requests come and go keeps plain FIFO.
 
-This module is the slow path: nothing here runs for a request that is admitted
-at once.
+The queue knows nothing of what its waiters wait for: a :class:`Waiter` holds a
+future of any type, and the queue only orders waiters, never resolves them.
+:class:`~tailguard.admission.limiter.Limiter` builds on it (its slow path:
+nothing here runs for a request that is admitted at once).
 """
 
 from __future__ import annotations
@@ -28,26 +29,37 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Hashable, Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tailguard.admission.errors import Reason, Rejected
-    from tailguard.admission.limiter import Permit
+from typing import Generic, TypeVar
 
 __all__ = ["PRIORITY_LEVELS", "WaitQueue", "Waiter"]
 
 PRIORITY_LEVELS = 10
 """Priorities are ints ``0 .. PRIORITY_LEVELS - 1``; higher is served first."""
 
+Outcome = TypeVar("Outcome")
+"""What a waiter's future resolves to (for the limiter: a permit or a rejection)."""
 
-class Waiter:
-    """One queued acquire: its future (a permit or a rejection) and its place."""
+
+class Waiter(Generic[Outcome]):
+    """One queued request: its future, its timer (if any), and its place in the queue.
+
+    The queue never resolves the future: whoever pops the waiter does.
+
+    >>> loop = asyncio.new_event_loop()
+    >>> waiter: Waiter[str] = Waiter(loop.create_future(), 5, "gold", enqueued_at=0.0)
+    >>> queue: WaitQueue[str] = WaitQueue()
+    >>> queue.push(waiter, now=0.0)
+    >>> queue.pop(lifo_since=-1.0, busy=None, cap=0) is waiter
+    True
+    >>> waiter.future.set_result("served")
+    >>> loop.close()
+    """
 
     __slots__ = ("enqueued_at", "future", "handle", "lane", "next", "prev", "priority", "tenant")
 
     def __init__(
         self,
-        future: asyncio.Future[Permit | Rejected],
+        future: asyncio.Future[Outcome],
         priority: int,
         tenant: Hashable,
         enqueued_at: float,
@@ -57,41 +69,41 @@ class Waiter:
         self.tenant = tenant
         self.enqueued_at = enqueued_at
         self.handle: asyncio.TimerHandle | None = None
-        self.lane: _Lane | None = None
-        self.prev: Waiter | None = None
-        self.next: Waiter | None = None
+        self.lane: _Lane[Outcome] | None = None
+        self.prev: Waiter[Outcome] | None = None
+        self.next: Waiter[Outcome] | None = None
 
 
-class _Lane:
+class _Lane(Generic[Outcome]):
     """One tenant's waiters at one priority level, oldest at ``head``."""
 
     __slots__ = ("count", "deficit", "head", "level", "quantum", "tail", "tenant")
 
-    def __init__(self, level: _Level, tenant: Hashable, quantum: float) -> None:
+    def __init__(self, level: _Level[Outcome], tenant: Hashable, quantum: float) -> None:
         self.level = level
         self.tenant = tenant
         self.quantum = quantum
         self.deficit = 0.0
         self.count = 0
-        self.head: Waiter | None = None
-        self.tail: Waiter | None = None
+        self.head: Waiter[Outcome] | None = None
+        self.tail: Waiter[Outcome] | None = None
 
 
-class _Level:
+class _Level(Generic[Outcome]):
     """The lanes of one priority level; ``ring[0]`` is the lane whose turn it is."""
 
     __slots__ = ("count", "lanes", "ring")
 
     def __init__(self) -> None:
         self.count = 0
-        self.lanes: dict[Hashable, _Lane] = {}
-        self.ring: deque[_Lane] = deque()
+        self.lanes: dict[Hashable, _Lane[Outcome]] = {}
+        self.ring: deque[_Lane[Outcome]] = deque()
 
 
-class WaitQueue:
+class WaitQueue(Generic[Outcome]):
     """Waiters by priority, then fairly across tenants by weight.
 
-    >>> q = WaitQueue({"gold": 2.0})
+    >>> q: WaitQueue[str] = WaitQueue({"gold": 2.0})
     >>> loop = asyncio.new_event_loop()
     >>> for tenant in ["free"] * 3 + ["gold"] * 3:
     ...     q.push(Waiter(loop.create_future(), 0, tenant, 0.0), now=0.0)
@@ -108,7 +120,7 @@ class WaitQueue:
         # Quanta are weights scaled so every lane's turn grants at least one request.
         self._quanta = {tenant: weight / smallest for tenant, weight in weights.items()}
         self._quanta[_DEFAULT] = 1.0 / smallest
-        self.levels = tuple(_Level() for _ in range(PRIORITY_LEVELS))
+        self.levels: tuple[_Level[Outcome], ...] = tuple(_Level() for _ in range(PRIORITY_LEVELS))
         self.count = 0
         self.tenant_counts: dict[Hashable, int] = {}
         """Waiters queued per tenant (tenants with none are absent)."""
@@ -136,7 +148,7 @@ class WaitQueue:
         quanta = self._quanta
         return quanta[tenant] if tenant in quanta else quanta[_DEFAULT]
 
-    def push(self, waiter: Waiter, now: float) -> None:
+    def push(self, waiter: Waiter[Outcome], now: float) -> None:
         """Queue ``waiter`` at the back of its tenant's lane at its priority."""
         level = self.levels[waiter.priority]
         tenant = waiter.tenant
@@ -160,7 +172,7 @@ class WaitQueue:
             self.standing_since[tenant] = now
         self.tenant_counts[tenant] = queued + 1
 
-    def remove(self, waiter: Waiter) -> bool:
+    def remove(self, waiter: Waiter[Outcome]) -> bool:
         """Take ``waiter`` out of the queue; ``False`` if it was no longer queued."""
         lane = waiter.lane
         if lane is None:
@@ -199,7 +211,7 @@ class WaitQueue:
 
     def pop(
         self, *, lifo_since: float, busy: Mapping[Hashable, int] | None, cap: int
-    ) -> Waiter | None:
+    ) -> Waiter[Outcome] | None:
         """Remove and return the next waiter to serve, or ``None`` if none is eligible.
 
         The highest priority level with an eligible waiter wins; within it, the
@@ -231,36 +243,35 @@ class WaitQueue:
 
     def victim(
         self, priority: int, tenant: Hashable, *, lifo_since: float
-    ) -> tuple[Waiter, Reason] | None:
-        """Whom a newcomer may push out of a full queue, and why; ``None`` if nobody.
+    ) -> Waiter[Outcome] | None:
+        """Whom a newcomer may push out of a full queue; ``None`` if nobody.
 
         Only waiters of the lowest priority present are candidates, from the
         tenant with the most of them for its weight. A newcomer of higher
-        priority displaces one (``priority``). At equal priority a newcomer
-        displaces one only if its own tenant would still hold a smaller share of
-        that level afterwards (``queue_full`` for the victim: its tenant is the
-        one filling the queue). The victim is the one that would be served last:
-        the newest when its tenant is served FIFO, the oldest when LIFO (see
-        :meth:`pop` for ``lifo_since``).
+        priority displaces one (the victim's ``priority`` is then lower than the
+        newcomer's). At equal priority a newcomer displaces one only if its own
+        tenant would still hold a smaller share of that level afterwards (the
+        victim's tenant is the one filling the queue). The victim is the one
+        that would be served last: the newest when its tenant is served FIFO,
+        the oldest when LIFO (see :meth:`pop` for ``lifo_since``). The victim
+        stays queued: the caller removes it.
         """
         lowest = next((i for i, level in enumerate(self.levels) if level.count), None)
         if lowest is None or lowest > priority:
             return None
         lanes = self.levels[lowest].lanes
         heaviest = max(lanes.values(), key=_share)
-        reason: Reason = "priority"
         if lowest == priority:
             own = lanes.get(tenant)
             mine = (own.count if own is not None else 0) + 1
             if mine / self.quantum(tenant) >= _share(heaviest):
                 return None
-            reason = "queue_full"
         lifo = self.standing_since[heaviest.tenant] <= lifo_since
         waiter = heaviest.head if lifo else heaviest.tail
         assert waiter is not None
-        return waiter, reason
+        return waiter
 
-    def waiters(self) -> list[Waiter]:
+    def waiters(self) -> list[Waiter[Outcome]]:
         """Every queued waiter, highest priority first (for introspection and tests)."""
         found = []
         for level in reversed(self.levels):
@@ -276,5 +287,5 @@ _DEFAULT = object()
 """Key of the default quantum (tenants without a configured weight)."""
 
 
-def _share(lane: _Lane) -> float:
+def _share(lane: _Lane[Outcome]) -> float:
     return lane.count / lane.quantum
