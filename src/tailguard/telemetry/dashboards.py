@@ -25,6 +25,7 @@ sum by (route, outcome) (rate(tailguard_requests_total{job=~"$job", instance=~"$
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,19 @@ def quantile(q: float, name: str, by: str, *matchers: str) -> str:
     """The ``q`` quantile of histogram ``name`` per ``by`` over ``$__rate_interval``."""
     grouping = f"{by}, le" if by else "le"
     return f"histogram_quantile({q:g}, {rate(name, grouping, *matchers, suffix='_bucket')})"
+
+
+def appeared_or_increased(name: str, by: str) -> str:
+    """A counter's increase per ``by`` over ``$__rate_interval``, counting a new series as one.
+
+    ``increase()`` misses a counter whose series appears already at 1 (the first end
+    of an experiment of that name): the ``unless ... offset`` side catches it.
+    """
+    current = f"sum by ({by}) ({select(name)})"
+    return (
+        f"{rate(name, by, func='increase')}\nor\n"
+        f"({current} unless sum by ({by}) ({select(name)} offset {RATE}))"
+    )
 
 
 def gauge(name: str, by: str, *matchers: str, how: str = "sum") -> str:
@@ -686,6 +700,7 @@ def _dependencies() -> Dashboard:
 def _gameday(objectives: Objectives) -> Dashboard:
     requests = "tailguard_requests_total"
     running = gauge("tailguard_chaos_experiments_active", "", how="max")
+    ended = appeared_or_increased("tailguard_chaos_experiments_ended_total", "experiment, reason")
     return Dashboard(
         uid="tailguard-gameday",
         title="tailguard / Game-day",
@@ -696,12 +711,7 @@ def _gameday(objectives: Objectives) -> Dashboard:
             ),
             Annotation(
                 "Chaos experiment ended",
-                rate(
-                    "tailguard_chaos_experiments_ended_total",
-                    "experiment, reason",
-                    func="increase",
-                )
-                + " > 0",
+                f"{ended} > 0",
                 "{{experiment}} ended: {{reason}}",
                 "orange",
             ),
@@ -757,14 +767,7 @@ def _gameday(objectives: Objectives) -> Dashboard:
                         "expired (TTL).",
                         "short",
                         (
-                            Query(
-                                rate(
-                                    "tailguard_chaos_experiments_ended_total",
-                                    "experiment, reason",
-                                    func="increase",
-                                ),
-                                "{{experiment}} {{reason}}",
-                            ),
+                            Query(ended, "{{experiment}} {{reason}}"),
                         ),
                         width=6,
                     ),
@@ -845,12 +848,16 @@ def _variable_query(name: str) -> str:
 
 def render(dashboard: Dashboard) -> dict[str, Any]:
     """``dashboard`` as Grafana dashboard JSON (a dict), built with grafana-foundation-sdk."""
-    from grafana_foundation_sdk.builders import common as common_builders
-    from grafana_foundation_sdk.builders import dashboard as builders
-    from grafana_foundation_sdk.builders import prometheus, stat, timeseries
-    from grafana_foundation_sdk.cog.encoder import JSONEncoder
-    from grafana_foundation_sdk.models import common
-    from grafana_foundation_sdk.models import dashboard as models
+    with warnings.catch_warnings():
+        # The SDK steers to its schema-v2 dashboards, which only Grafana 12's experimental
+        # API imports; file provisioning and "Import dashboard" take these (schemaVersion 42).
+        warnings.filterwarnings("ignore", "Prefer using dashboardv2", DeprecationWarning)
+        from grafana_foundation_sdk.builders import common as common_builders
+        from grafana_foundation_sdk.builders import dashboard as builders
+        from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+        from grafana_foundation_sdk.cog.encoder import JSONEncoder
+        from grafana_foundation_sdk.models import common
+        from grafana_foundation_sdk.models import dashboard as models
 
     source = common.DataSourceRef(type_val="prometheus", uid="${datasource}")
     built = (

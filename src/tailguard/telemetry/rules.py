@@ -126,9 +126,11 @@ def _recording_rules() -> list[dict[str, Any]]:
     rules = []
     for sli, bad in BAD_REQUESTS.items():
         for window in SLI_WINDOWS:
+            total = f"sum by (job, route) (rate({requests}[{window}]))"
+            # "or 0 * total": a route with no bad request yet records 0, not nothing.
             expr = (
-                f"sum by (job, route) (rate({requests}{{{bad}}}[{window}]))\n"
-                f"/\nsum by (job, route) (rate({requests}[{window}]))"
+                f"(\n  sum by (job, route) (rate({requests}{{{bad}}}[{window}]))\nor\n"
+                f"  0 * {total}\n)\n/\n{total}"
             )
             rules.append({"record": ratio(sli, window), "expr": expr})
     return rules
