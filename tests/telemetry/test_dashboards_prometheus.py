@@ -62,10 +62,10 @@ NO_DATA = {
     "Attempts and cancelled losers by call site": "the shop calls no tail helper "
     "(hedge, race, quorum, fanout, fallback)",
     "Hedges by event": "the shop hedges nothing",
-    "Hedge extra load and win share; slow-paced fan-outs": "the shop neither hedges nor fans out",
+    "Hedge load and wins; slow fan-outs": "the shop neither hedges nor fans out",
     "Live orphaned tasks by route": "the shop's handlers leave no task running after "
     "their request (tailguard_tasks_live only has series for orphans)",
-    "Tasks spawned and orphaned per second": "spawned has data (a streaming response "
+    "Tasks spawned / orphaned": "spawned has data (a streaming response "
     "spawns tasks), orphaned cannot: no task of the shop outlives its request",
     "Injections skipped by the caps": "slow-inventory sets no max_injections, so no "
     "injection is ever skipped",

@@ -600,7 +600,7 @@ def _dependencies() -> Dashboard:
                         width=6,
                     ),
                     Panel(
-                        "Tasks spawned and orphaned per second",
+                        "Tasks spawned / orphaned",
                         "asyncio tasks spawned while handling requests, and those still "
                         "pending when their request finished (left running or cancelled).",
                         "short",
@@ -660,7 +660,7 @@ def _dependencies() -> Dashboard:
                         width=8,
                     ),
                     Panel(
-                        "Hedge extra load and win share; slow-paced fan-outs",
+                        "Hedge load and wins; slow fan-outs",
                         "Extra load: hedges sent per hedged call (keep it within the site's "
                         "budget). Win share: hedges that answered first (low: the hedge "
                         "delay is too short). Slow-paced: fan-outs whose slowest leg was in "
@@ -766,9 +766,7 @@ def _gameday(objectives: Objectives) -> Dashboard:
                         "safeguard (an abort condition tripped: the SLO did not hold) or "
                         "expired (TTL).",
                         "short",
-                        (
-                            Query(ended, "{{experiment}} {{reason}}"),
-                        ),
+                        (Query(ended, "{{experiment}} {{reason}}"),),
                         width=6,
                     ),
                 ),
