@@ -1,7 +1,7 @@
 """Draw each dashboard's panel layout (gridPos boxes and titles) to docs/dashboards-layout.png.
 
-    pip install 'tailguard[dashboards,layout]'
-    python dashboards/render_layout.py
+pip install 'tailguard[dashboards,layout]'
+python dashboards/render_layout.py
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
 
-from tailguard.telemetry.dashboards import dashboards, render  # noqa: E402
+from tailguard.telemetry.dashboards import dashboards, render
 
 COLORS = {"timeseries": "#dbe9f6", "stat": "#fde2c8", "row": "#3b4252"}
 
