@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,18 @@ def test_the_command_writes_them_and_refuses_a_bad_objective(
     assert all((tmp_path / name).stat().st_size > 0 for name in expected)
     assert tailguard_cli(["dashboards", "--out", str(tmp_path), "--latency-objective", "1"]) == 2
     assert "latency must be between 0 and 1" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert tailguard_cli(["dashboards", "--out", str(blocker / "below")]) == 2
+    assert "cannot write to" in capsys.readouterr().err
+
+
+def test_the_command_says_which_extra_it_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "grafana_foundation_sdk.builders", None)
+    assert tailguard_cli(["dashboards", "--out", str(tmp_path)]) == 2
+    assert "pip install 'tailguard[dashboards]'" in capsys.readouterr().err
 
 
 def test_every_catalog_metric_is_on_a_panel_and_every_panel_metric_is_in_the_catalog(
