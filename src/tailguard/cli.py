@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_demo(commands)
     _add_chaos(commands)
+    _add_dashboards(commands)
     return parser
 
 
@@ -293,4 +294,53 @@ def _run_chaos(args: argparse.Namespace) -> int:
         print(f"tailguard chaos {args.action}: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2) if args.json else text)
+    return 0
+
+
+def _add_dashboards(commands: argparse._SubParsersAction[_Parser]) -> None:
+    dashboards = commands.add_parser(
+        "dashboards",
+        help="write the Grafana dashboards and Prometheus rules (the repository's dashboards/)",
+        description=(
+            "Generate tailguard's Grafana dashboards (JSON) and Prometheus recording and "
+            "alerting rules (rules/tailguard.rules.yaml) from the metric catalog into DIR. "
+            "Needs pip install 'tailguard[dashboards]'; the files themselves need nothing."
+        ),
+    )
+    dashboards.add_argument("--out", required=True, metavar="DIR", help="where to write them")
+    for name, default, what in (
+        ("availability", 0.999, "share of requests not answered 5xx"),
+        ("latency", 0.99, "share of requests answered within their deadline"),
+    ):
+        dashboards.add_argument(
+            f"--{name}-objective",
+            type=float,
+            default=default,
+            metavar="RATIO",
+            help=f"SLO: {what} (default: {default})",
+        )
+    dashboards.set_defaults(handler=_run_dashboards)
+
+
+def _run_dashboards(args: argparse.Namespace) -> int:
+    from tailguard.telemetry.rules import Objectives
+
+    try:
+        objectives = Objectives(
+            availability=args.availability_objective, latency=args.latency_objective
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        from tailguard.telemetry.dashboards import write
+
+        written = write(args.out, objectives)
+    except ImportError as exc:
+        raise CommandError(
+            f"generating dashboards needs pip install 'tailguard[dashboards]' ({exc})"
+        ) from exc
+    except OSError as exc:
+        raise CommandError(f"cannot write to {args.out}: {exc}") from None
+    for path in written:
+        print(path)
     return 0
