@@ -204,7 +204,12 @@ def build(spec: ArmSpec) -> Starlette:
         queue_timeout=spec.queue_timeout,
         tenant_concurrency=spec.tenant_concurrency if tenants else None,
     )
-    guard = Tailguard(routes={ROUTE_KEY: policy}, tenant_header=TENANT_HEADER if tenants else None)
+    guard = Tailguard(
+        routes={ROUTE_KEY: policy},
+        tenant_header=TENANT_HEADER if tenants else None,
+        # The load generator's two tenants, listed: unlisted ones would share one cap.
+        tenant_weights={"quiet": 1.0, "noisy": 1.0} if tenants else None,
+    )
     return guard.install(app)
 
 

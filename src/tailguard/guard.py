@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Scope
 
-from tailguard.admission import Limiter
+from tailguard.admission import Limiter, UnlistedTenants
 from tailguard.chaos.control import ControlAPI
 from tailguard.chaos.engine import Chaos
 from tailguard.deadlines import DEADLINE_HEADER
@@ -61,7 +61,11 @@ class Tailguard:
     Policies with ``max_concurrency`` get a limiter (see :class:`RoutePolicy`).
     Tenants, for per-tenant caps and fair queueing, come from
     ``tenant_header`` or from ``tenant(scope) -> str | None``;
-    ``tenant_weights`` gives some tenants a larger share of the queue.
+    ``tenant_weights`` lists tenants and their shares of the queue. Tenants it
+    does not list share one lane and one ``tenant_concurrency`` cap, since a
+    client can send any tenant id; ``unlisted_tenants="separate"`` gives each
+    its own (up to 256 at once per limiter), for tenants clients cannot forge
+    (see docs/admission.md).
 
     Metrics (see :mod:`tailguard.telemetry.catalog`) are recorded into
     ``registry`` (prometheus_client's default registry if omitted): the
@@ -88,6 +92,7 @@ class Tailguard:
         tenant_header: str | None = None,
         tenant: Callable[[Scope], str | None] | None = None,
         tenant_weights: Mapping[str, float] | None = None,
+        unlisted_tenants: UnlistedTenants = "shared",
         metrics: bool = True,
         registry: CollectorRegistry | None = None,
         orphans: Literal["leave", "cancel"] = "leave",
@@ -101,11 +106,16 @@ class Tailguard:
             raise TypeError(f"routes must be a mapping of route key to RoutePolicy, got {routes!r}")
         default = default if default is not None else RoutePolicy()
         unlimited = RouteTable(routes or {}, default)
-        self.limiters: dict[str, Limiter] = build_limiters(unlimited.policies(), tenant_weights)
+        self.tenant = tenant_resolver(tenant_header, tenant)
+        self.limiters: dict[str, Limiter] = build_limiters(
+            unlimited.policies(),
+            tenant_weights,
+            unlisted_tenants=unlisted_tenants,
+            tenants=self.tenant is not None,
+        )
         self.routes = RouteTable(routes or {}, default, self.limiters)
         self.inbound = InboundDeadlines(deadline_header) if inbound_deadlines else None
         self.deadline_header = deadline_header
-        self.tenant = tenant_resolver(tenant_header, tenant)
         self.tenant_labels = TenantLabels(tenant_weights or {})
         """Tenant label values for per-tenant metrics: weighted tenants, the rest ``other``."""
         self._dependencies: dict[str, Dependency] = {}

@@ -46,7 +46,8 @@ class RoutePolicy:
     priority: int = 0
     """0..9; under pressure lower priorities wait behind and are shed before higher ones."""
     tenant_concurrency: int | None = None
-    """Requests one tenant may have admitted (and, again, queued) at once."""
+    """Requests one tenant may have admitted (and, again, queued) at once; tenants not
+    listed in the guard's ``tenant_weights`` count as one (see ``unlisted_tenants``)."""
     limiter: str | None = None
     """Name of a limiter shared with other keys naming it; defaults to the route key."""
     adaptive: AdaptiveLimit | None = None

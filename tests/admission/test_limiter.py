@@ -37,6 +37,10 @@ pytestmark = pytest.mark.anyio
         ({"tenant_weights": {"a": 0}}, "tenant_weights['a']"),
         ({"tenant_weights": {None: -1.0}}, "tenant_weights[None]"),
         ({"tenant_weights": {"a": math.inf}}, "tenant_weights['a']"),
+        ({"unlisted_tenants": "each"}, "unlisted_tenants"),
+        ({"unlisted_tenants": None}, "unlisted_tenants"),
+        ({"max_tenants": 0}, "max_tenants"),
+        ({"max_tenants": 1.5}, "max_tenants"),
         ({"codel_target": 0}, "codel_target"),
         ({"codel_interval": math.nan}, "codel_interval"),
         ({"clock": 5}, "clock"),
@@ -85,7 +89,7 @@ async def test_bad_service_estimate(estimate: float) -> None:
 
 
 def test_fast_path_grants_until_full_then_says_no() -> None:
-    limiter = Limiter("db", max_concurrency=2)
+    limiter = Limiter("db", max_concurrency=2, tenant_weights={"t": 1.0})
     first, second = limiter.try_acquire(), limiter.try_acquire(9, "t")
     assert isinstance(first, Permit)
     assert isinstance(second, Permit)
@@ -286,6 +290,7 @@ async def test_state_snapshot() -> None:
         "admitted": 1,
         "mean_hold": 0.0,
         "mean_queue_wait": 0.0,
+        "tenants": 0,
     }
     state.rejected["queue_full"] = 99  # a copy: the limiter's counters are untouched
     assert limiter.state().rejected["queue_full"] == 0

@@ -25,6 +25,9 @@ from tests.admission.support import (
 
 pytestmark = pytest.mark.anyio
 
+EQUAL = dict.fromkeys(["a", "b", "hog", "noisy", "quiet"], 1.0)
+"""The tenants these tests name, listed (unlisted tenants would share one lane)."""
+
 
 def held(limiter: Limiter, tenant: object = None) -> Permit:
     permit = limiter.try_acquire(0, tenant)
@@ -72,7 +75,9 @@ async def test_tenants_share_by_weight() -> None:
 
 
 async def test_a_noisy_tenant_does_not_delay_a_quiet_one() -> None:
-    limiter = Limiter("db", max_concurrency=1, max_queue=200, clock=FakeClock())
+    limiter = Limiter(
+        "db", max_concurrency=1, max_queue=200, tenant_weights=EQUAL, clock=FakeClock()
+    )
     holder = held(limiter, "noisy")
     got: list[tuple[str, Permit]] = []
     for i in range(100):
@@ -88,7 +93,12 @@ async def test_a_noisy_tenant_does_not_delay_a_quiet_one() -> None:
 
 async def test_tenant_cap_limits_permits_and_skips_its_waiters() -> None:
     limiter = Limiter(
-        "db", max_concurrency=3, max_queue=10, tenant_concurrency=2, clock=FakeClock()
+        "db",
+        max_concurrency=3,
+        max_queue=10,
+        tenant_concurrency=2,
+        tenant_weights=EQUAL,
+        clock=FakeClock(),
     )
     a1, a2 = held(limiter, "a"), held(limiter, "a")
     assert limiter.try_acquire(0, "a") is None  # at its cap, with a slot free
@@ -116,7 +126,12 @@ async def test_tenant_cap_limits_permits_and_skips_its_waiters() -> None:
 
 async def test_tenant_may_queue_only_up_to_its_cap() -> None:
     limiter = Limiter(
-        "db", max_concurrency=1, max_queue=10, tenant_concurrency=2, clock=FakeClock()
+        "db",
+        max_concurrency=1,
+        max_queue=10,
+        tenant_concurrency=2,
+        tenant_weights=EQUAL,
+        clock=FakeClock(),
     )
     holder = held(limiter, "a")
     got: list[tuple[str, Permit]] = []
@@ -174,7 +189,7 @@ async def test_higher_priority_pushes_the_lowest_out_of_a_full_queue() -> None:
 
 
 async def test_a_tenant_filling_the_queue_is_pushed_out_by_another() -> None:
-    limiter = Limiter("db", max_concurrency=1, max_queue=4, clock=FakeClock())
+    limiter = Limiter("db", max_concurrency=1, max_queue=4, tenant_weights=EQUAL, clock=FakeClock())
     holder = held(limiter)
     got: list[tuple[str, Permit]] = []
     hogs = [spawn(limiter, got, f"hog{i}", tenant="hog") for i in range(4)]
@@ -264,7 +279,14 @@ async def test_queue_that_empties_is_not_overloaded() -> None:
 
 async def test_codel_is_per_tenant_a_flood_trips_it_for_the_flooder_only() -> None:
     clock = FakeClock()
-    limiter = Limiter("db", max_concurrency=1, max_queue=50, codel_target=0.001, clock=clock)
+    limiter = Limiter(
+        "db",
+        max_concurrency=1,
+        max_queue=50,
+        codel_target=0.001,
+        tenant_weights=EQUAL,
+        clock=clock,
+    )
     holder = held(limiter, "noisy")
     got: list[tuple[str, Permit]] = []
     for i in range(3):

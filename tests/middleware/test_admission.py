@@ -171,6 +171,7 @@ async def test_tenant_cap_from_header() -> None:
         gate,
         routes={"/held": RoutePolicy(max_concurrency=4, max_queue=4, tenant_concurrency=1)},
         tenant_header="x-tenant-id",
+        tenant_weights={"greedy": 1.0, "polite": 1.0},
     )
     greedy = {"x-tenant-id": "greedy"}
     first = asyncio.create_task(get(app, "/held", headers=greedy))
@@ -239,6 +240,7 @@ async def test_no_slot_leaks_under_mixed_outcomes() -> None:
             )
         },
         tenant_header="x-tenant-id",
+        unlisted_tenants="separate",
     )
     limiter = guard.limiters["/held"]
     rng = random.Random(7)

@@ -10,10 +10,19 @@
 
 from tailguard.admission.adaptive import AdaptiveLimit, Gradient2, LimitController
 from tailguard.admission.errors import REASONS, Reason, Rejected
-from tailguard.admission.limiter import Limiter, LimiterState, Permit
+from tailguard.admission.limiter import (
+    MAX_TENANTS,
+    UNLISTED,
+    Limiter,
+    LimiterState,
+    Permit,
+    UnlistedTenants,
+)
 
 __all__ = [
+    "MAX_TENANTS",
     "REASONS",
+    "UNLISTED",
     "AdaptiveLimit",
     "Gradient2",
     "LimitController",
@@ -22,4 +31,5 @@ __all__ = [
     "Permit",
     "Reason",
     "Rejected",
+    "UnlistedTenants",
 ]

@@ -19,6 +19,16 @@ given up (or to be about to time out). A burst the queue can absorb still
 waits in FIFO order with its full cap. The check is per tenant, as in Linux's
 ``fq_codel``, so a tenant that floods the limiter trips it for itself only;
 with one tenant (or none) it is exactly Facebook's queue-wide check.
+
+Tenants are whatever the caller says, and a client may say anything: a client
+that sends a new tenant id with every request would get a fresh lane and a
+fresh tenant cap each time, and crowd out the tenants that play fair. So only
+*listed* tenants (the keys of ``tenant_weights``) and ``None`` (no tenant) get
+lanes and caps of their own; every other tenant is counted as
+:data:`UNLISTED`, one tenant sharing one lane and one ``tenant_concurrency``
+cap. ``unlisted_tenants="separate"`` gives unlisted tenants their own, for
+tenants clients cannot forge; at most ``max_tenants`` of them at once (the
+rest share :data:`UNLISTED`), so the per-tenant tables stay bounded.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import math
 import time
 from collections.abc import Callable, Hashable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from tailguard._numbers import finite
 from tailguard.admission.adaptive import AdaptiveLimit, LimitController
@@ -38,7 +48,32 @@ from tailguard.admission.queue import PRIORITY_LEVELS, Waiter, WaitQueue
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-__all__ = ["Limiter", "LimiterState", "Permit"]
+__all__ = ["MAX_TENANTS", "UNLISTED", "Limiter", "LimiterState", "Permit", "UnlistedTenants"]
+
+UnlistedTenants = Literal["shared", "separate"]
+"""How a limiter counts tenants missing from ``tenant_weights``: as one, or each apart."""
+
+MAX_TENANTS: Final = 256
+"""With ``unlisted_tenants="separate"``: tenants a limiter keeps state for before new
+unlisted ones count as :data:`UNLISTED` (per table: permits held, waiters queued)."""
+
+
+class _Unlisted:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNLISTED"
+
+
+UNLISTED: Final = _Unlisted()
+"""The tenant every unlisted tenant is counted as (``Permit.tenant`` of their permits).
+
+>>> limiter = Limiter("api", max_concurrency=4, tenant_concurrency=1, tenant_weights={"gold": 1})
+>>> limiter.try_acquire(tenant="gold").tenant, limiter.try_acquire(tenant="a7f3").tenant
+('gold', UNLISTED)
+>>> limiter.try_acquire(tenant="b912") is None  # the unlisted tenants' one slot is taken
+True
+"""
 
 _WARMUP = 20
 """Hold and wait means are plain means of the first 20 samples, then EWMAs of weight 1/20."""
@@ -71,6 +106,8 @@ class LimiterState(NamedTuple):
     """Recent mean seconds a permit is held (0 before the first release)."""
     mean_queue_wait: float
     """Recent mean seconds spent queued by requests that left the queue granted or shed."""
+    tenants: int
+    """Tenants the limiter keeps state for now (queued, or holding permits under a tenant cap)."""
 
 
 class Limiter:
@@ -81,7 +118,10 @@ class Limiter:
     one, each for at most ``queue_timeout`` seconds and never past its
     deadline; higher ``priority`` (0..9) is served first, and tenants share
     the queue by ``tenant_weights`` (default 1). ``tenant_concurrency`` caps
-    each tenant's permits *and* its queued requests. ``clock`` must be the
+    each tenant's permits *and* its queued requests. Tenants not listed in
+    ``tenant_weights`` share one lane and one cap, as :data:`UNLISTED`, unless
+    ``unlisted_tenants="separate"`` (then up to ``max_tenants`` of them at once
+    get their own; only for tenants clients cannot forge). ``clock`` must be the
     clock of the ``deadline_at`` values passed in (``time.monotonic``); tests
     may inject a fake one. One limiter serves one event loop.
 
@@ -106,6 +146,7 @@ class Limiter:
         "_clock",
         "_controller",
         "_holds",
+        "_listed",
         "_mean_hold",
         "_mean_wait",
         "_queue",
@@ -119,9 +160,11 @@ class Limiter:
         "limit",
         "max_concurrency",
         "max_queue",
+        "max_tenants",
         "name",
         "queue_timeout",
         "tenant_concurrency",
+        "unlisted_tenants",
     )
 
     def __init__(
@@ -133,6 +176,8 @@ class Limiter:
         queue_timeout: float | None = None,
         tenant_concurrency: int | None = None,
         tenant_weights: Mapping[Hashable, float] | None = None,
+        unlisted_tenants: UnlistedTenants = "shared",
+        max_tenants: int = MAX_TENANTS,
         adaptive: AdaptiveLimit | None = None,
         codel_target: float = 0.005,
         codel_interval: float = 0.1,
@@ -148,6 +193,11 @@ class Limiter:
             _check_int("tenant_concurrency", tenant_concurrency, 1)
         for tenant, weight in (tenant_weights or {}).items():
             _check_seconds(f"tenant_weights[{tenant!r}]", weight, what="a positive, finite number")
+        if unlisted_tenants not in ("shared", "separate"):
+            raise ValueError(
+                f"Limiter.unlisted_tenants must be 'shared' or 'separate', got {unlisted_tenants!r}"
+            )
+        _check_int("max_tenants", max_tenants, 1)
         _check_seconds("codel_target", codel_target)
         _check_seconds("codel_interval", codel_interval)
         if not callable(clock):
@@ -157,6 +207,9 @@ class Limiter:
         self.max_queue: int = max_queue
         self.queue_timeout = queue_timeout
         self.tenant_concurrency = tenant_concurrency
+        self.unlisted_tenants: UnlistedTenants = unlisted_tenants
+        self.max_tenants = max_tenants
+        self._listed: frozenset[Hashable] = frozenset(tenant_weights or ())
         self.codel_target = codel_target
         self.codel_interval = codel_interval
         self._clock = clock
@@ -212,7 +265,28 @@ class Limiter:
             self._admitted,
             self._mean_hold,
             self._mean_wait,
+            len(self._queue.tenant_counts.keys() | (self._tenant_in_use or {}).keys()),
         )
+
+    def _tenant_key(self, tenant: Hashable) -> Hashable:
+        """The tenant a request is counted as: itself, or :data:`UNLISTED`.
+
+        Listed tenants and ``None`` are themselves. Unlisted ones are
+        :data:`UNLISTED`, unless ``unlisted_tenants="separate"``: then
+        themselves while the limiter keeps state for fewer than ``max_tenants``
+        tenants (or already keeps some for this one). The same answer twice in
+        a row (nothing changes in between), so callers may ask again.
+        """
+        if tenant is None or tenant in self._listed:
+            return tenant
+        if self.unlisted_tenants == "shared":
+            return UNLISTED
+        queued = self._queue.tenant_counts
+        held = self._tenant_in_use
+        if tenant in queued or (held is not None and tenant in held):
+            return tenant
+        known = len(queued) + (len(held) if held is not None else 0)
+        return tenant if known < self.max_tenants else UNLISTED
 
     def try_acquire(self, priority: int = 0, tenant: Hashable = None) -> Permit | None:
         """A permit now if a slot is free, else ``None``; never waits, never sheds.
@@ -225,6 +299,8 @@ class Limiter:
         if priority.__class__ is not int or not 0 <= priority < PRIORITY_LEVELS:
             raise _bad_priority(priority)
         if self.in_use < self.limit:
+            if tenant is not None:
+                tenant = self._tenant_key(tenant)
             counts = self._tenant_in_use
             if counts is not None:
                 held = counts.get(tenant, 0)
@@ -285,6 +361,7 @@ class Limiter:
         service_estimate: float | None,
     ) -> Waiter[Permit | Rejected]:
         queue = self._queue
+        tenant = self._tenant_key(tenant)
         if self.max_queue == 0:
             # With a free slot, only the tenant's own cap kept this request out.
             raise self._reject("tenant_limit" if self.in_use < self.limit else "queue_full", tenant)

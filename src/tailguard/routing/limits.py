@@ -7,7 +7,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from starlette.types import Scope
 
 from tailguard._scope import header as header_value
-from tailguard.admission import Limiter
+from tailguard.admission import Limiter, UnlistedTenants
 from tailguard.policy import RoutePolicy
 from tailguard.routing.matching import limiter_name
 
@@ -19,13 +19,28 @@ TenantOf = Callable[[Scope], "str | None"]
 def build_limiters(
     policies: Iterable[tuple[str | None, RoutePolicy]],
     tenant_weights: Mapping[str, float] | None = None,
+    *,
+    unlisted_tenants: UnlistedTenants = "shared",
+    tenants: bool = False,
 ) -> dict[str, Limiter]:
     """One :class:`Limiter` per limiter name the policies use.
 
     A name is defined by the policy (or policies, if they agree) that sets
     ``max_concurrency``; other keys may share it by naming it with
-    ``limiter=`` and leaving the limits unset.
+    ``limiter=`` and leaving the limits unset. Tenants missing from
+    ``tenant_weights`` count as one (``unlisted_tenants="shared"``) or each
+    apart (``"separate"``). With ``tenants`` (requests carry a tenant), a
+    ``tenant_concurrency`` that could only cap every tenant together (shared,
+    and nobody listed) is refused.
+
+    >>> limiters = build_limiters([(None, RoutePolicy(max_concurrency=4))], {"gold": 3.0})
+    >>> limiters["default"].try_acquire(tenant="anyone").tenant
+    UNLISTED
     """
+    if unlisted_tenants not in ("shared", "separate"):
+        raise ValueError(
+            f"unlisted_tenants must be 'shared' or 'separate', got {unlisted_tenants!r}"
+        )
     defined: dict[str, tuple[str, RoutePolicy]] = {}
     named: dict[str, str] = {}
     for key, policy in policies:
@@ -42,6 +57,19 @@ def build_limiters(
                 f"by {defined[name][0]!r} and by {where!r}"
             )
         defined.setdefault(name, (where, policy))
+        if (
+            tenants
+            and policy.tenant_concurrency is not None
+            and unlisted_tenants == "shared"
+            and not tenant_weights
+        ):
+            raise ValueError(
+                f"routes[{where!r}] sets tenant_concurrency, but no tenant is listed in "
+                "tenant_weights: every tenant is unlisted, and unlisted tenants share one cap, "
+                "so it would cap all of them together. List your tenants in tenant_weights, or "
+                "pass unlisted_tenants='separate' if a tenant comes from something clients "
+                "cannot forge (see docs/admission.md)"
+            )
     weights: dict[Hashable, float] | None = None
     if tenant_weights:
         weights = {}
@@ -61,6 +89,7 @@ def build_limiters(
             queue_timeout=policy.queue_timeout,
             tenant_concurrency=policy.tenant_concurrency,
             tenant_weights=weights,
+            unlisted_tenants=unlisted_tenants,
             adaptive=policy.adaptive,
         )
     return limiters

@@ -37,6 +37,7 @@ __all__ = [
     "coroutine_name",
     "orphans",
     "qualname",
+    "task_name",
 ]
 
 ORPHANS_TRACKED: Final = 10_000
@@ -145,7 +146,7 @@ orphans: Final = Orphans()
 
 
 def coroutine_name(task: asyncio.Future[Any]) -> str:
-    """The qualified name of the coroutine a task runs (``"Future"`` for a bare future).
+    """What tailguard calls a task: see :func:`task_name` (``"Future"`` for a bare future).
 
     >>> import asyncio
     >>> async def refresh_cache(): pass
@@ -158,6 +159,35 @@ def coroutine_name(task: asyncio.Future[Any]) -> str:
     coro = get_coro() if get_coro is not None else None
     if coro is None:
         return type(task).__name__
+    get_name = getattr(task, "get_name", None)
+    return task_name(coro, get_name() if get_name is not None else None)
+
+
+def task_name(coro: object, name: object = None) -> str:
+    """What tailguard calls a task running ``coro``: the qualified name of its coroutine.
+
+    anyio (4.14 and later) runs every task-group task in a wrapper coroutine,
+    ``TaskHandle._run_coro``: for those, the coroutine the wrapper runs
+    (``TaskHandle.coro``), so a task is named the same under any anyio, and
+    like a plain asyncio task. Should a wrapper of anyio's not give its
+    coroutine away, the task's ``name`` is used instead (anyio names every
+    task it starts: ``module.qualname`` of the function, or its ``name=``).
+
+    >>> async def refresh_cache(): pass
+    >>> coro = refresh_cache()
+    >>> task_name(coro, "Task-7")
+    'refresh_cache'
+    >>> coro.close()
+    """
+    frame = getattr(coro, "cr_frame", None)
+    if frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "anyio":
+        # A coroutine of anyio's own: anyio's wrapper, if it is a method of a handle
+        # whose public ``coro`` is the task's real coroutine.
+        inner = getattr(frame.f_locals.get("self"), "coro", None)
+        if inner is not None and inner is not coro and hasattr(inner, "cr_code"):
+            return qualname(inner)
+        if name is not None and str(name):
+            return str(name)
     return qualname(coro)
 
 

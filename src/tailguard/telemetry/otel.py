@@ -43,7 +43,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from tailguard.telemetry.live import qualname
+from tailguard.telemetry.live import task_name
 from tailguard.telemetry.tracing import tracer, use_tracer_provider
 
 __all__ = [
@@ -352,9 +352,13 @@ def end_dependency_span(
 
 
 def start_task_span(
-    coro: object, context: contextvars.Context | None
+    coro: object, context: contextvars.Context | None, name: object = None
 ) -> tuple[Span, contextvars.Context]:
     """Start ``task <coroutine>`` for a task about to be created in ``context``.
+
+    ``name`` is the task's name, if its creator gave one (see
+    :func:`~tailguard.telemetry.live.task_name`: anyio's tasks are named by
+    the coroutine they wrap).
 
     Returns the span and a copy of the creating context (``None``: the
     current one) with the span current in it, for the task to run in: spans
@@ -362,9 +366,9 @@ def start_task_span(
     """
     ctx = contextvars.copy_context() if context is None else context.run(contextvars.copy_context)
     parent = ctx.run(otel_context.get_current)
-    name = qualname(coro)
+    called = task_name(coro, name)
     span = tracer().start_span(
-        f"task {name}", context=parent, attributes={"tailguard.task.coroutine": name}
+        f"task {called}", context=parent, attributes={"tailguard.task.coroutine": called}
     )
     ctx.run(otel_context.attach, trace.set_span_in_context(span, parent))
     return span, ctx

@@ -219,7 +219,7 @@ def _chain(inner: _TaskFactory | None) -> _TaskFactory:
         owner: RequestTasks | None = frame.owner if frame is not None else None  # type: ignore[assignment]
         span = None
         if owner is not None and owner.span is not None:  # a sampled request
-            span, kwargs["context"] = start_span(coro, kwargs.get("context"))
+            span, kwargs["context"] = start_span(coro, kwargs.get("context"), kwargs.get("name"))
         if make is not None:
             task: asyncio.Future[Any] = make(coro, loop=loop, **kwargs)
         else:
