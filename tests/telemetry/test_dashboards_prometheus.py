@@ -210,6 +210,34 @@ async def load(base_url: str, seconds: float) -> int:
     return sent
 
 
+async def burst(base_url: str, token: str, requests: int = 60) -> int:
+    """Far more lookups at once than the inventory bulkhead holds (4 slots, 8 waiting).
+
+    The mixed load sheds only when the machine keeps up with it. Here every
+    inventory call holds its slot for 0.2 s (a second experiment) while 60
+    lookups arrive: at most 12 fit, so the shed panels have data on any machine.
+    """
+    headers = {"authorization": f"Bearer {token}"}
+    hold = {
+        "name": "hold-inventory",
+        "ttl": 30,
+        "faults": [{"kind": "latency", "target": "inventory", "rate": 1.0, "delay": 0.2}],
+    }
+    limits = httpx.Limits(max_connections=requests)
+    async with httpx.AsyncClient(base_url=base_url, timeout=5, limits=limits) as http:
+        started = await http.post("/_tailguard/experiments", json=hold, headers=headers)
+        assert started.status_code == 201, started.text
+        try:
+            answers = await asyncio.gather(
+                *(http.get("/stock/1") for _ in range(requests)), return_exceptions=True
+            )
+        finally:
+            await http.delete("/_tailguard/experiments/hold-inventory", headers=headers)
+    statuses = [answer.status_code for answer in answers if isinstance(answer, httpx.Response)]
+    assert 503 in statuses, f"a burst of {requests} was not shed: {statuses}"
+    return requests
+
+
 def query(prometheus: Server, expr: str, since: float | None = None) -> dict[str, Any]:
     """An instant query, or a range query from ``since`` to now (as a Grafana panel asks)."""
     if since is None:
@@ -287,6 +315,7 @@ def game_day(
     assert tailguard_cli(["chaos", "start", str(experiment), *common]) == 0
     try:
         sent = asyncio.run(load(shop.url, LOAD_SECONDS))
+        sent += asyncio.run(burst(shop.url, token))
         assert sent > 100
         wait_for_series(prometheus, "tailguard_chaos_injections_total")
     finally:
