@@ -289,7 +289,7 @@ async def test_two_guards_with_two_registries_keep_their_metrics_apart() -> None
             assert service.value("tailguard_requests_total", **ok, outcome="ok") == count
             duration = "tailguard_request_duration_seconds_count"
             assert service.value(duration, route="/items/{item_id}", method="GET") == count
-            calls_ok = {"dependency": "db", "outcome": "ok"}
+            calls_ok = {"dependency": "db", "outcome": "ok", "status_class": "none"}
             assert service.value("tailguard_dependency_calls_total", **calls_ok) == count
             held = "tailguard_dependency_duration_seconds_count"
             assert service.value(held, dependency="db") == count

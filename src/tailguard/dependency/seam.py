@@ -27,12 +27,13 @@ from __future__ import annotations
 
 from asyncio import CancelledError
 from time import monotonic
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from tailguard.admission import Limiter, Permit, Rejected
 from tailguard.deadlines import MIN_BUDGET, Deadline, DeadlineExceeded, current_deadline
 from tailguard.tail.sketch import LatencySketch
 from tailguard.telemetry import dependencies as dependency_telemetry
+from tailguard.telemetry.dependencies import failed_status
 
 if TYPE_CHECKING:
     from tailguard.chaos._inject import Injection
@@ -77,15 +78,16 @@ class Seam:
                 raise
         return permit
 
-    async def acquire(self) -> Permit:
+    async def acquire(self, request: Any = None) -> Permit:
         """Take a slot for one call; every entry point starts here.
 
         A call given a slot at once has waited zero seconds (its permit's
         ``requested_at`` is its ``acquired_at``); only the others are
-        recorded as queue waits.
+        recorded as queue waits. ``request``: the httpx/httpx2 request the
+        call sends, if it is one (its span becomes an HTTP client span).
         """
         name = self.name
-        span = dependency_telemetry.call_started(name)
+        span = dependency_telemetry.call_started(name, request)
         deadline = current_deadline()
         if deadline is not None and deadline.remaining() < MIN_BUDGET:
             error = DeadlineExceeded(deadline)
@@ -135,11 +137,16 @@ class Seam:
             self.release(permit, exc)
             raise
 
-    def release(self, permit: Permit, error: BaseException | None) -> None:
-        """Give a call's slot back; ``error`` is what the call raised, ``None`` if it went well."""
-        permit.release(ok=error is None)
-        dependency_telemetry.call_ended(self.catalog, self.name, permit, error)
-        if error is None or isinstance(error, CancelledError):
+    def release(self, permit: Permit, error: BaseException | None, status: int = 0) -> None:
+        """Give a call's slot back; ``error`` is what the call raised, ``None`` if it went well.
+
+        ``status``: the HTTP status the call was answered with (the transport's
+        calls; 0 for none). A 5xx or 429 answer counts as a failed call.
+        """
+        failed = error is not None or (status != 0 and failed_status(status))
+        permit.release(ok=not failed)
+        dependency_telemetry.call_ended(self.catalog, self.name, permit, error, status)
+        if not failed or isinstance(error, CancelledError):
             # A cancelled call (a hedge's loser, a deadline) ran at least this long:
             # leaving it out would pull the estimate down to the winners.
             self.latency.observe(monotonic() - permit.acquired_at)

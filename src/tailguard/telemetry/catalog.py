@@ -238,8 +238,10 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "dependency_calls",
         "counter",
         "tailguard_dependency_calls_total",
-        "Calls to a dependency by outcome (ok, error, rejected, deadline_exceeded, cancelled).",
-        labels=("dependency", "outcome"),
+        "Calls to a dependency by outcome (ok, error, rejected, deadline_exceeded, cancelled) "
+        "and status class (2xx..5xx for calls through its httpx transport, none otherwise); "
+        "a 5xx or 429 answer is an error.",
+        labels=("dependency", "outcome", "status_class"),
     ),
     MetricSpec(
         "dependency_duration",
