@@ -72,6 +72,8 @@ class Dependency:
     Entry points, all sharing the one bulkhead (:attr:`limiter`):
 
     * ``async with dependency:`` around a block;
+    * ``with dependency:`` around blocking code on a worker thread (a FastAPI
+      ``def`` endpoint's), taking the slot on the event loop;
     * ``@dependency`` on an ``async def``, and ``await dependency.call(fn, ...)``;
     * ``httpx.AsyncClient(transport=dependency.transport())``;
     * ``await dependency.run_sync(fn, ...)`` for blocking work, in the
@@ -206,6 +208,37 @@ class Dependency:
         tb: TracebackType | None,
     ) -> None:
         self._seam.release(held.pop(self), exc)
+
+    def __enter__(self) -> None:
+        """``with dependency:`` in blocking code on a worker thread (a ``def`` endpoint's).
+
+        Blocks the thread until it has a slot; the wait is capped by the
+        request's deadline (the thread sees it through its copied context) and
+        by ``queue_timeout``, and ends in :class:`~tailguard.admission.Rejected`
+        or :class:`~tailguard.DeadlineExceeded` as ``async with`` does. Chaos
+        faults are applied in the thread. Works on AnyIO worker threads: FastAPI
+        and Starlette run ``def`` endpoints there, as do ``run_in_threadpool``
+        and ``anyio.to_thread.run_sync``. On the event loop use ``async with``.
+
+        >>> import anyio
+        >>> db = Dependency("db", max_concurrency=2)
+        >>> def blocking() -> int:
+        ...     with db:
+        ...         return db.limiter.in_use
+        >>> anyio.run(anyio.to_thread.run_sync, blocking)
+        1
+        """
+        permit, loop = self._seam.enter_from_thread()
+        held.push(self, (permit, loop))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        permit, loop = held.pop(self)
+        self._seam.release_from_thread(loop, permit, exc)
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``await fn(*args, **kwargs)`` inside the bulkhead.
