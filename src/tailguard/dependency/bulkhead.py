@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
@@ -316,16 +316,36 @@ class Dependency:
 
     @overload
     def transport(
-        self, inner: httpx.AsyncBaseTransport, *, header: str = ...
+        self,
+        inner: httpx.AsyncBaseTransport,
+        *,
+        header: str = ...,
+        propagate_to: Iterable[str] | None = ...,
     ) -> httpx.AsyncBaseTransport: ...
     @overload
     def transport(
-        self, inner: httpx2.AsyncBaseTransport, *, header: str = ...
+        self,
+        inner: httpx2.AsyncBaseTransport,
+        *,
+        header: str = ...,
+        propagate_to: Iterable[str] | None = ...,
     ) -> httpx2.AsyncBaseTransport: ...
     @overload
-    def transport(self, inner: None = None, *, header: str = ...) -> Any: ...
+    def transport(
+        self,
+        inner: None = None,
+        *,
+        header: str = ...,
+        propagate_to: Iterable[str] | None = ...,
+    ) -> Any: ...
 
-    def transport(self, inner: Any = None, *, header: str = DEADLINE_HEADER) -> Any:
+    def transport(
+        self,
+        inner: Any = None,
+        *,
+        header: str = DEADLINE_HEADER,
+        propagate_to: Iterable[str] | None = None,
+    ) -> Any:
         """An async httpx (or httpx2) transport that calls this dependency through its bulkhead.
 
         Each request takes a slot (waiting as :class:`Dependency` describes),
@@ -334,7 +354,9 @@ class Dependency:
         ``inner``. The slot is held until the response is closed: for a
         streamed response, until it is read to the end or closed. ``inner``'s
         library is the one used; ``inner=None`` means the library's default
-        transport, httpx's if it is installed, else httpx2's.
+        transport, httpx's if it is installed, else httpx2's. ``propagate_to``:
+        the hosts that get ``header`` (names and ``*.domain`` patterns;
+        ``None``: every host), so a third-party API is not told your budgets.
 
         >>> import asyncio, httpx
         >>> api = Dependency("api", max_concurrency=4)
@@ -345,4 +367,4 @@ class Dependency:
         >>> asyncio.run(main())
         ('ok', 0)
         """
-        return bulkhead_transport(self.name, self._seam, inner, header)
+        return bulkhead_transport(self.name, self._seam, inner, header, propagate_to)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,12 +25,13 @@ if TYPE_CHECKING:
 __all__ = ["bulkhead_transport"]
 
 
-def bulkhead_transport(name: str, seam: Seam, inner: Any, header: str) -> Any:
+def bulkhead_transport(
+    name: str, seam: Seam, inner: Any, header: str, propagate_to: Iterable[str] | None = None
+) -> Any:
     """Dependency ``name``'s transport over ``inner`` (httpx's or httpx2's; ``None``: default)."""
     integration = _integration_for(inner)
-    return _transport_class(integration)(
-        name, seam, integration.DeadlineTransport(inner, header=header)
-    )
+    deadline = integration.DeadlineTransport(inner, header=header, propagate_to=propagate_to)
+    return _transport_class(integration)(name, seam, deadline)
 
 
 class _BulkheadTransport:
