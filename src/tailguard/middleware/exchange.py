@@ -531,8 +531,10 @@ def _shed_if_too_late(budget: float, resolved: ResolvedRoute) -> None:
     A route's own budget is never judged against its usual service time (that
     would shed every request of a route that is slow on average); a caller's
     tighter budget is: if the route usually needs more, running it is wasted.
+    The reason is ``"budget"``, not overload: the service has capacity, the
+    caller's budget is too short, and retrying with the same budget cannot help.
     """
     usual = resolved.service_time.estimate()
     if usual is not None and budget < usual:
         name = resolved.limiter.name if resolved.limiter is not None else resolved.key or "default"
-        raise Rejected("deadline", name, 0.0)
+        raise Rejected("budget", name, 0.0)
