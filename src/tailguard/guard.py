@@ -21,7 +21,7 @@ from tailguard.routing.inbound import InboundDeadlines
 from tailguard.routing.limits import build_limiters, tenant_resolver
 from tailguard.routing.matching import RouteTable
 from tailguard.telemetry import otel
-from tailguard.telemetry.catalog import TenantLabels, catalog_for
+from tailguard.telemetry.catalog import BucketFamily, TenantLabels, catalog_for, check_buckets
 from tailguard.telemetry.exposition import metrics_app
 from tailguard.telemetry.live import LiveRequests
 from tailguard.telemetry.loop import LoopMonitor
@@ -68,7 +68,12 @@ class Tailguard:
     guard's requests, its dependencies, its chaos engine and the tail helpers
     called while it handles a request all record there, so two guards with
     two registries keep their metrics apart. ``metrics=False`` turns
-    tailguard's metrics off. Tasks a request spawned
+    tailguard's metrics off. ``buckets`` sets a histogram bucket family's
+    bounds (``{"latency": (0.01, 0.1, 1, 10, 30, 60)}`` for routes that take
+    tens of seconds; families: ``latency``, ``wait``); ``created_series=True``
+    publishes the ``_created`` series of counters and histograms (off by
+    default, for this guard's registry only). A registry holds one set of
+    tailguard metrics: guards sharing one must agree on both. Tasks a request spawned
     that are still running when it finishes are *orphans*: counted, logged
     once per coroutine, listed by :meth:`snapshot`, and cancelled with
     ``orphans="cancel"``.
@@ -92,7 +97,10 @@ class Tailguard:
         registry: CollectorRegistry | None = None,
         orphans: Literal["leave", "cancel"] = "leave",
         chaos: Chaos | None = None,
+        buckets: Mapping[BucketFamily, Sequence[float]] | None = None,
+        created_series: bool = False,
     ) -> None:
+        check_buckets(buckets)
         if chaos is not None and not isinstance(chaos, Chaos):
             raise TypeError(f"chaos must be a tailguard.chaos.Chaos or None, got {chaos!r}")
         if orphans not in ("leave", "cancel"):
@@ -125,7 +133,7 @@ class Tailguard:
         """Measures event-loop lag and refreshes the gauges periodically."""
         catalog = None
         if metrics:
-            catalog = catalog_for(registry)
+            catalog = catalog_for(registry, buckets=buckets, created=created_series)
             self.registry = catalog.registry
             self.recorder = RequestRecorder(catalog)
             self.refresher = Refresher(catalog, lambda: self.limiters, lambda: self._dependencies)

@@ -23,17 +23,20 @@ renamed metric cannot leave a dashboard behind.
 1.0
 >>> spec = SPECS["tailguard_request_duration_seconds"]
 >>> spec.kind, spec.labels, spec.unit
-('histogram', ('route', 'method'), 'seconds')
+('histogram', ('route', 'method', 'admission'), 'seconds')
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "MetricSpec",
     "TenantLabels",
     "catalog_for",
+    "check_buckets",
 ]
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -87,10 +91,16 @@ class MetricSpec:
         self,
         registry: CollectorRegistry | None,
         buckets: Mapping[BucketFamily, Sequence[float]] | None = None,
+        *,
+        created: bool = True,
     ) -> Counter | Gauge | Histogram:
-        """The prometheus_client metric for this spec, registered on ``registry``."""
+        """The prometheus_client metric for this spec, registered on ``registry``.
+
+        ``created=False``: the metric leaves out its ``_created`` series.
+        """
         if self.kind == "counter":
-            return Counter(self.name, self.help, self.labels, registry=registry)
+            counter = Counter if created else _CounterWithoutCreated
+            return counter(self.name, self.help, self.labels, registry=registry)
         if self.kind == "gauge":
             mode: Any = self.multiprocess_mode or "all"
             return Gauge(
@@ -98,7 +108,77 @@ class MetricSpec:
             )
         assert self.buckets is not None, f"{self.name}: a histogram needs a bucket family"
         bounds = (buckets or {}).get(self.buckets, BUCKETS[self.buckets])
-        return Histogram(self.name, self.help, self.labels, buckets=bounds, registry=registry)
+        histogram = Histogram if created else _HistogramWithoutCreated
+        return histogram(self.name, self.help, self.labels, buckets=bounds, registry=registry)
+
+
+def _without_created(metrics: Iterable[Metric]) -> list[Metric]:
+    """``metrics`` with their ``_created`` samples left out (one pass, at collection time)."""
+    collected = list(metrics)
+    for metric in collected:
+        created = metric.name + "_created"
+        metric.samples = [sample for sample in metric.samples if sample.name != created]
+    return collected
+
+
+class _CounterWithoutCreated(Counter):
+    """A counter whose collection has no ``_created`` series (this registry's choice only).
+
+    prometheus_client's ``disable_created_metrics()`` is process-wide: it would
+    change every other registry in the process too.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        return _without_created(super().collect())
+
+
+class _HistogramWithoutCreated(Histogram):
+    """A histogram whose collection has no ``_created`` series (see the counter's)."""
+
+    def collect(self) -> Iterable[Metric]:
+        return _without_created(super().collect())
+
+
+def check_buckets(
+    buckets: Mapping[BucketFamily, Sequence[float]] | Mapping[str, Sequence[float]] | None,
+) -> dict[BucketFamily, tuple[float, ...]] | None:
+    """Validate bucket overrides: a family name to increasing, finite, positive bounds.
+
+    >>> check_buckets({"latency": [0.1, 1, 30]})
+    {'latency': (0.1, 1.0, 30.0)}
+    >>> check_buckets({"latency": [1, 0.5]})
+    Traceback (most recent call last):
+    ...
+    ValueError: buckets['latency'] must be increasing, finite, positive numbers, got [1, 0.5]
+    """
+    if buckets is None:
+        return None
+    if not isinstance(buckets, Mapping):
+        raise TypeError(
+            f"buckets must map a bucket family ({', '.join(BUCKETS)}) to bounds, got {buckets!r}"
+        )
+    checked: dict[BucketFamily, tuple[float, ...]] = {}
+    for family, bounds in buckets.items():
+        if family not in BUCKETS:
+            raise ValueError(
+                f"buckets: unknown bucket family {family!r}; use {', '.join(map(repr, BUCKETS))}"
+            )
+        try:
+            values = tuple(float(bound) for bound in bounds)
+        except (TypeError, ValueError):
+            values = ()
+        good = (
+            bool(values)
+            and all(0 < value < math.inf for value in values)
+            and all(a < b for a, b in itertools.pairwise(values))
+            and not isinstance(bounds, str | bytes)
+        )
+        if not good:
+            raise ValueError(
+                f"buckets[{family!r}] must be increasing, finite, positive numbers, got {bounds!r}"
+            )
+        checked[family] = values  # type: ignore[index]
+    return checked
 
 
 METRICS: Final[tuple[MetricSpec, ...]] = (
@@ -115,8 +195,11 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "request_duration",
         "histogram",
         "tailguard_request_duration_seconds",
-        "Time from the request's arrival to its last response byte (or its end).",
-        labels=("route", "method"),
+        "Time from the request's arrival to its last response byte (or its end); "
+        "admission is 'admitted' for requests let in (served, failed, cut off) and "
+        "'shed' for the 503s of admission control, whose fast times would hide the "
+        "served requests' tail.",
+        labels=("route", "method", "admission"),
         buckets="latency",
     ),
     MetricSpec(
@@ -368,6 +451,8 @@ class Catalog:
     Gauges carry the ``multiprocess_mode`` that sums or maxes them correctly
     across workers when ``PROMETHEUS_MULTIPROC_DIR`` is set. ``buckets``
     overrides a family's bounds, e.g. ``{"latency": (0.01, 0.1, 1, 10, 30, 60)}``.
+    Counters and histograms publish no ``_created`` series unless ``created``
+    (the choice is this catalog's, not the process's).
     """
 
     requests: Counter
@@ -407,15 +492,21 @@ class Catalog:
         registry: CollectorRegistry | None = REGISTRY,
         *,
         buckets: Mapping[BucketFamily, Sequence[float]] | None = None,
+        created: bool = False,
     ) -> None:
+        checked = check_buckets(buckets) or {}
         self.registry: Final = registry
+        self.buckets: Final[Mapping[BucketFamily, tuple[float, ...]]] = {**BUCKETS, **checked}
+        """The bounds of each bucket family, overrides applied."""
+        self.created: Final = created
+        """Whether counters and histograms publish their ``_created`` series."""
         self.before_collect: Final[weakref.WeakSet[_Flushable]] = weakref.WeakSet()
         """Objects whose ``flush()`` folds pending counts in; run first by every collection."""
         if registry is not None:
             # Registered before the metrics, so collections flush, then read.
             registry.register(_FlushFirst(self.before_collect))
         for spec in METRICS:
-            setattr(self, spec.attr, spec.build(registry, buckets))
+            setattr(self, spec.attr, spec.build(registry, checked, created=created))
 
 
 class _Flushable(Protocol):
@@ -472,14 +563,42 @@ class TenantLabels:
 _catalogs: weakref.WeakKeyDictionary[CollectorRegistry, Catalog] = weakref.WeakKeyDictionary()
 
 
-def catalog_for(registry: CollectorRegistry | None = None) -> Catalog:
+def catalog_for(
+    registry: CollectorRegistry | None = None,
+    *,
+    buckets: Mapping[BucketFamily, Sequence[float]] | None = None,
+    created: bool | None = None,
+) -> Catalog:
     """The one catalog of ``registry`` (default: prometheus_client's), created on first use.
 
     Metrics can be registered once per registry, so every guard that shares a
-    registry shares its catalog.
+    registry shares its catalog. ``buckets`` and ``created`` (see
+    :class:`Catalog`; ``None``: the defaults, or whatever the registry's
+    catalog has) must agree with a catalog that exists already.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> registry = CollectorRegistry()
+    >>> catalog_for(registry, buckets={"latency": [1, 30]}) is catalog_for(registry)
+    True
+    >>> catalog_for(registry, buckets={"latency": [1, 60]})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: buckets: this registry's tailguard metrics already have other buckets; ...
     """
     registry = REGISTRY if registry is None else registry
     catalog = _catalogs.get(registry)
     if catalog is None:
-        catalog = _catalogs[registry] = Catalog(registry)
+        catalog = _catalogs[registry] = Catalog(registry, buckets=buckets, created=bool(created))
+        return catalog
+    checked = check_buckets(buckets)
+    if checked is not None and any(catalog.buckets[f] != b for f, b in checked.items()):
+        raise ValueError(
+            "buckets: this registry's tailguard metrics already have other buckets; "
+            "give this guard a registry of its own"
+        )
+    if created is not None and created != catalog.created:
+        raise ValueError(
+            f"created_series: this registry's tailguard metrics were made with "
+            f"created_series={catalog.created}; give this guard a registry of its own"
+        )
     return catalog
