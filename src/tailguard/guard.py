@@ -114,8 +114,6 @@ class Tailguard:
         self.inbound = InboundDeadlines(deadline_header) if inbound_deadlines else None
         self.deadline_header = deadline_header
         self.tenant = tenant_resolver(tenant_header, tenant)
-        self.tenant_labels = TenantLabels(tenant_weights or {})
-        """Tenant label values for per-tenant metrics: weighted tenants, the rest ``other``."""
         self._dependencies: dict[str, Dependency] = {}
         self.chaos: Chaos = chaos if chaos is not None else Chaos()
         """Fault injection; every dependency made by :meth:`dependency` consults it."""
@@ -138,6 +136,9 @@ class Tailguard:
             self.recorder = RequestRecorder(catalog)
             self.refresher = Refresher(catalog, lambda: self.limiters, lambda: self._dependencies)
             self.loop_monitor = LoopMonitor(refresh=self._refresh, catalog=catalog)
+        self.tenant_labels = TenantLabels(tenant_weights or {}, catalog=catalog)
+        """Tenant label values for per-tenant metrics: weighted tenants and the heaviest
+        others by name, the rest ``other``."""
         self.chaos.bind(catalog)
         self.runtime: Runtime = Runtime(
             routes=self.routes,

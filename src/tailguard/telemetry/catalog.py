@@ -5,7 +5,8 @@ durations are in seconds. Labels are bounded: route templates (never raw
 paths), methods, status classes, small enums (outcome, reason, phase, fault),
 and the names an operator configured (limiters, dependencies, pools, call
 sites, experiments). Tenants appear only on the per-tenant counters, through
-:class:`TenantLabels` (configured tenants, the rest ``"other"``).
+:class:`TenantLabels` (configured tenants and the heaviest others, bounded;
+the rest ``"other"``).
 
 :data:`METRICS` is the table of :class:`MetricSpec`: name, kind, help, labels,
 bucket family and multiprocess mode of each metric. A :class:`Catalog`
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ __all__ = [
     "BUCKETS",
     "METRICS",
     "SPECS",
+    "TENANT_OUTCOMES",
     "Catalog",
     "MetricSpec",
     "TenantLabels",
@@ -525,24 +528,59 @@ class _FlushFirst(Collector):
         return ()
 
 
+TENANT_OUTCOMES: Final = ("ok", "error", "deadline_exceeded", "shed", "disconnected")
+"""The ``outcome`` values of per-request series (``tailguard_tenant_requests_total``'s too)."""
+
+
 class TenantLabels:
-    """Bounded tenant label values: up to ``cap`` named tenants, ``"other"`` for the rest.
+    """Bounded tenant label values: named tenants, the heaviest others, ``"other"`` for the rest.
 
-    Given weights (``tenant_weights``), the heaviest tenants get their own
-    label; ``"none"`` marks requests without a tenant.
+    Given weights (``tenant_weights``), the ``cap`` heaviest weighted tenants
+    get their own label. So do up to ``top`` more: the heaviest of the other
+    tenants, found by a space-saving summary of ``4 * top`` counters (memory
+    and labels stay bounded however many tenants there are). A tenant is
+    named once at least ``min_requests`` of its requests are certain (the
+    summary's count minus its possible overestimate), so tenant ids that
+    rotate per request never are; when all ``top`` places are taken, a heavier
+    newcomer takes the place of the lightest, whose series is removed from
+    ``catalog`` (not in multiprocess mode, where series cannot be removed:
+    there the first ``top`` keep their places). Names longer than 64
+    characters are never labels. ``"none"`` marks requests without a tenant.
 
-    >>> labels = TenantLabels({"acme": 4.0, "globex": 1.0, "initech": 2.0}, cap=2)
+    >>> labels = TenantLabels({"acme": 4.0, "globex": 1.0, "initech": 2.0}, cap=2, top=0)
     >>> labels("acme"), labels("initech"), labels("globex"), labels(None)
     ('acme', 'initech', 'other', 'none')
+    >>> heavy = TenantLabels({}, top=1, min_requests=3)
+    >>> [heavy("bigco") for _ in range(4)], heavy("smallco")
+    (['other', 'other', 'bigco', 'bigco'], 'other')
     """
 
-    __slots__ = ("_known",)
+    __slots__ = (
+        "_catalog",
+        "_counts",
+        "_errors",
+        "_known",
+        "_promoted",
+        "capacity",
+        "min_requests",
+        "top",
+    )
 
     RESERVED = frozenset({"other", "none"})
+    MAX_NAME = 64
 
-    def __init__(self, known: Mapping[str, float] | Iterable[str], cap: int = 20) -> None:
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
-            raise ValueError(f"cap must be an int >= 0, got {cap!r}")
+    def __init__(
+        self,
+        known: Mapping[str, float] | Iterable[str],
+        cap: int = 20,
+        *,
+        top: int = 10,
+        min_requests: int = 20,
+        catalog: Catalog | None = None,
+    ) -> None:
+        for field, value in (("cap", cap), ("top", top), ("min_requests", min_requests)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{field} must be an int >= 0, got {value!r}")
         if isinstance(known, Mapping):
             ranked = sorted(known, key=lambda tenant: (-known[tenant], tenant))
         else:
@@ -553,11 +591,75 @@ class TenantLabels:
                 f"tenant names {sorted(clash)} are reserved as metric label values; rename them"
             )
         self._known = frozenset(ranked[:cap])
+        self.top = top
+        self.min_requests = max(1, min_requests)
+        self.capacity = 4 * top
+        self._counts: dict[str, int] = {}
+        self._errors: dict[str, int] = {}
+        self._promoted: dict[str, None] = {}
+        self._catalog = catalog
+
+    @property
+    def heaviest(self) -> list[str]:
+        """The tenants (outside ``tenant_weights``) that have their own label now."""
+        return list(self._promoted)
 
     def __call__(self, tenant: str | None) -> str:
         if tenant is None:
             return "none"
-        return tenant if tenant in self._known else "other"
+        if tenant in self._known:
+            return tenant
+        if self.top and self._count(tenant):
+            return tenant
+        return "other"
+
+    def _count(self, tenant: str) -> bool:
+        """Count one request of ``tenant`` (not a weighted one); whether it has a label."""
+        counts = self._counts
+        count = counts.get(tenant)
+        if count is not None:
+            count = counts[tenant] = count + 1
+        elif len(counts) < self.capacity:
+            count = counts[tenant] = 1
+            self._errors[tenant] = 0
+        else:
+            # Space-saving: the newcomer takes the smallest counter, and may be
+            # overestimated by as much as that counter held.
+            victim = min(counts, key=counts.__getitem__)
+            floor = counts.pop(victim)
+            del self._errors[victim]
+            count = counts[tenant] = floor + 1
+            self._errors[tenant] = floor
+        promoted = self._promoted
+        if tenant in promoted:
+            return True
+        certain = count - self._errors[tenant]
+        if certain < self.min_requests or len(tenant) > self.MAX_NAME or tenant in self.RESERVED:
+            return False
+        if len(promoted) < self.top:
+            promoted[tenant] = None
+            return True
+        if _multiprocess():
+            return False
+        lightest = min(promoted, key=lambda name: counts.get(name, 0) - self._errors.get(name, 0))
+        if counts.get(lightest, 0) - self._errors.get(lightest, 0) >= certain:
+            return False
+        del promoted[lightest]
+        promoted[tenant] = None
+        catalog = self._catalog
+        if catalog is not None:
+            for outcome in TENANT_OUTCOMES:
+                catalog.tenant_requests.remove(lightest, outcome)
+        return True
+
+
+_MULTIPROC_VARIABLES: Final = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+
+
+def _multiprocess() -> bool:
+    """Whether prometheus_client is in multiprocess mode (its own test, by which it refuses
+    to remove series)."""
+    return any(name in os.environ for name in _MULTIPROC_VARIABLES)
 
 
 _catalogs: weakref.WeakKeyDictionary[CollectorRegistry, Catalog] = weakref.WeakKeyDictionary()

@@ -15,7 +15,7 @@ and folds the one retired before it, so such scrapes lag by at most one scrape
 and lose nothing.
 
 >>> from prometheus_client import CollectorRegistry
->>> from tailguard.telemetry.catalog import Catalog
+>>> from tailguard.telemetry.catalog import TENANT_OUTCOMES, Catalog
 >>> recorder = RequestRecorder(Catalog(CollectorRegistry()))
 >>> route = recorder.route("/items/{item_id}", "GET")
 >>> route.begin()
@@ -34,7 +34,7 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any, Final
 
-from tailguard.telemetry.catalog import Catalog
+from tailguard.telemetry.catalog import TENANT_OUTCOMES, Catalog
 
 __all__ = [
     "ADMITTED",
@@ -49,7 +49,7 @@ __all__ = [
 UNMATCHED: Final = "unmatched"
 """The route label of requests no route matched (404s): never the raw path."""
 
-OUTCOMES: Final = ("ok", "error", "deadline_exceeded", "shed", "disconnected")
+OUTCOMES: Final = TENANT_OUTCOMES
 
 ADMITTED: Final = "admitted"
 """``admission`` label of the request duration: the request was let in (whatever became of it)."""
