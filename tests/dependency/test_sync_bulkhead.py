@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 import tailguard
 from tailguard import DeadlineExceeded, RoutePolicy, Tailguard
 from tailguard.admission import Rejected
-from tailguard.chaos import Chaos, Experiment, Raise
+from tailguard.chaos import Chaos, Experiment, Latency, Raise
 from tailguard.dependency import Dependency
 from tailguard.server import serve_in_thread
 
@@ -192,6 +192,49 @@ async def test_chaos_faults_are_applied_in_the_worker_thread() -> None:
     assert service.seen_thread != threading.current_thread().name
     assert service.db.limiter.in_use == 0
     assert service.calls("error") == 1
+
+
+async def test_an_injected_delay_is_spent_in_the_thread_then_the_block_runs() -> None:
+    chaos = Chaos(enabled=True, seed=3)
+    service = Service(chaos=chaos)
+    chaos.start(Experiment(name="slow", ttl=60, faults=[Latency("db", delay=0.001)]))
+    try:
+        async with service.client() as http:
+            response = await http.get("/quick")
+        assert chaos.experiments()[0].injections == 1
+    finally:
+        chaos.halt()
+    assert response.json() == {"in_use": 1}
+    assert service.db.limiter.in_use == 0
+    assert service.calls("ok") == 1
+
+
+def test_a_thread_waiting_for_a_slot_is_woken_when_the_loop_shuts_down() -> None:
+    db = Dependency("db", max_concurrency=1, max_queue=1, registry=None)
+    ended: list[BaseException] = []
+    woken = threading.Event()
+
+    def work() -> None:
+        try:
+            with db:
+                pass
+        except BaseException as exc:
+            ended.append(exc)
+            woken.set()
+            raise
+
+    async def main() -> None:
+        held = db.limiter.try_acquire()
+        assert held is not None
+        waiting = asyncio.ensure_future(anyio.to_thread.run_sync(work, abandon_on_cancel=True))
+        while db.limiter.queued == 0:
+            await asyncio.sleep(0.001)
+        assert not waiting.done()
+        # Returning leaves the thread waiting: asyncio.run cancels what is left.
+
+    asyncio.run(main())
+    assert woken.wait(WAIT)
+    assert type(ended[0]).__name__ == "CancelledError"
 
 
 async def test_the_block_is_a_dependency_span_under_the_server_span() -> None:

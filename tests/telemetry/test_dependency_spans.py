@@ -63,10 +63,10 @@ async def test_a_default_port_is_named_and_a_2xx_is_not_an_error(
     inner = httpx.MockTransport(lambda request: httpx.Response(200))
     async with httpx.AsyncClient(transport=api.transport(inner)) as client:
         with provider.get_tracer("test").start_as_current_span("GET /orders"):
-            await client.get("http://inventory/items")
+            await client.get("http://inventory/items?a=1")
     span = only(exporter, "tailguard.dependency api")
     attributes = dict(span.attributes or {})
-    assert (attributes["server.port"], attributes["url.full"]) == (80, "http://inventory/items")
+    assert (attributes["server.port"], attributes["url.full"]) == (80, "http://inventory/items?a=1")
     assert span.status.status_code is StatusCode.UNSET
 
 

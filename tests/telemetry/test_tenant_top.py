@@ -69,6 +69,13 @@ def test_a_heavier_newcomer_takes_the_lightest_place_and_its_series_goes() -> No
     assert set(tenants(registry)) == {"other", "b"}  # a's series was removed
 
 
+def test_without_a_catalog_a_place_still_changes_hands() -> None:
+    labels = TenantLabels({}, top=1, min_requests=1)
+    assert labels("a") == "a"
+    assert [labels("b") for _ in range(2)] == ["other", "b"]
+    assert labels.heaviest == ["b"]
+
+
 def test_weighted_tenants_keep_their_labels_and_odd_names_are_never_labels() -> None:
     labels = TenantLabels({"gold": 2.0}, top=2, min_requests=1)
     assert labels("gold") == "gold"
