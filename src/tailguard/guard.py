@@ -21,7 +21,7 @@ from tailguard.routing.inbound import InboundDeadlines
 from tailguard.routing.limits import build_limiters, tenant_resolver
 from tailguard.routing.matching import RouteTable
 from tailguard.telemetry import otel
-from tailguard.telemetry.catalog import TenantLabels, catalog_for
+from tailguard.telemetry.catalog import BucketFamily, TenantLabels, catalog_for, check_buckets
 from tailguard.telemetry.exposition import metrics_app
 from tailguard.telemetry.live import LiveRequests
 from tailguard.telemetry.loop import LoopMonitor
@@ -72,7 +72,12 @@ class Tailguard:
     guard's requests, its dependencies, its chaos engine and the tail helpers
     called while it handles a request all record there, so two guards with
     two registries keep their metrics apart. ``metrics=False`` turns
-    tailguard's metrics off. Tasks a request spawned
+    tailguard's metrics off. ``buckets`` sets a histogram bucket family's
+    bounds (``{"latency": (0.01, 0.1, 1, 10, 30, 60)}`` for routes that take
+    tens of seconds; families: ``latency``, ``wait``); ``created_series=True``
+    publishes the ``_created`` series of counters and histograms (off by
+    default, for this guard's registry only). A registry holds one set of
+    tailguard metrics: guards sharing one must agree on both. Tasks a request spawned
     that are still running when it finishes are *orphans*: counted, logged
     once per coroutine, listed by :meth:`snapshot`, and cancelled with
     ``orphans="cancel"``.
@@ -97,7 +102,10 @@ class Tailguard:
         registry: CollectorRegistry | None = None,
         orphans: Literal["leave", "cancel"] = "leave",
         chaos: Chaos | None = None,
+        buckets: Mapping[BucketFamily, Sequence[float]] | None = None,
+        created_series: bool = False,
     ) -> None:
+        check_buckets(buckets)
         if chaos is not None and not isinstance(chaos, Chaos):
             raise TypeError(f"chaos must be a tailguard.chaos.Chaos or None, got {chaos!r}")
         if orphans not in ("leave", "cancel"):
@@ -116,8 +124,6 @@ class Tailguard:
         self.routes = RouteTable(routes or {}, default, self.limiters)
         self.inbound = InboundDeadlines(deadline_header) if inbound_deadlines else None
         self.deadline_header = deadline_header
-        self.tenant_labels = TenantLabels(tenant_weights or {})
-        """Tenant label values for per-tenant metrics: weighted tenants, the rest ``other``."""
         self._dependencies: dict[str, Dependency] = {}
         self.chaos: Chaos = chaos if chaos is not None else Chaos()
         """Fault injection; every dependency made by :meth:`dependency` consults it."""
@@ -135,11 +141,14 @@ class Tailguard:
         """Measures event-loop lag and refreshes the gauges periodically."""
         catalog = None
         if metrics:
-            catalog = catalog_for(registry)
+            catalog = catalog_for(registry, buckets=buckets, created=created_series)
             self.registry = catalog.registry
             self.recorder = RequestRecorder(catalog)
             self.refresher = Refresher(catalog, lambda: self.limiters, lambda: self._dependencies)
             self.loop_monitor = LoopMonitor(refresh=self._refresh, catalog=catalog)
+        self.tenant_labels = TenantLabels(tenant_weights or {}, catalog=catalog)
+        """Tenant label values for per-tenant metrics: weighted tenants and the heaviest
+        others by name, the rest ``other``."""
         self.chaos.bind(catalog)
         self.runtime: Runtime = Runtime(
             routes=self.routes,

@@ -137,9 +137,9 @@ def exits(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
     seen: list[BaseException | None] = []
     original = Seam.release
 
-    def spy(self: Seam, permit: Any, error: BaseException | None) -> None:
+    def spy(self: Seam, permit: Any, error: BaseException | None, status: int = 0) -> None:
         seen.append(error)
-        original(self, permit, error)
+        original(self, permit, error, status)
 
     monkeypatch.setattr(Seam, "release", spy)
     return seen

@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 import tailguard
 from tailguard import DeadlineExceeded
+from tailguard.dependency import Dependency
 from tailguard.integrations import httpx as tg_httpx
 from tailguard.integrations import httpx2 as tg_httpx2
 from tailguard.server import serve_in_thread
@@ -692,3 +693,45 @@ async def test_own_short_timeout_against_a_hanging_server_stays_httpx(
     ) as client:
         with tailguard.deadline(30), pytest.raises(lib.mod.ReadTimeout):
             await client.get("/hang")
+
+
+# -- propagate_to: the budget header only for listed hosts -------------------------------
+
+
+def _echo_budget(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, text=request.headers.get("x-request-timeout-ms", "-"))
+
+
+@pytest.mark.anyio
+async def test_the_budget_header_goes_only_to_listed_hosts() -> None:
+    transport = tg_httpx.DeadlineTransport(
+        httpx.MockTransport(_echo_budget), propagate_to=["inventory", "*.svc.cluster.local"]
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        with tailguard.deadline(30):
+            inside = await client.get("http://inventory/")
+            nested = await client.get("http://db.ns.svc.cluster.local/")
+            third = await client.get("https://api.openai.com/v1/models", timeout=None)
+    assert inside.text != "-"
+    assert nested.text != "-"
+    assert third.text == "-"
+    # The deadline is still enforced on the unlisted host: its timeouts were clipped.
+    assert third.request.extensions["timeout"]["read"] <= 30
+
+
+@pytest.mark.anyio
+async def test_a_dependency_transport_takes_the_allow_list() -> None:
+    api = Dependency("api", max_concurrency=1, registry=None)
+    transport = api.transport(httpx.MockTransport(_echo_budget), propagate_to=[])
+    async with httpx.AsyncClient(transport=transport) as client:
+        with tailguard.deadline(30):
+            assert (await client.get("http://api/")).text == "-"
+
+
+@pytest.mark.parametrize(
+    ("hosts", "error"),
+    [("inventory", TypeError), ([""], ValueError), (["a*b"], ValueError), ([3], ValueError)],
+)
+def test_a_bad_allow_list_names_the_field(hosts: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="propagate_to"):
+        tg_httpx.DeadlineTransport(propagate_to=hosts)  # type: ignore[arg-type]

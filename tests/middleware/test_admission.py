@@ -204,7 +204,7 @@ async def test_inbound_budget_below_the_usual_service_time_is_shed_at_the_door()
     await asyncio.gather(*(get(app, "/quick?sleep=0.05") for _ in range(25)))
     shed = await get(app, "/quick", headers={"x-request-timeout-ms": "1"})
     assert shed.status_code == 503
-    assert shed.headers["x-tailguard-reason"] == "deadline"
+    assert shed.headers["x-tailguard-reason"] == "budget"
     # The route's own budget is never judged that way.
     assert (await get(app, "/quick")).status_code == 200
 

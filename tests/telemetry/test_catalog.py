@@ -15,7 +15,7 @@ _TYPES = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 _BOUNDED_LABELS = {
     "route", "method", "status_class", "outcome", "reason", "stage", "phase", "dependency",
     "tenant", "limiter", "kind", "pool", "action", "site", "helper", "event", "experiment",
-    "target", "fault",
+    "target", "fault", "admission",
 }  # fmt: skip
 
 
@@ -52,9 +52,10 @@ def test_bucket_families_can_be_overridden_per_catalog() -> None:
     long_routes = (0.1, 1.0, 10.0, 30.0, 60.0)
     registry = CollectorRegistry()
     catalog = Catalog(registry, buckets={"latency": long_routes})
-    catalog.request_duration.labels("/r", "GET").observe(25.0)
+    catalog.request_duration.labels("/r", "GET", "admitted").observe(25.0)
     assert registry.get_sample_value(
-        "tailguard_request_duration_seconds_bucket", {"route": "/r", "method": "GET", "le": "30.0"}
+        "tailguard_request_duration_seconds_bucket",
+        {"route": "/r", "method": "GET", "admission": "admitted", "le": "30.0"},
     ) == pytest.approx(1.0)
     catalog.queue_wait.labels("q", "route").observe(0.0002)  # the wait family is untouched
     assert registry.get_sample_value(

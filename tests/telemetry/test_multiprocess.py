@@ -50,7 +50,7 @@ async def main():
         await inventory.run_sync(int)
     await inventory.aclose()
     catalog.requests.labels("/items/{item_id}", "GET", "2xx", "ok").inc(share)
-    catalog.request_duration.labels("/items/{item_id}", "GET").observe(0.25 * share)
+    catalog.request_duration.labels("/items/{item_id}", "GET", "admitted").observe(0.25 * share)
     catalog.chaos_experiments_active.set(share)
     refresh()
     return held
@@ -70,6 +70,7 @@ def key(name: str, **labels: str) -> Key:
 
 ROUTE = {"route": "/items/{item_id}", "method": "GET"}
 REQUESTS = key("tailguard_requests_total", **ROUTE, status_class="2xx", outcome="ok")
+ADMITTED = {**ROUTE, "admission": "admitted"}
 REJECTIONS = key(
     "tailguard_limiter_rejections_total", limiter="orders", kind="route", reason="queue_full"
 )
@@ -132,11 +133,11 @@ def test_workers_are_summed_and_dead_workers_gauges_go(
     metrics = scrape(tmp_path)
     # Counters and histograms add up across workers.
     assert metrics[REQUESTS] == 5
-    assert metrics[key("tailguard_request_duration_seconds_count", **ROUTE)] == 2
-    assert metrics[key("tailguard_request_duration_seconds_sum", **ROUTE)] == pytest.approx(1.25)
+    assert metrics[key("tailguard_request_duration_seconds_count", **ADMITTED)] == 2
+    assert metrics[key("tailguard_request_duration_seconds_sum", **ADMITTED)] == pytest.approx(1.25)
     bucket = "tailguard_request_duration_seconds_bucket"
-    assert metrics[key(bucket, **ROUTE, le="0.5")] == 1  # worker 2's 0.5 s
-    assert metrics[key(bucket, **ROUTE, le="1.0")] == 2  # and worker 3's 0.75 s
+    assert metrics[key(bucket, **ADMITTED, le="0.5")] == 1  # worker 2's 0.5 s
+    assert metrics[key(bucket, **ADMITTED, le="1.0")] == 2  # and worker 3's 0.75 s
     assert metrics[REJECTIONS] == 5
     assert metrics[key("tailguard_pool_queue_wait_seconds_count", pool="inventory")] == 5
     # Live gauges: livesum adds the workers up, livemax takes the larger, no pid label.

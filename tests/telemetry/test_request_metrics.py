@@ -118,7 +118,11 @@ async def test_labels_are_route_templates_not_paths(registry: CollectorRegistry)
         )
     ]
     count = value(
-        registry, "tailguard_request_duration_seconds_count", route="/items/{item_id}", method="GET"
+        registry,
+        "tailguard_request_duration_seconds_count",
+        route="/items/{item_id}",
+        method="GET",
+        admission="admitted",
     )
     assert count == 100
     assert value(registry, "tailguard_requests_in_flight", route="/items/{item_id}") == 0
@@ -288,8 +292,9 @@ async def test_two_guards_with_two_registries_keep_their_metrics_apart() -> None
             ok = {"route": "/items/{item_id}", "method": "GET", "status_class": "2xx"}
             assert service.value("tailguard_requests_total", **ok, outcome="ok") == count
             duration = "tailguard_request_duration_seconds_count"
-            assert service.value(duration, route="/items/{item_id}", method="GET") == count
-            calls_ok = {"dependency": "db", "outcome": "ok"}
+            admitted = {"route": "/items/{item_id}", "method": "GET", "admission": "admitted"}
+            assert service.value(duration, **admitted) == count
+            calls_ok = {"dependency": "db", "outcome": "ok", "status_class": "none"}
             assert service.value("tailguard_dependency_calls_total", **calls_ok) == count
             held = "tailguard_dependency_duration_seconds_count"
             assert service.value(held, dependency="db") == count
@@ -366,7 +371,11 @@ def test_folded_histograms_match_direct_observations(registry: CollectorRegistry
     }
     assert folded == expected
     assert value(
-        registry, "tailguard_request_duration_seconds_sum", route="/r", method="GET"
+        registry,
+        "tailguard_request_duration_seconds_sum",
+        route="/r",
+        method="GET",
+        admission="admitted",
     ) == pytest.approx(sum(values))
 
 

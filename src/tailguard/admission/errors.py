@@ -6,7 +6,9 @@ from typing import Final, Literal, TypeAlias
 
 __all__ = ["REASONS", "Reason", "Rejected"]
 
-Reason: TypeAlias = Literal["queue_full", "queue_timeout", "deadline", "tenant_limit", "priority"]
+Reason: TypeAlias = Literal[
+    "queue_full", "queue_timeout", "deadline", "tenant_limit", "priority", "budget"
+]
 
 REASONS: Final[tuple[Reason, ...]] = (
     "queue_full",
@@ -15,7 +17,10 @@ REASONS: Final[tuple[Reason, ...]] = (
     "tenant_limit",
     "priority",
 )
-"""Every value :attr:`Rejected.reason` can take; a small, fixed set for metric labels."""
+"""Every reason a :class:`~tailguard.admission.Limiter` sheds with; a small, fixed set for
+metric labels. :attr:`Rejected.reason` may also be ``"budget"``: the middleware's
+deadline-aware admission, for a caller's budget shorter than the route usually takes
+(retrying with the same budget cannot help, so it is not overload)."""
 
 _EXPLAINED: Final[dict[str, str]] = {
     "queue_full": "no free slot and the queue is full",
@@ -23,13 +28,14 @@ _EXPLAINED: Final[dict[str, str]] = {
     "deadline": "not enough time left before the deadline to wait for a slot",
     "tenant_limit": "the tenant has too many requests in flight and queued",
     "priority": "pushed out of the queue by a higher-priority request",
+    "budget": "the caller's budget is shorter than the route usually takes",
 }
 
 
 class Rejected(Exception):
     """A limiter shed the request instead of admitting it.
 
-    ``reason`` is one of :data:`REASONS`; ``limiter`` is the limiter's name;
+    ``reason`` is one of :data:`REASONS`, or ``"budget"``; ``limiter`` is the limiter's name;
     ``retry_after`` is a suggestion in seconds (a float: HTTP rounds it up to
     whole seconds, at least 1) of when capacity is likely to be free again.
     The message is built only when the exception is printed: shedding must stay
@@ -43,7 +49,7 @@ class Rejected(Exception):
     """
 
     reason: Reason
-    """Why the request was shed, one of :data:`REASONS`."""
+    """Why the request was shed: one of :data:`REASONS`, or ``"budget"``."""
     limiter: str
     """Name of the limiter that shed it."""
     retry_after: float
@@ -51,7 +57,7 @@ class Rejected(Exception):
 
     def __init__(self, reason: Reason, limiter: str, retry_after: float) -> None:
         if reason not in _EXPLAINED:
-            raise ValueError(f"Rejected.reason must be one of {REASONS}, got {reason!r}")
+            raise ValueError(f"Rejected.reason must be one of {tuple(_EXPLAINED)}, got {reason!r}")
         super().__init__(reason, limiter, retry_after)
         self.reason = reason
         self.limiter = limiter

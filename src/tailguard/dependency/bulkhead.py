@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
@@ -72,6 +72,8 @@ class Dependency:
     Entry points, all sharing the one bulkhead (:attr:`limiter`):
 
     * ``async with dependency:`` around a block;
+    * ``with dependency:`` around blocking code on a worker thread (a FastAPI
+      ``def`` endpoint's), taking the slot on the event loop;
     * ``@dependency`` on an ``async def``, and ``await dependency.call(fn, ...)``;
     * ``httpx.AsyncClient(transport=dependency.transport())``;
     * ``await dependency.run_sync(fn, ...)`` for blocking work, in the
@@ -207,6 +209,37 @@ class Dependency:
     ) -> None:
         self._seam.release(held.pop(self), exc)
 
+    def __enter__(self) -> None:
+        """``with dependency:`` in blocking code on a worker thread (a ``def`` endpoint's).
+
+        Blocks the thread until it has a slot; the wait is capped by the
+        request's deadline (the thread sees it through its copied context) and
+        by ``queue_timeout``, and ends in :class:`~tailguard.admission.Rejected`
+        or :class:`~tailguard.DeadlineExceeded` as ``async with`` does. Chaos
+        faults are applied in the thread. Works on AnyIO worker threads: FastAPI
+        and Starlette run ``def`` endpoints there, as do ``run_in_threadpool``
+        and ``anyio.to_thread.run_sync``. On the event loop use ``async with``.
+
+        >>> import anyio
+        >>> db = Dependency("db", max_concurrency=2)
+        >>> def blocking() -> int:
+        ...     with db:
+        ...         return db.limiter.in_use
+        >>> anyio.run(anyio.to_thread.run_sync, blocking)
+        1
+        """
+        permit, loop = self._seam.enter_from_thread()
+        held.push(self, (permit, loop))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        permit, loop = held.pop(self)
+        self._seam.release_from_thread(loop, permit, exc)
+
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``await fn(*args, **kwargs)`` inside the bulkhead.
 
@@ -283,16 +316,36 @@ class Dependency:
 
     @overload
     def transport(
-        self, inner: httpx.AsyncBaseTransport, *, header: str = ...
+        self,
+        inner: httpx.AsyncBaseTransport,
+        *,
+        header: str = ...,
+        propagate_to: Iterable[str] | None = ...,
     ) -> httpx.AsyncBaseTransport: ...
     @overload
     def transport(
-        self, inner: httpx2.AsyncBaseTransport, *, header: str = ...
+        self,
+        inner: httpx2.AsyncBaseTransport,
+        *,
+        header: str = ...,
+        propagate_to: Iterable[str] | None = ...,
     ) -> httpx2.AsyncBaseTransport: ...
     @overload
-    def transport(self, inner: None = None, *, header: str = ...) -> Any: ...
+    def transport(
+        self,
+        inner: None = None,
+        *,
+        header: str = ...,
+        propagate_to: Iterable[str] | None = ...,
+    ) -> Any: ...
 
-    def transport(self, inner: Any = None, *, header: str = DEADLINE_HEADER) -> Any:
+    def transport(
+        self,
+        inner: Any = None,
+        *,
+        header: str = DEADLINE_HEADER,
+        propagate_to: Iterable[str] | None = None,
+    ) -> Any:
         """An async httpx (or httpx2) transport that calls this dependency through its bulkhead.
 
         Each request takes a slot (waiting as :class:`Dependency` describes),
@@ -301,7 +354,9 @@ class Dependency:
         ``inner``. The slot is held until the response is closed: for a
         streamed response, until it is read to the end or closed. ``inner``'s
         library is the one used; ``inner=None`` means the library's default
-        transport, httpx's if it is installed, else httpx2's.
+        transport, httpx's if it is installed, else httpx2's. ``propagate_to``:
+        the hosts that get ``header`` (names and ``*.domain`` patterns;
+        ``None``: every host), so a third-party API is not told your budgets.
 
         >>> import asyncio, httpx
         >>> api = Dependency("api", max_concurrency=4)
@@ -312,4 +367,4 @@ class Dependency:
         >>> asyncio.run(main())
         ('ok', 0)
         """
-        return bulkhead_transport(self.name, self._seam, inner, header)
+        return bulkhead_transport(self.name, self._seam, inner, header, propagate_to)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,12 +25,13 @@ if TYPE_CHECKING:
 __all__ = ["bulkhead_transport"]
 
 
-def bulkhead_transport(name: str, seam: Seam, inner: Any, header: str) -> Any:
+def bulkhead_transport(
+    name: str, seam: Seam, inner: Any, header: str, propagate_to: Iterable[str] | None = None
+) -> Any:
     """Dependency ``name``'s transport over ``inner`` (httpx's or httpx2's; ``None``: default)."""
     integration = _integration_for(inner)
-    return _transport_class(integration)(
-        name, seam, integration.DeadlineTransport(inner, header=header)
-    )
+    deadline = integration.DeadlineTransport(inner, header=header, propagate_to=propagate_to)
+    return _transport_class(integration)(name, seam, deadline)
 
 
 class _BulkheadTransport:
@@ -47,13 +48,13 @@ class _BulkheadTransport:
 
     async def handle_async_request(self, request: Any) -> Any:
         seam = self._seam
-        permit = await seam.acquire()
+        permit = await seam.acquire(request)
         injection = seam.plan(permit, respond=True)
         try:
             if injection is not None:
                 synthesized = await injection.apply_http(request, self._library)
                 if synthesized is not None:
-                    seam.release(permit, None)
+                    seam.release(permit, None, synthesized.status_code)
                     return synthesized
             response = await self._inner.handle_async_request(request)
         except BaseException as exc:
@@ -61,10 +62,11 @@ class _BulkheadTransport:
             raise
         # A body read already (a mock's), or one an async client cannot read (it
         # will say so), is done with the dependency: only open streams hold the slot.
+        status: int = response.status_code
         if response.is_closed or not isinstance(response.stream, self._async_stream):
-            seam.release(permit, None)
+            seam.release(permit, None, status)
         else:
-            response.stream = self._stream(response.stream, seam, permit)
+            response.stream = self._stream(response.stream, seam, permit, status)
         return response
 
     def handle_request(self, *request: Any) -> Any:
@@ -82,10 +84,11 @@ class _BulkheadTransport:
 class _SlotStream:
     """A response body that gives the slot back when it is closed, or fails."""
 
-    def __init__(self, stream: Any, seam: Seam, permit: Permit) -> None:
+    def __init__(self, stream: Any, seam: Seam, permit: Permit, status: int) -> None:
         self._stream = stream
         self._seam = seam
         self._permit: Permit | None = permit
+        self._status = status
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -106,7 +109,7 @@ class _SlotStream:
     def _release(self, error: BaseException | None) -> None:
         permit, self._permit = self._permit, None
         if permit is not None:
-            self._seam.release(permit, error)
+            self._seam.release(permit, error, self._status)
 
 
 def _integration_for(inner: object) -> ModuleType:

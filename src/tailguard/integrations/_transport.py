@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
@@ -25,7 +25,7 @@ from tailguard.deadlines import (
     current_deadline,
 )
 
-__all__ = ["DEFAULT_HEADER", "DeadlineTransportBase", "Library"]
+__all__ = ["DEFAULT_HEADER", "DeadlineTransportBase", "HostAllowList", "Library"]
 
 DEFAULT_HEADER: Final = DEADLINE_HEADER
 """The header that carries the remaining budget downstream, in integer milliseconds."""
@@ -35,9 +35,17 @@ _MAX_MILLIS_DIGITS: Final = 12
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
+class _URL(Protocol):
+    @property
+    def host(self) -> str: ...
+
+
 class _Request(Protocol):
     @property
     def headers(self) -> MutableMapping[str, str]: ...
+
+    @property
+    def url(self) -> _URL: ...
 
     extensions: dict[str, Any]
 
@@ -132,6 +140,56 @@ class _AsyncStream:
 
 
 @dataclass(frozen=True, slots=True)
+class HostAllowList:
+    """The hosts a transport sends the budget header to: exact names and ``*.suffix`` patterns.
+
+    Names compare case-insensitively; ``*.svc.cluster.local`` matches every
+    host under that domain (not the domain itself: list it too if needed).
+
+    >>> hosts = HostAllowList.of(["inventory", "*.svc.cluster.local"])
+    >>> hosts.allows("Inventory"), hosts.allows("db.ns.svc.cluster.local")
+    (True, True)
+    >>> hosts.allows("api.openai.com")
+    False
+    >>> HostAllowList.of(None) is None
+    True
+    >>> HostAllowList.of("inventory")
+    Traceback (most recent call last):
+    ...
+    TypeError: propagate_to must be a list of host names, got 'inventory'
+    """
+
+    names: frozenset[str]
+    suffixes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, hosts: Iterable[str] | None) -> HostAllowList | None:
+        """The allow-list of ``hosts`` (``None``: every host gets the header)."""
+        if hosts is None:
+            return None
+        if isinstance(hosts, str) or not isinstance(hosts, Iterable):
+            raise TypeError(f"propagate_to must be a list of host names, got {hosts!r}")
+        names: set[str] = set()
+        suffixes: list[str] = []
+        for host in hosts:
+            if not isinstance(host, str) or not host.strip("*.") or " " in host:
+                raise ValueError(f"propagate_to: {host!r} is not a host name or *.domain pattern")
+            host = host.lower()
+            if host.startswith("*."):
+                suffixes.append(host[1:])
+            elif "*" in host:
+                raise ValueError(f"propagate_to: {host!r}: a wildcard may only start a pattern")
+            else:
+                names.add(host)
+        return cls(frozenset(names), tuple(suffixes))
+
+    def allows(self, host: str) -> bool:
+        """Whether ``host`` gets the budget header."""
+        host = host.lower()
+        return host in self.names or host.endswith(self.suffixes)
+
+
+@dataclass(frozen=True, slots=True)
 class Library:
     """What the shared transport needs from an httpx-compatible package.
 
@@ -198,8 +256,10 @@ class DeadlineTransportBase(Generic[_RequestT, _ResponseT]):
         inner: _AsyncInner[_RequestT, _ResponseT] | _SyncInner[_RequestT, _ResponseT] | None = None,
         *,
         header: str = DEFAULT_HEADER,
+        propagate_to: Iterable[str] | None = None,
     ) -> None:
         lib = self._library
+        self.propagate_to = HostAllowList.of(propagate_to)
         if not isinstance(header, str):
             raise TypeError(f"header must be a str, not {type(header).__name__}")
         if not _TOKEN.fullmatch(header):
@@ -249,10 +309,12 @@ class DeadlineTransportBase(Generic[_RequestT, _ResponseT]):
         if left < MIN_BUDGET:
             raise DeadlineExceeded(deadline)
         millis = math.floor(left * 1000)
-        existing = request.headers.get(self.header, "")
-        # A budget the caller already put on the request can only be tightened.
-        if not (_is_millis(existing) and 0 < int(existing) <= millis):
-            request.headers[self.header] = str(millis)
+        hosts = self.propagate_to
+        if hosts is None or hosts.allows(request.url.host):
+            existing = request.headers.get(self.header, "")
+            # A budget the caller already put on the request can only be tightened.
+            if not (_is_millis(existing) and 0 < int(existing) <= millis):
+                request.headers[self.header] = str(millis)
         timeouts = dict(request.extensions.get("timeout") or {})
         for key in _TIMEOUT_KEYS:
             value = timeouts.get(key)

@@ -39,6 +39,9 @@ class DeadlineTransport(
     * gets the header ``header`` (default ``x-request-timeout-ms``) set to the
       remaining budget in whole milliseconds, rounded down (a smaller value the
       caller already set is kept);
+    * with ``propagate_to`` (a list of host names and ``*.domain`` patterns),
+      gets that header only if its host is listed: third-party APIs need not
+      learn your budgets (timeouts are clipped either way);
     * has its connect/read/write/pool timeouts clipped to the remaining budget
       (a tighter timeout of its own is kept; ``None`` becomes the budget);
     * is not sent at all, raising :class:`tailguard.DeadlineExceeded`, when

@@ -36,7 +36,8 @@ class DeadlineTransport(
     :class:`tailguard.DeadlineExceeded` when less than 1 ms is left, and turns
     an :class:`httpx2.TimeoutException` that fires after the budget ran out
     into :class:`tailguard.DeadlineExceeded`. With no deadline in force a
-    request passes through untouched. See
+    request passes through untouched. ``propagate_to`` limits the header to
+    the hosts listed (names and ``*.domain`` patterns). See
     :class:`tailguard.integrations.httpx.DeadlineTransport` for the details.
 
     ``inner=None`` means httpx2's default :class:`httpx2.AsyncHTTPTransport`

@@ -28,7 +28,7 @@ from tailguard.telemetry.tasks import RequestTasks
 if TYPE_CHECKING:
     from tailguard.telemetry.catalog import Catalog
 
-__all__ = ["DISCONNECT_GRACE", "Exchange"]
+__all__ = ["CHAIN_LIMIT", "DISCONNECT_GRACE", "Exchange", "chained_tailguard_error"]
 
 logger = logging.getLogger("tailguard.middleware")
 
@@ -38,6 +38,43 @@ DISCONNECT_GRACE = 0.02
 Requests that finish sooner never pay for the watcher task; ones that run
 longer are cancelled within about this long of their client leaving.
 """
+
+
+CHAIN_LIMIT = 32
+"""How many links of an exception's ``__cause__``/``__context__`` chain are searched."""
+
+
+def chained_tailguard_error(error: BaseException) -> DeadlineExceeded | Rejected | None:
+    """The :class:`Rejected` or :class:`DeadlineExceeded` that ``error`` wraps, if any.
+
+    SDKs that own their httpx client (OpenAI's, for one) catch what a
+    transport raises and raise their own connection error ``from`` it, often
+    after retrying. The walk follows ``__cause__`` first, then
+    ``__context__`` (even a suppressed one: ``raise ... from None`` hides it
+    from tracebacks, not from what happened), for at most :data:`CHAIN_LIMIT`
+    links, and stops at a cycle; the first match (the latest) wins.
+
+    >>> try:
+    ...     try:
+    ...         raise Rejected("queue_full", "llm", 0.1)
+    ...     except Rejected as shed:
+    ...         raise ConnectionError("Connection error.") from shed
+    ... except ConnectionError as wrapped:
+    ...     chained_tailguard_error(wrapped).reason
+    'queue_full'
+    >>> chained_tailguard_error(ValueError("no")) is None
+    True
+    """
+    seen: set[int] = set()
+    link: BaseException | None = error
+    for _ in range(CHAIN_LIMIT):
+        if link is None or id(link) in seen:
+            return None
+        if isinstance(link, (DeadlineExceeded, Rejected)):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ if link.__cause__ is not None else link.__context__
+    return None
 
 
 class Exchange(CancelScope, RequestTasks):
@@ -176,6 +213,14 @@ class Exchange(CancelScope, RequestTasks):
             settled = True
         except (DeadlineExceeded, Rejected) as exc:  # ran out, or shed here or downstream
             error = exc
+            settled = True
+        except Exception as exc:
+            # An SDK that owns its httpx client wraps a transport's Rejected (or
+            # DeadlineExceeded) in its own connection error: still a shed, or a
+            # timeout, not a failure of the app. Only on an exception: free otherwise.
+            error = chained_tailguard_error(exc)
+            if error is None:
+                raise
             settled = True
         except CancelledError:
             # Absorb only the cancellation this request asked for; one from
@@ -493,8 +538,10 @@ def _shed_if_too_late(budget: float, resolved: ResolvedRoute) -> None:
     A route's own budget is never judged against its usual service time (that
     would shed every request of a route that is slow on average); a caller's
     tighter budget is: if the route usually needs more, running it is wasted.
+    The reason is ``"budget"``, not overload: the service has capacity, the
+    caller's budget is too short, and retrying with the same budget cannot help.
     """
     usual = resolved.service_time.estimate()
     if usual is not None and budget < usual:
         name = resolved.limiter.name if resolved.limiter is not None else resolved.key or "default"
-        raise Rejected("deadline", name, 0.0)
+        raise Rejected("budget", name, 0.0)

@@ -5,7 +5,8 @@ durations are in seconds. Labels are bounded: route templates (never raw
 paths), methods, status classes, small enums (outcome, reason, phase, fault),
 and the names an operator configured (limiters, dependencies, pools, call
 sites, experiments). Tenants appear only on the per-tenant counters, through
-:class:`TenantLabels` (configured tenants, the rest ``"other"``).
+:class:`TenantLabels` (configured tenants and the heaviest others, bounded;
+the rest ``"other"``).
 
 :data:`METRICS` is the table of :class:`MetricSpec`: name, kind, help, labels,
 bucket family and multiprocess mode of each metric. A :class:`Catalog`
@@ -23,27 +24,33 @@ renamed metric cannot leave a dashboard behind.
 1.0
 >>> spec = SPECS["tailguard_request_duration_seconds"]
 >>> spec.kind, spec.labels, spec.unit
-('histogram', ('route', 'method'), 'seconds')
+('histogram', ('route', 'method', 'admission'), 'seconds')
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import os
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 __all__ = [
     "BUCKETS",
     "METRICS",
     "SPECS",
+    "TENANT_OUTCOMES",
     "Catalog",
     "MetricSpec",
     "TenantLabels",
     "catalog_for",
+    "check_buckets",
 ]
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -87,10 +94,16 @@ class MetricSpec:
         self,
         registry: CollectorRegistry | None,
         buckets: Mapping[BucketFamily, Sequence[float]] | None = None,
+        *,
+        created: bool = True,
     ) -> Counter | Gauge | Histogram:
-        """The prometheus_client metric for this spec, registered on ``registry``."""
+        """The prometheus_client metric for this spec, registered on ``registry``.
+
+        ``created=False``: the metric leaves out its ``_created`` series.
+        """
         if self.kind == "counter":
-            return Counter(self.name, self.help, self.labels, registry=registry)
+            counter = Counter if created else _CounterWithoutCreated
+            return counter(self.name, self.help, self.labels, registry=registry)
         if self.kind == "gauge":
             mode: Any = self.multiprocess_mode or "all"
             return Gauge(
@@ -98,7 +111,77 @@ class MetricSpec:
             )
         assert self.buckets is not None, f"{self.name}: a histogram needs a bucket family"
         bounds = (buckets or {}).get(self.buckets, BUCKETS[self.buckets])
-        return Histogram(self.name, self.help, self.labels, buckets=bounds, registry=registry)
+        histogram = Histogram if created else _HistogramWithoutCreated
+        return histogram(self.name, self.help, self.labels, buckets=bounds, registry=registry)
+
+
+def _without_created(metrics: Iterable[Metric]) -> list[Metric]:
+    """``metrics`` with their ``_created`` samples left out (one pass, at collection time)."""
+    collected = list(metrics)
+    for metric in collected:
+        created = metric.name + "_created"
+        metric.samples = [sample for sample in metric.samples if sample.name != created]
+    return collected
+
+
+class _CounterWithoutCreated(Counter):
+    """A counter whose collection has no ``_created`` series (this registry's choice only).
+
+    prometheus_client's ``disable_created_metrics()`` is process-wide: it would
+    change every other registry in the process too.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        return _without_created(super().collect())
+
+
+class _HistogramWithoutCreated(Histogram):
+    """A histogram whose collection has no ``_created`` series (see the counter's)."""
+
+    def collect(self) -> Iterable[Metric]:
+        return _without_created(super().collect())
+
+
+def check_buckets(
+    buckets: Mapping[BucketFamily, Sequence[float]] | Mapping[str, Sequence[float]] | None,
+) -> dict[BucketFamily, tuple[float, ...]] | None:
+    """Validate bucket overrides: a family name to increasing, finite, positive bounds.
+
+    >>> check_buckets({"latency": [0.1, 1, 30]})
+    {'latency': (0.1, 1.0, 30.0)}
+    >>> check_buckets({"latency": [1, 0.5]})
+    Traceback (most recent call last):
+    ...
+    ValueError: buckets['latency'] must be increasing, finite, positive numbers, got [1, 0.5]
+    """
+    if buckets is None:
+        return None
+    if not isinstance(buckets, Mapping):
+        raise TypeError(
+            f"buckets must map a bucket family ({', '.join(BUCKETS)}) to bounds, got {buckets!r}"
+        )
+    checked: dict[BucketFamily, tuple[float, ...]] = {}
+    for family, bounds in buckets.items():
+        if family not in BUCKETS:
+            raise ValueError(
+                f"buckets: unknown bucket family {family!r}; use {', '.join(map(repr, BUCKETS))}"
+            )
+        try:
+            values = tuple(float(bound) for bound in bounds)
+        except (TypeError, ValueError):
+            values = ()
+        good = (
+            bool(values)
+            and all(0 < value < math.inf for value in values)
+            and all(a < b for a, b in itertools.pairwise(values))
+            and not isinstance(bounds, str | bytes)
+        )
+        if not good:
+            raise ValueError(
+                f"buckets[{family!r}] must be increasing, finite, positive numbers, got {bounds!r}"
+            )
+        checked[family] = values  # type: ignore[index]
+    return checked
 
 
 METRICS: Final[tuple[MetricSpec, ...]] = (
@@ -115,8 +198,11 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "request_duration",
         "histogram",
         "tailguard_request_duration_seconds",
-        "Time from the request's arrival to its last response byte (or its end).",
-        labels=("route", "method"),
+        "Time from the request's arrival to its last response byte (or its end); "
+        "admission is 'admitted' for requests let in (served, failed, cut off) and "
+        "'shed' for the 503s of admission control, whose fast times would hide the "
+        "served requests' tail.",
+        labels=("route", "method", "admission"),
         buckets="latency",
     ),
     MetricSpec(
@@ -238,8 +324,10 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "dependency_calls",
         "counter",
         "tailguard_dependency_calls_total",
-        "Calls to a dependency by outcome (ok, error, rejected, deadline_exceeded, cancelled).",
-        labels=("dependency", "outcome"),
+        "Calls to a dependency by outcome (ok, error, rejected, deadline_exceeded, cancelled) "
+        "and status class (2xx..5xx for calls through its httpx transport, none otherwise); "
+        "a 5xx or 429 answer is an error.",
+        labels=("dependency", "outcome", "status_class"),
     ),
     MetricSpec(
         "dependency_duration",
@@ -366,6 +454,8 @@ class Catalog:
     Gauges carry the ``multiprocess_mode`` that sums or maxes them correctly
     across workers when ``PROMETHEUS_MULTIPROC_DIR`` is set. ``buckets``
     overrides a family's bounds, e.g. ``{"latency": (0.01, 0.1, 1, 10, 30, 60)}``.
+    Counters and histograms publish no ``_created`` series unless ``created``
+    (the choice is this catalog's, not the process's).
     """
 
     requests: Counter
@@ -405,15 +495,21 @@ class Catalog:
         registry: CollectorRegistry | None = REGISTRY,
         *,
         buckets: Mapping[BucketFamily, Sequence[float]] | None = None,
+        created: bool = False,
     ) -> None:
+        checked = check_buckets(buckets) or {}
         self.registry: Final = registry
+        self.buckets: Final[Mapping[BucketFamily, tuple[float, ...]]] = {**BUCKETS, **checked}
+        """The bounds of each bucket family, overrides applied."""
+        self.created: Final = created
+        """Whether counters and histograms publish their ``_created`` series."""
         self.before_collect: Final[weakref.WeakSet[_Flushable]] = weakref.WeakSet()
         """Objects whose ``flush()`` folds pending counts in; run first by every collection."""
         if registry is not None:
             # Registered before the metrics, so collections flush, then read.
             registry.register(_FlushFirst(self.before_collect))
         for spec in METRICS:
-            setattr(self, spec.attr, spec.build(registry, buckets))
+            setattr(self, spec.attr, spec.build(registry, checked, created=created))
 
 
 class _Flushable(Protocol):
@@ -432,24 +528,59 @@ class _FlushFirst(Collector):
         return ()
 
 
+TENANT_OUTCOMES: Final = ("ok", "error", "deadline_exceeded", "shed", "disconnected")
+"""The ``outcome`` values of per-request series (``tailguard_tenant_requests_total``'s too)."""
+
+
 class TenantLabels:
-    """Bounded tenant label values: up to ``cap`` named tenants, ``"other"`` for the rest.
+    """Bounded tenant label values: named tenants, the heaviest others, ``"other"`` for the rest.
 
-    Given weights (``tenant_weights``), the heaviest tenants get their own
-    label; ``"none"`` marks requests without a tenant.
+    Given weights (``tenant_weights``), the ``cap`` heaviest weighted tenants
+    get their own label. So do up to ``top`` more: the heaviest of the other
+    tenants, found by a space-saving summary of ``4 * top`` counters (memory
+    and labels stay bounded however many tenants there are). A tenant is
+    named once at least ``min_requests`` of its requests are certain (the
+    summary's count minus its possible overestimate), so tenant ids that
+    rotate per request never are; when all ``top`` places are taken, a heavier
+    newcomer takes the place of the lightest, whose series is removed from
+    ``catalog`` (not in multiprocess mode, where series cannot be removed:
+    there the first ``top`` keep their places). Names longer than 64
+    characters are never labels. ``"none"`` marks requests without a tenant.
 
-    >>> labels = TenantLabels({"acme": 4.0, "globex": 1.0, "initech": 2.0}, cap=2)
+    >>> labels = TenantLabels({"acme": 4.0, "globex": 1.0, "initech": 2.0}, cap=2, top=0)
     >>> labels("acme"), labels("initech"), labels("globex"), labels(None)
     ('acme', 'initech', 'other', 'none')
+    >>> heavy = TenantLabels({}, top=1, min_requests=3)
+    >>> [heavy("bigco") for _ in range(4)], heavy("smallco")
+    (['other', 'other', 'bigco', 'bigco'], 'other')
     """
 
-    __slots__ = ("_known",)
+    __slots__ = (
+        "_catalog",
+        "_counts",
+        "_errors",
+        "_known",
+        "_promoted",
+        "capacity",
+        "min_requests",
+        "top",
+    )
 
     RESERVED = frozenset({"other", "none"})
+    MAX_NAME = 64
 
-    def __init__(self, known: Mapping[str, float] | Iterable[str], cap: int = 20) -> None:
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
-            raise ValueError(f"cap must be an int >= 0, got {cap!r}")
+    def __init__(
+        self,
+        known: Mapping[str, float] | Iterable[str],
+        cap: int = 20,
+        *,
+        top: int = 10,
+        min_requests: int = 20,
+        catalog: Catalog | None = None,
+    ) -> None:
+        for field, value in (("cap", cap), ("top", top), ("min_requests", min_requests)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{field} must be an int >= 0, got {value!r}")
         if isinstance(known, Mapping):
             ranked = sorted(known, key=lambda tenant: (-known[tenant], tenant))
         else:
@@ -460,24 +591,116 @@ class TenantLabels:
                 f"tenant names {sorted(clash)} are reserved as metric label values; rename them"
             )
         self._known = frozenset(ranked[:cap])
+        self.top = top
+        self.min_requests = max(1, min_requests)
+        self.capacity = 4 * top
+        self._counts: dict[str, int] = {}
+        self._errors: dict[str, int] = {}
+        self._promoted: dict[str, None] = {}
+        self._catalog = catalog
+
+    @property
+    def heaviest(self) -> list[str]:
+        """The tenants (outside ``tenant_weights``) that have their own label now."""
+        return list(self._promoted)
 
     def __call__(self, tenant: str | None) -> str:
         if tenant is None:
             return "none"
-        return tenant if tenant in self._known else "other"
+        if tenant in self._known:
+            return tenant
+        if self.top and self._count(tenant):
+            return tenant
+        return "other"
+
+    def _count(self, tenant: str) -> bool:
+        """Count one request of ``tenant`` (not a weighted one); whether it has a label."""
+        counts = self._counts
+        count = counts.get(tenant)
+        if count is not None:
+            count = counts[tenant] = count + 1
+        elif len(counts) < self.capacity:
+            count = counts[tenant] = 1
+            self._errors[tenant] = 0
+        else:
+            # Space-saving: the newcomer takes the smallest counter, and may be
+            # overestimated by as much as that counter held.
+            victim = min(counts, key=counts.__getitem__)
+            floor = counts.pop(victim)
+            del self._errors[victim]
+            count = counts[tenant] = floor + 1
+            self._errors[tenant] = floor
+        promoted = self._promoted
+        if tenant in promoted:
+            return True
+        certain = count - self._errors[tenant]
+        if certain < self.min_requests or len(tenant) > self.MAX_NAME or tenant in self.RESERVED:
+            return False
+        if len(promoted) < self.top:
+            promoted[tenant] = None
+            return True
+        if _multiprocess():
+            return False
+        lightest = min(promoted, key=lambda name: counts.get(name, 0) - self._errors.get(name, 0))
+        if counts.get(lightest, 0) - self._errors.get(lightest, 0) >= certain:
+            return False
+        del promoted[lightest]
+        promoted[tenant] = None
+        catalog = self._catalog
+        if catalog is not None:
+            for outcome in TENANT_OUTCOMES:
+                catalog.tenant_requests.remove(lightest, outcome)
+        return True
+
+
+_MULTIPROC_VARIABLES: Final = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+
+
+def _multiprocess() -> bool:
+    """Whether prometheus_client is in multiprocess mode (its own test, by which it refuses
+    to remove series)."""
+    return any(name in os.environ for name in _MULTIPROC_VARIABLES)
 
 
 _catalogs: weakref.WeakKeyDictionary[CollectorRegistry, Catalog] = weakref.WeakKeyDictionary()
 
 
-def catalog_for(registry: CollectorRegistry | None = None) -> Catalog:
+def catalog_for(
+    registry: CollectorRegistry | None = None,
+    *,
+    buckets: Mapping[BucketFamily, Sequence[float]] | None = None,
+    created: bool | None = None,
+) -> Catalog:
     """The one catalog of ``registry`` (default: prometheus_client's), created on first use.
 
     Metrics can be registered once per registry, so every guard that shares a
-    registry shares its catalog.
+    registry shares its catalog. ``buckets`` and ``created`` (see
+    :class:`Catalog`; ``None``: the defaults, or whatever the registry's
+    catalog has) must agree with a catalog that exists already.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> registry = CollectorRegistry()
+    >>> catalog_for(registry, buckets={"latency": [1, 30]}) is catalog_for(registry)
+    True
+    >>> catalog_for(registry, buckets={"latency": [1, 60]})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: buckets: this registry's tailguard metrics already have other buckets; ...
     """
     registry = REGISTRY if registry is None else registry
     catalog = _catalogs.get(registry)
     if catalog is None:
-        catalog = _catalogs[registry] = Catalog(registry)
+        catalog = _catalogs[registry] = Catalog(registry, buckets=buckets, created=bool(created))
+        return catalog
+    checked = check_buckets(buckets)
+    if checked is not None and any(catalog.buckets[f] != b for f, b in checked.items()):
+        raise ValueError(
+            "buckets: this registry's tailguard metrics already have other buckets; "
+            "give this guard a registry of its own"
+        )
+    if created is not None and created != catalog.created:
+        raise ValueError(
+            f"created_series: this registry's tailguard metrics were made with "
+            f"created_series={catalog.created}; give this guard a registry of its own"
+        )
     return catalog

@@ -41,7 +41,7 @@ from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from tailguard.telemetry.live import task_name
 from tailguard.telemetry.tracing import tracer, use_tracer_provider
@@ -52,6 +52,7 @@ __all__ = [
     "check_options",
     "end_dependency_span",
     "end_task_span",
+    "http_client_attributes",
     "instrument",
     "is_instrumented",
     "record_budget",
@@ -306,19 +307,61 @@ def record_budget(
 # -- child spans ---------------------------------------------------------------------------
 
 
-def start_dependency_span(name: str) -> Span | None:
+def start_dependency_span(name: str, request: Any = None) -> Span | None:
     """Start ``tailguard.dependency <name>`` under the current span, if that one is recording.
 
     ``None`` for unsampled requests (and outside requests): pass the result
     to :func:`end_dependency_span` either way. The span is not made current;
     to parent client spans under it, wrap the call in
     ``opentelemetry.trace.use_span(span, end_on_exit=False)``.
+
+    ``request``: the httpx/httpx2 request the call sends, if it is one. The
+    span is then of kind CLIENT with the HTTP client attributes of the
+    semantic conventions (``http.request.method``, ``server.address``,
+    ``server.port``, ``url.full`` without credentials and with signature query
+    values redacted); otherwise INTERNAL.
     """
     if not trace.get_current_span().is_recording():
         return None
-    return tracer().start_span(
-        f"tailguard.dependency {name}", attributes={"tailguard.dependency.name": name}
-    )
+    attributes: dict[str, Any] = {"tailguard.dependency.name": name}
+    kind = SpanKind.INTERNAL
+    if request is not None:
+        kind = SpanKind.CLIENT
+        http_client_attributes(request, attributes)
+    return tracer().start_span(f"tailguard.dependency {name}", kind=kind, attributes=attributes)
+
+
+_REDACTED_QUERY: Final = frozenset({"awsaccesskeyid", "signature", "sig", "x-goog-signature"})
+"""Query keys whose values the semantic conventions ask to redact from ``url.full``."""
+
+
+def http_client_attributes(request: Any, into: dict[str, Any]) -> None:
+    """Add an httpx/httpx2 ``request``'s HTTP client span attributes to ``into``.
+
+    >>> import httpx
+    >>> into = {}
+    >>> http_client_attributes(httpx.Request("GET", "https://u:p@api.example/v1?sig=x&a=1"), into)
+    >>> into["server.address"], into["server.port"], into["url.full"]
+    ('api.example', 443, 'https://api.example/v1?sig=REDACTED&a=1')
+    """
+    url = request.url
+    scheme = url.scheme
+    port = url.port
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    into["http.request.method"] = request.method
+    into["server.address"] = url.host
+    into["server.port"] = port
+    if url.userinfo:
+        url = url.copy_with(username=None, password=None)
+    if url.query:
+        pairs = [
+            (key, "REDACTED" if key.lower() in _REDACTED_QUERY else value)
+            for key, value in url.params.multi_items()
+        ]
+        if any(value == "REDACTED" for _, value in pairs):
+            url = url.copy_with(params=pairs)
+    into["url.full"] = str(url)
 
 
 def end_dependency_span(
@@ -328,26 +371,42 @@ def end_dependency_span(
     slot_wait: float | None = None,
     error: BaseException | None = None,
     attributes: Mapping[str, Any] | None = None,
+    status: int = 0,
 ) -> None:
     """End a span from :func:`start_dependency_span` (a no-op for ``None``).
 
     ``outcome`` is the metric's (``ok``, ``error``, ``rejected``,
     ``deadline_exceeded``, ``cancelled``); ``slot_wait`` the seconds spent
     waiting for a slot. An ``error`` other than a cancellation is recorded
-    and marks the span failed. ``attributes`` are added as they are (chaos
-    marks injected faults this way).
+    and marks the span failed; so does a call cut off by the deadline (its
+    error is the cancellation) and, as the HTTP semantic conventions ask of
+    client spans, an answer with ``status`` 400 or more (``error.type`` is
+    the status code). ``attributes`` are added as they are (chaos marks
+    injected faults this way).
     """
     if span is None:
         return
     values: dict[str, Any] = {"tailguard.dependency.outcome": outcome}
     if slot_wait is not None:
         values["tailguard.dependency.slot_wait_ms"] = slot_wait * 1000.0
+    if status:
+        values["http.response.status_code"] = status
     if attributes:
         values.update(attributes)
-    span.set_attributes(values)
     if error is not None and not isinstance(error, asyncio.CancelledError):
+        span.set_attributes(values)
         span.record_exception(error)
         span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    elif outcome == "deadline_exceeded":
+        values["error.type"] = "tailguard.DeadlineExceeded"
+        span.set_attributes(values)
+        span.set_status(Status(StatusCode.ERROR, "deadline exceeded"))
+    elif status >= 400:
+        values["error.type"] = str(status)
+        span.set_attributes(values)
+        span.set_status(Status(StatusCode.ERROR))
+    else:
+        span.set_attributes(values)
     span.end()
 
 

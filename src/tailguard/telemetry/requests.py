@@ -15,7 +15,7 @@ and folds the one retired before it, so such scrapes lag by at most one scrape
 and lose nothing.
 
 >>> from prometheus_client import CollectorRegistry
->>> from tailguard.telemetry.catalog import Catalog
+>>> from tailguard.telemetry.catalog import TENANT_OUTCOMES, Catalog
 >>> recorder = RequestRecorder(Catalog(CollectorRegistry()))
 >>> route = recorder.route("/items/{item_id}", "GET")
 >>> route.begin()
@@ -34,14 +34,27 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any, Final
 
-from tailguard.telemetry.catalog import Catalog
+from tailguard.telemetry.catalog import TENANT_OUTCOMES, Catalog
 
-__all__ = ["OUTCOMES", "UNMATCHED", "RequestRecorder", "RouteMetrics", "status_class"]
+__all__ = [
+    "ADMITTED",
+    "OUTCOMES",
+    "SHED",
+    "UNMATCHED",
+    "RequestRecorder",
+    "RouteMetrics",
+    "status_class",
+]
 
 UNMATCHED: Final = "unmatched"
 """The route label of requests no route matched (404s): never the raw path."""
 
-OUTCOMES: Final = ("ok", "error", "deadline_exceeded", "shed", "disconnected")
+OUTCOMES: Final = TENANT_OUTCOMES
+
+ADMITTED: Final = "admitted"
+"""``admission`` label of the request duration: the request was let in (whatever became of it)."""
+SHED: Final = "shed"
+"""``admission`` label of the request duration: admission control answered 503."""
 
 _STANDARD_METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -86,6 +99,7 @@ class _Batch:
         "handler",
         "queue",
         "results",
+        "shed",
         "whole",
     )
 
@@ -97,6 +111,7 @@ class _Batch:
         self.whole = _Histogram(bounds)
         self.admitted_at_once = 0  # queue waits of exactly 0 (a limiter, no wait)
         self.duration = _Histogram(bounds)
+        self.shed = _Histogram(bounds)  # durations of requests shed by admission control
         self.handler = _Histogram(bounds)
         self.queue = _Histogram(bounds)
         self.dependency: dict[str, _Histogram] = {}
@@ -113,7 +128,7 @@ class RouteMetrics:
         self._method = method
         # Duration and budget histograms share buckets (the latency family).
         self._bounds: list[float] = list(
-            catalog.request_duration.labels(route, method)._upper_bounds
+            catalog.request_duration.labels(route, method, ADMITTED)._upper_bounds
         )
         self._batch = _Batch(self._bounds)
         self._retired: _Batch | None = None
@@ -139,12 +154,19 @@ class RouteMetrics:
         key = (status // 100, outcome)
         results = batch.results
         results[key] = results.get(key, 0) + 1
+        # Shed requests get a duration series of their own (admission="shed"):
+        # their fast 503s would hide the tail of the requests that were served.
+        shed = outcome == "shed"
         if not queue_wait and not dependencies:  # the handler had all of it
-            batch.whole.observe(duration)
-            if queue_wait is not None:
-                batch.admitted_at_once += 1
+            if shed:
+                batch.shed.observe(duration)
+                batch.handler.observe(duration)
+            else:
+                batch.whole.observe(duration)
+                if queue_wait is not None:
+                    batch.admitted_at_once += 1
             return
-        batch.duration.observe(duration)
+        (batch.shed if shed else batch.duration).observe(duration)
         handler = duration
         if queue_wait is not None:
             batch.queue.observe(queue_wait)
@@ -195,9 +217,11 @@ class RouteMetrics:
         for (hundreds, outcome), count in batch.results.items():
             labels = (route, method, status_class(hundreds * 100), outcome)
             catalog.requests.labels(*labels).inc(count)
-        duration = catalog.request_duration.labels(route, method)
+        duration = catalog.request_duration.labels(route, method, ADMITTED)
         _fold_histogram(batch.whole, duration)
         _fold_histogram(batch.duration, duration)
+        if any(batch.shed.counts):  # routes that never shed get no "shed" series
+            _fold_histogram(batch.shed, catalog.request_duration.labels(route, method, SHED))
         budget = catalog.budget_spent
         handler = budget.labels(route, "handler", "")
         _fold_histogram(batch.whole, handler)
