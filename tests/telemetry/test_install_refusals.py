@@ -1,4 +1,4 @@
-"""install() refuses what would silently go wrong: a second install, an endpoint over an app route."""
+"""install() refuses what would go wrong silently: a second install, an endpoint over a route."""
 
 from __future__ import annotations
 
