@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 import httpx
@@ -168,3 +169,21 @@ async def test_scrapes_and_control_requests_are_not_traced_by_default(
         assert names == ["GET", "GET /_tailguard/status", "GET /items/{item_id}", "GET /metrics"]
     else:
         assert names == ["GET", "GET /items/{item_id}"]
+
+
+@pytest.mark.anyio
+async def test_without_lifespan_a_port_in_use_is_logged_and_the_app_still_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        guard = Tailguard(registry=CollectorRegistry())
+        app = guard.install(make_app(), metrics_port=taken.getsockname()[1], tracing=False)
+        transport = httpx.ASGITransport(app=app)
+        with caplog.at_level(logging.ERROR, logger="tailguard.middleware"):
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                assert (await http.get("/items/1")).status_code == 200
+    assert "cannot serve metrics on 127.0.0.1" in caplog.text
+    assert guard.runtime.metrics_server is not None
+    assert not guard.runtime.metrics_server.serving
