@@ -193,3 +193,36 @@ def test_no_app_no_report() -> None:
         "unmatched_keys": [],
         "shadowed": [],
     }
+
+
+def test_hosts_are_walked_and_pathless_routes_skipped() -> None:
+    from starlette.routing import BaseRoute, Host, Router
+
+    class Pathless(BaseRoute):  # a custom route class without a path
+        pass
+
+    app = Starlette(
+        routes=[Host("api.example", app=Router(routes=[Route("/v1", _ok)])), Pathless()]
+    )
+    assert [r.template for r in app_routes(app.routes)] == ["/v1"]
+
+
+def test_strict_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="strict"):
+        Tailguard(strict="yes")  # type: ignore[arg-type]
+
+
+async def test_an_app_without_routes_is_not_checked() -> None:
+    from tailguard import TailguardMiddleware
+
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+
+    middleware = TailguardMiddleware(raw, routes={"/nowhere": FAST}, strict=True, metrics=False)
+    sent = await run_lifespan(middleware)  # no scope["app"]: nothing to check against
+    assert sent[0]["type"] == "lifespan.startup.complete"
+    assert middleware.check_routes(object()) is None  # an app without routes

@@ -187,3 +187,27 @@ async def test_without_lifespan_a_port_in_use_is_logged_and_the_app_still_answer
     assert "cannot serve metrics on 127.0.0.1" in caplog.text
     assert guard.runtime.metrics_server is not None
     assert not guard.runtime.metrics_server.serving
+
+
+@pytest.mark.anyio
+async def test_the_lifespan_starts_and_stops_the_metrics_server() -> None:
+    guard = Tailguard(registry=CollectorRegistry())
+    app = guard.install(make_app(), metrics_port=0, tracing=False)
+    server = guard.runtime.metrics_server
+    assert server is not None
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    seen: list[tuple[str, bool]] = []
+
+    async def receive() -> dict[str, str]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, str]) -> None:
+        seen.append((message["type"], server.serving))
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert seen == [("lifespan.startup.complete", True), ("lifespan.shutdown.complete", False)]
+
+
+def test_trace_endpoints_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="trace_endpoints"):
+        Tailguard(registry=CollectorRegistry()).install(make_app(), trace_endpoints=1)  # type: ignore[arg-type]

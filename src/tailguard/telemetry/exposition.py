@@ -22,7 +22,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from http import HTTPStatus
+from http.client import responses
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote
 
@@ -385,11 +385,7 @@ async def _write(
     keep_alive: bool,
     head: bool = False,
 ) -> None:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    lines = [f"HTTP/1.1 {status} {phrase}".encode("latin-1")]
+    lines = [f"HTTP/1.1 {status} {responses.get(status, '')}".encode("latin-1")]
     if not any(name == b"content-length" for name, _ in headers):
         headers = [*headers, (b"content-length", str(len(body)).encode("ascii"))]
     lines += [name + b": " + value for name, value in headers]
