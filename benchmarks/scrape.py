@@ -402,6 +402,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = render(tallies, settings, "quick" if args.quick else "full", info)
     if source_digest() != digest:
         section += "\n**Warning: tailguard's source changed during the run.**\n"
+    cores = os.cpu_count() or 1
+    busiest = max(float(load_before.split(" / ")[0]), float(load_average().split(" / ")[0]))
+    if busiest > cores:
+        section += (
+            f"\n**Warning: load average {busiest:.1f} on {cores} cores: other processes "
+            "competed for the CPU with the server, its render thread and the load generator; "
+            "the heavy-scraping numbers are not reliable. Run again on a quiet machine.**\n"
+        )
     print(section)
     output: Path | None = args.output
     if output is None and not args.quick:

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -306,3 +307,38 @@ async def test_a_failing_exposition_fails_every_scrape_that_shared_it(
         return_exceptions=True,
     )
     assert [str(r) for r in results] == ["collector broke", "collector broke"]
+
+
+class _Timed(Collector):
+    """Records when each collection started and ended; each takes ``busy`` seconds."""
+
+    def __init__(self, busy: float) -> None:
+        self.busy = busy
+        self.spans: list[tuple[float, float]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        started = time.monotonic()
+        time.sleep(self.busy)
+        self.spans.append((started, time.monotonic()))
+        family = GaugeMetricFamily("renders", "Renders so far.")
+        family.add_metric([], len(self.spans))
+        yield family
+
+
+async def test_back_to_back_expositions_rest_as_long_as_the_last_one_took(
+    registry: CollectorRegistry,
+) -> None:
+    timed = _Timed(busy=0.05)
+    registry.register(timed)
+    app = metrics_app(registry)
+    first, second = Sent(), Sent()
+    await app(http_scope("/metrics"), _no_receive, first)
+    asked = time.monotonic()
+    await app(http_scope("/metrics"), _no_receive, second)
+    (start1, end1), (start2, _) = timed.spans
+    # The second starts after the scrape asked for it (fresh), and no sooner
+    # than the first took after it ended (rendering holds at most half a core).
+    assert start2 >= asked
+    assert start2 - end1 >= 0.9 * (end1 - start1)
+    assert b"renders 1.0" in first.body
+    assert b"renders 2.0" in second.body

@@ -20,6 +20,7 @@ import gzip
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.client import responses
@@ -65,7 +66,10 @@ def metrics_app(
     thread of its own (one for the process, so expositions never compete
     with each other or with the app's thread pool), and at most one is in
     flight per format: scrapes that arrive while one is being rendered wait
-    for it and get the same body.
+    for it and get the same body. After an exposition that took *d* seconds,
+    the next one starts no sooner than *d* seconds after it ended, so however
+    often it is scraped, rendering takes at most half of a core; every scrape
+    still gets an exposition that started after it arrived.
 
     >>> import asyncio
     >>> from prometheus_client import Counter
@@ -134,7 +138,7 @@ def _render_thread() -> ThreadPoolExecutor:
 class _Exposition:
     """Renders one registry (or multiprocess directory), one exposition per format at a time."""
 
-    __slots__ = ("_before", "_in_flight", "_path", "_registry")
+    __slots__ = ("_before", "_in_flight", "_path", "_registry", "_rest_until")
 
     def __init__(
         self,
@@ -147,6 +151,9 @@ class _Exposition:
         self._path = path
         # (loop, format) -> the task rendering it; removed when it is done.
         self._in_flight: dict[tuple[asyncio.AbstractEventLoop, _Format], asyncio.Task[bytes]] = {}
+        # time.monotonic() before which no exposition starts: after one that took
+        # d seconds, the next waits until d seconds after it ended.
+        self._rest_until = 0.0
 
     async def body(self, fmt: _Format, accept: str) -> bytes:
         """The exposition in ``fmt``: the one being rendered, or a new one."""
@@ -169,6 +176,12 @@ class _Exposition:
             task.exception()  # retrieved, even when every scraper left
 
     async def _render(self, fmt: _Format, accept: str) -> bytes:
+        pause = self._rest_until - time.monotonic()
+        if pause > 0:
+            # Back-to-back scrapes: rest as long as the last exposition took, so
+            # rendering takes at most half of a core (and of the GIL). Scrapes
+            # arriving meanwhile join this exposition, which starts after them.
+            await asyncio.sleep(pause)
         before = self._before
         if before is not None:
             # On the loop: folding the batched request counts belongs to the
@@ -195,7 +208,12 @@ class _Exposition:
             return gzip.compress(body, compresslevel=6) if fmt.compress else body
 
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_render_thread(), render)
+        started = time.monotonic()
+        try:
+            return await loop.run_in_executor(_render_thread(), render)
+        finally:
+            ended = time.monotonic()
+            self._rest_until = ended + (ended - started)
 
 
 async def _respond(
