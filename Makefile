@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # apt-get needs root: sudo only when not root already (a CI container usually is).
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: test demo lint typecheck pytest promtool bench bench-overhead bench-overload bench-instructions bench-chaos bench-tail bench-tasks clean
+.PHONY: test demo lint typecheck pytest promtool bench bench-overhead bench-overload bench-instructions bench-chaos bench-tail bench-tasks bench-scrape clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tailguard needs Python >= 3.11")'
@@ -37,7 +37,7 @@ promtool:
 	@command -v promtool >/dev/null || ($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 
-bench: bench-overhead bench-overload bench-instructions bench-chaos bench-tail bench-tasks
+bench: bench-overhead bench-overload bench-instructions bench-chaos bench-tail bench-tasks bench-scrape
 
 bench-overhead: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
@@ -55,6 +55,9 @@ bench-chaos: $(STAMP)
 
 bench-tail: $(STAMP)
 	$(BIN)/python benchmarks/tail.py
+
+bench-scrape: $(STAMP)
+	$(BIN)/python benchmarks/scrape.py
 
 bench-tasks: $(STAMP)
 	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)

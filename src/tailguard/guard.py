@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Scope
 
 from tailguard.admission import Limiter, UnlistedTenants
@@ -15,14 +18,16 @@ from tailguard.chaos.engine import Chaos
 from tailguard.deadlines import DEADLINE_HEADER
 from tailguard.dependency import Dependency
 from tailguard.middleware.asgi import TailguardMiddleware
+from tailguard.middleware.responses import Responses
 from tailguard.middleware.runtime import Runtime
 from tailguard.policy import RoutePolicy
 from tailguard.routing.inbound import InboundDeadlines
 from tailguard.routing.limits import build_limiters, tenant_resolver
 from tailguard.routing.matching import RouteTable
+from tailguard.routing.report import app_routes, check_routes, shadowed_by
 from tailguard.telemetry import otel
 from tailguard.telemetry.catalog import BucketFamily, TenantLabels, catalog_for, check_buckets
-from tailguard.telemetry.exposition import metrics_app
+from tailguard.telemetry.exposition import MetricsServer, metrics_app
 from tailguard.telemetry.live import LiveRequests
 from tailguard.telemetry.loop import LoopMonitor
 from tailguard.telemetry.pools import Refresher
@@ -85,6 +90,13 @@ class Tailguard:
     ``chaos`` is the :class:`~tailguard.chaos.Chaos` engine for fault
     injection, available as :attr:`chaos`; without one, a disabled engine
     (unless ``TAILGUARD_CHAOS=1`` enables it).
+
+    Route keys are checked against the app's routes at startup (lifespan
+    startup, or the first request of an app without one): a key that matches
+    no route gets a warning on the ``tailguard.routing`` logger naming the
+    closest route, and with ``strict=True`` startup fails instead
+    (:class:`~tailguard.middleware.asgi.RouteKeyError`). :meth:`routes_report`
+    lists the key each route resolved to.
     """
 
     def __init__(
@@ -104,8 +116,11 @@ class Tailguard:
         chaos: Chaos | None = None,
         buckets: Mapping[BucketFamily, Sequence[float]] | None = None,
         created_series: bool = False,
+        strict: bool = False,
     ) -> None:
         check_buckets(buckets)
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be True or False, got {strict!r}")
         if chaos is not None and not isinstance(chaos, Chaos):
             raise TypeError(f"chaos must be a tailguard.chaos.Chaos or None, got {chaos!r}")
         if orphans not in ("leave", "cancel"):
@@ -161,8 +176,10 @@ class Tailguard:
             recorder=self.recorder,
             loop_monitor=self.loop_monitor,
             cancel_orphans=self.cancel_orphans,
+            strict=strict,
         )
         """What the middleware and each request read: built here, once."""
+        self._app: object = None  # the app install() added tailguard to
 
     def dependency(
         self,
@@ -225,9 +242,38 @@ class Tailguard:
         """A JSON-able "asyncio ps" of the service: requests, tasks and pools right now.
 
         >>> sorted(Tailguard(metrics=False).snapshot())
-        ['dependencies', 'limiters', 'pools', 'requests', 'taken_at', 'tasks']
+        ['dependencies', 'limiters', 'pools', 'requests', 'routes', 'taken_at', 'tasks']
         """
-        return build_snapshot(self)
+        snapshot = build_snapshot(self)
+        snapshot["routes"] = self.routes_report()
+        return snapshot
+
+    def routes_report(self) -> dict[str, Any]:
+        """Which route key each of the app's routes resolved to, and keys that match none.
+
+        ``routes``: one entry per route and method, with the ``key`` whose
+        policy applies (``None``: the default) and its ``limiter``;
+        ``unmatched_keys``: configured keys no route matches, each with the
+        closest route; ``shadowed``: app routes a tailguard endpoint answers
+        in their place. Read from the startup check, or from the app given to
+        :meth:`install` before it has started; empty when no app is known.
+
+        >>> from starlette.applications import Starlette
+        >>> from starlette.routing import Route
+        >>> async def item(request): ...
+        >>> guard = Tailguard(routes={"GET /items/{id}": RoutePolicy(deadline=0.1)}, metrics=False)
+        >>> app = guard.install(Starlette(routes=[Route("/items/{item_id}", item)]), tracing=False)
+        >>> guard.routes_report()["unmatched_keys"][0]["closest"]
+        'GET /items/{item_id}'
+        """
+        report = self.runtime.route_report
+        if report is None:
+            routes = getattr(self._app, "routes", None)
+            if routes is None:
+                return {"routes": [], "unmatched_keys": [], "shadowed": []}
+            endpoints = [path for path, _ in self.runtime.endpoints]
+            report = check_routes(app_routes(routes), self.routes, endpoints)
+        return report.as_dict()
 
     @property
     def dependencies(self) -> Mapping[str, Dependency]:
@@ -245,17 +291,34 @@ class Tailguard:
         exclude_spans: Sequence[str] | None = ("receive", "send"),
         control_token: str | None = None,
         control_path: str = "/_tailguard",
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        responses_through: Sequence[type] = (CORSMiddleware,),
+        trace_endpoints: bool = False,
     ) -> _App:
         """Add tailguard to a Starlette or FastAPI ``app`` and return it.
 
-        * tailguard's middleware (deadlines, admission, metrics, task tracing);
+        * tailguard's middleware (deadlines, admission, metrics, task tracing),
+          outside the middleware the app added so far, so their time counts
+          against the deadline. Install once per app: a second call is an error;
+        * tailguard's own 503 and 504 pass through the app's own middleware of
+          the classes in ``responses_through`` (default: Starlette's
+          ``CORSMiddleware``) that it registered before ``install()``, so a
+          browser can read them (see docs/deadlines.md); ``()``: sent as they are;
         * ``/metrics`` for Prometheus (``metrics_path=None``: not served), from
-          this guard's registry, or from every worker's files in multiprocess mode;
+          this guard's registry, or from every worker's files in multiprocess
+          mode; an app route at that path is an error naming ``metrics_path=``.
+          ``metrics_port=`` serves them on a port of their own instead, bound to
+          ``metrics_host`` (``127.0.0.1`` by default), started and stopped with
+          the app's lifespan; give ``metrics_path=None`` with it to take them
+          off the app's port. See docs/metrics.md for what a scrape exposes;
         * with ``tracing``, OpenTelemetry's ASGI middleware outermost (unless the
           app is instrumented already) with ``tracer_provider`` (default: the
           global one), whose server span tailguard annotates; tailguard's own
           spans come from the same provider. ``exclude_spans`` is passed on:
-          by default the per-message ``receive``/``send`` spans are left out.
+          by default the per-message ``receive``/``send`` spans are left out,
+          and so are scrapes and control-API requests (``excluded_urls``;
+          ``trace_endpoints=True`` traces them).
           ``instrument=False`` keeps tailguard's annotations and spans but adds
           no middleware (for an app wrapped in OTel from outside);
           ``tracing=False`` turns tailguard's tracing off altogether;
@@ -273,14 +336,35 @@ class Tailguard:
             )
         # Everything is checked and built before the app is touched: a bad option
         # raises and changes nothing.
+        registered = list(getattr(app, "user_middleware", ()))
+        for entry in registered:
+            cls = getattr(entry, "cls", None)
+            if isinstance(cls, type) and issubclass(cls, TailguardMiddleware):
+                whose = "this guard" if entry.kwargs.get("guard") is self else "another guard"
+                raise RuntimeError(
+                    f"tailguard is already installed on this app (by {whose}); a second "
+                    "middleware would count and limit every request twice. Call install() "
+                    "once per app; to change its options, build the app again"
+                )
         if tracing:
             otel.check_options(exclude_spans)
-        endpoints: list[tuple[str, ASGIApp]] = []
+        if not isinstance(trace_endpoints, bool):
+            raise TypeError(f"trace_endpoints must be True or False, got {trace_endpoints!r}")
+        through = _response_middleware(registered, responses_through)
+        server = None
+        if metrics_port is not None:
+            server = MetricsServer(
+                metrics_app(self.registry, before_scrape=self._refresh),
+                host=metrics_host,
+                port=metrics_port,
+            )
+        endpoints: list[tuple[str, str, ASGIApp]] = []
         if metrics_path is not None:
             endpoints.append(
                 (
+                    "metrics_path",
                     _checked_path("metrics_path", metrics_path),
-                    metrics_app(self.registry, before_scrape=self.refresher),
+                    metrics_app(self.registry, before_scrape=self._refresh),
                 )
             )
         if control_token is not None:
@@ -288,16 +372,63 @@ class Tailguard:
             control = ControlAPI(
                 self.chaos, token=control_token, snapshot=self.snapshot, prefix=path
             )
-            endpoints.append((path, control))
-        self.runtime.serve(tuple(endpoints))
+            endpoints.append(("control_path", path, control))
+        routes = app_routes(getattr(app, "routes", None))
+        for option, path, _ in endpoints:
+            hidden = shadowed_by(path, routes)
+            if hidden:
+                raise ValueError(
+                    f"the app has its own route {hidden[0].path!r}, which tailguard's endpoint "
+                    f"at {path!r} would answer in its place; choose another path with "
+                    f"{option}= (or {option}=None to serve none)"
+                )
+        self.runtime.serve(tuple((path, endpoint) for _, path, endpoint in endpoints))
+        self.runtime.responses = Responses(through)
+        self.runtime.metrics_server = server
         self.runtime.tracing = tracing
+        self._app = app
         add_middleware(TailguardMiddleware, guard=self)
         if tracing and instrument:
             # Added last, so outermost: the server span is current inside tailguard.
-            otel.instrument(app, tracer_provider, exclude_spans=exclude_spans)
+            options: dict[str, Any] = {}
+            if endpoints and not trace_endpoints:
+                options["excluded_urls"] = _excluded_urls(path for _, path, _ in endpoints)
+            otel.instrument(app, tracer_provider, exclude_spans=exclude_spans, **options)
         elif tracing:
             use_tracer_provider(tracer_provider)
         return app
+
+
+def _response_middleware(
+    registered: Sequence[Any], classes: Sequence[type]
+) -> list[tuple[Any, Sequence[Any], dict[str, Any]]]:
+    """The app's middleware to pass tailguard's responses through (inside it: added before)."""
+    if isinstance(classes, type) or not all(isinstance(cls, type) for cls in classes):
+        raise TypeError(
+            f"responses_through must be a sequence of middleware classes, got {classes!r}"
+        )
+    wanted = tuple(classes)
+    through: list[tuple[Any, Sequence[Any], dict[str, Any]]] = []
+    for entry in registered:  # outermost first, as Starlette keeps them
+        cls = getattr(entry, "cls", None)
+        if wanted and isinstance(cls, type) and issubclass(cls, wanted):
+            through.append((cls, tuple(entry.args), dict(entry.kwargs)))
+    return through
+
+
+def _excluded_urls(paths: Iterable[str]) -> str:
+    """OpenTelemetry's ``excluded_urls`` for tailguard's endpoints (and the user's own, by env).
+
+    The ASGI middleware matches these regular expressions against
+    ``scheme://host/path``; each one here matches a path exactly or below it.
+    """
+    ours = [
+        "^[a-z]+://[^/]*" + re.escape(path).replace(",", "\\x2c") + "(?:/.*)?$" for path in paths
+    ]
+    env = os.environ.get("OTEL_PYTHON_ASGI_EXCLUDED_URLS") or os.environ.get(
+        "OTEL_PYTHON_EXCLUDED_URLS", ""
+    )
+    return ",".join([*ours, *(url.strip() for url in env.split(",") if url.strip())])
 
 
 def _checked_path(field: str, path: str) -> str:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
+import threading
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp
 
 from tailguard.telemetry.exposition import metrics_app, multiprocess_dir, retire_worker
@@ -190,3 +196,149 @@ def test_retire_worker_in_a_single_process_does_nothing(
 
 async def _no_receive() -> dict[str, object]:
     raise AssertionError("the metrics app never reads the request body")
+
+
+class _Gated(Collector):
+    """A collector that counts its collections and holds each until released."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.threads: list[int] = []
+
+    def collect(self) -> Iterable[Metric]:
+        self.threads.append(threading.get_ident())
+        self.entered.set()
+        # Bounded: before the fix this ran on the event loop, which nothing could
+        # release from there; the test then fails on its counts instead of hanging.
+        self.release.wait(5.0)
+        family = GaugeMetricFamily("collections", "Collections so far.")
+        family.add_metric([], len(self.threads))
+        yield family
+
+
+async def _wait_for(event: threading.Event) -> bool:
+    for _ in range(2000):
+        if event.is_set():
+            return True
+        await asyncio.sleep(0.005)
+    return False
+
+
+async def test_concurrent_scrapes_share_one_exposition_rendered_off_the_loop(
+    registry: CollectorRegistry,
+) -> None:
+    gated = _Gated()
+    registry.register(gated)
+    app = metrics_app(registry)
+    scrapes = [Sent() for _ in range(5)]
+    first = asyncio.create_task(app(http_scope("/metrics"), _no_receive, scrapes[0]))
+    assert await _wait_for(gated.entered)  # the loop is free while the first one renders
+    rest = [
+        asyncio.create_task(app(http_scope("/metrics"), _no_receive, sent)) for sent in scrapes[1:]
+    ]
+    for _ in range(5):
+        await asyncio.sleep(0)  # every later scrape reaches the shared exposition
+    gated.release.set()
+    await asyncio.gather(first, *rest)
+    assert len(gated.threads) == 1  # one exposition for five scrapes
+    assert gated.threads[0] != threading.get_ident()  # rendered in a thread, not on the loop
+    bodies = {sent.body for sent in scrapes}
+    assert len(bodies) == 1
+    assert b"collections 1.0" in bodies.pop()
+
+
+async def test_scrapes_after_an_exposition_get_a_fresh_one(registry: CollectorRegistry) -> None:
+    counter = Counter("jobs_total", "Jobs.", registry=registry)
+    async with scrape_client(metrics_app(registry)) as http:
+        counter.inc()
+        first = await http.get("/metrics")
+        counter.inc()
+        second = await http.get("/metrics")
+    assert samples(first.text)["jobs_total"] == 1
+    assert samples(second.text)["jobs_total"] == 2
+
+
+async def test_different_formats_are_not_shared(registry: CollectorRegistry) -> None:
+    Counter("jobs_total", "Jobs.", registry=registry).inc()
+    app = metrics_app(registry)
+    plain, gzipped, filtered = Sent(), Sent(), Sent()
+    await asyncio.gather(
+        app(http_scope("/metrics"), _no_receive, plain),
+        app(http_scope("/metrics", headers=[("accept-encoding", "gzip")]), _no_receive, gzipped),
+        app({**http_scope("/metrics"), "query_string": b"name[]=nothing"}, _no_receive, filtered),
+    )
+    assert b"jobs_total 1.0" in plain.body
+    assert b"jobs_total 1.0" in gzip.decompress(gzipped.body)
+    assert b"jobs_total" not in filtered.body
+
+
+async def test_a_scraper_that_leaves_does_not_cancel_the_others(
+    registry: CollectorRegistry,
+) -> None:
+    gated = _Gated()
+    registry.register(gated)
+    app = metrics_app(registry)
+    leaving, staying = Sent(), Sent()
+    first = asyncio.create_task(app(http_scope("/metrics"), _no_receive, leaving))
+    assert await _wait_for(gated.entered)
+    second = asyncio.create_task(app(http_scope("/metrics"), _no_receive, staying))
+    await asyncio.sleep(0)
+    first.cancel()
+    gated.release.set()
+    await second
+    assert first.cancelled()
+    assert staying.status == 200
+    assert len(gated.threads) == 1
+
+
+async def test_a_failing_exposition_fails_every_scrape_that_shared_it(
+    registry: CollectorRegistry,
+) -> None:
+    class Broken(Collector):
+        def collect(self) -> Iterable[Metric]:
+            raise RuntimeError("collector broke")
+
+    registry.register(Broken())
+    app = metrics_app(registry)
+    results = await asyncio.gather(
+        app(http_scope("/metrics"), _no_receive, Sent()),
+        app(http_scope("/metrics"), _no_receive, Sent()),
+        return_exceptions=True,
+    )
+    assert [str(r) for r in results] == ["collector broke", "collector broke"]
+
+
+class _Timed(Collector):
+    """Records when each collection started and ended; each takes ``busy`` seconds."""
+
+    def __init__(self, busy: float) -> None:
+        self.busy = busy
+        self.spans: list[tuple[float, float]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        started = time.monotonic()
+        time.sleep(self.busy)
+        self.spans.append((started, time.monotonic()))
+        family = GaugeMetricFamily("renders", "Renders so far.")
+        family.add_metric([], len(self.spans))
+        yield family
+
+
+async def test_back_to_back_expositions_rest_as_long_as_the_last_one_took(
+    registry: CollectorRegistry,
+) -> None:
+    timed = _Timed(busy=0.05)
+    registry.register(timed)
+    app = metrics_app(registry)
+    first, second = Sent(), Sent()
+    await app(http_scope("/metrics"), _no_receive, first)
+    asked = time.monotonic()
+    await app(http_scope("/metrics"), _no_receive, second)
+    (start1, end1), (start2, _) = timed.spans
+    # The second starts after the scrape asked for it (fresh), and no sooner
+    # than the first took after it ended (rendering holds at most half a core).
+    assert start2 >= asked
+    assert start2 - end1 >= 0.9 * (end1 - start1)
+    assert b"renders 1.0" in first.body
+    assert b"renders 2.0" in second.body

@@ -183,4 +183,12 @@ async def test_snapshot_lists_requests_in_flight(exporter: InMemorySpanExporter)
         assert (await pending).text == "released"
     assert snapshot["requests"]["/wait"]["in_flight"] == 1
     assert not guard.live
-    assert set(snapshot) == {"taken_at", "requests", "tasks", "limiters", "dependencies", "pools"}
+    assert set(snapshot) == {
+        "taken_at",
+        "requests",
+        "tasks",
+        "limiters",
+        "dependencies",
+        "pools",
+        "routes",
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from asyncio import current_task
 from collections.abc import Mapping
 from typing import Any
@@ -15,11 +16,20 @@ from tailguard.middleware.runtime import Runtime, RuntimeOwner
 from tailguard.middleware.sweeper import Sweeper
 from tailguard.policy import RoutePolicy
 from tailguard.routing.matching import ResolvedRoute, RouteMatcher, route_template
+from tailguard.routing.report import RouteReport, app_routes, check_routes
 from tailguard.telemetry import tasks as task_registry
 from tailguard.telemetry.exposition import retire_worker
 from tailguard.telemetry.pools import instrument_threads
 
-__all__ = ["TailguardMiddleware"]
+__all__ = ["RouteKeyError", "TailguardMiddleware"]
+
+route_logger = logging.getLogger("tailguard.routing")
+logger = logging.getLogger("tailguard.middleware")
+
+
+class RouteKeyError(ValueError):
+    """``Tailguard(strict=True)``: a route key matches no route of the app (or an endpoint
+    of tailguard's hides one of the app's routes); raised at startup."""
 
 
 class TailguardMiddleware:
@@ -65,6 +75,7 @@ class TailguardMiddleware:
         self._matcher: RouteMatcher | None = None
         self._uncompilable: object = None  # an app whose routes the matcher cannot compile
         self._sweeper: Sweeper | None = None
+        self._checked: object = None  # the app whose routes were checked against the keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,22 +98,72 @@ class TailguardMiddleware:
         sweeper = self._sweeper
         if sweeper is None or sweeper.loop is not task.get_loop():
             sweeper = self._sweeper = _new_sweeper(runtime, task.get_loop())
+            await _start_metrics_server(runtime)
         exchange = Exchange(task, send, receive, scope, resolved, runtime)
         await exchange.run(self.app, sweeper)
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Lifespan and websocket scopes pass through; lifespan also starts telemetry."""
         if scope["type"] == "lifespan":
+            try:
+                self.check_routes(scope.get("app"))
+            except RouteKeyError as exc:
+                await _refuse_startup(receive, send, str(exc))
+                return
             _start_telemetry(self.runtime, asyncio.get_running_loop())
-            send = self._closing_dependencies(send)
+            send = self._lifespan_send(send)
         await self.app(scope, receive, send)
 
-    def _closing_dependencies(self, send: Send) -> Send:
-        """Wrap lifespan ``send`` so dependency thread pools drain before shutdown completes."""
+    def check_routes(self, app: object) -> RouteReport | None:
+        """Check the route keys against ``app``'s routes, once per app: warn, or raise if strict.
+
+        Run at lifespan startup, or on the first request of an app whose
+        lifespan does not run. Each key that matches no route gets one
+        warning on the ``tailguard.routing`` logger naming the closest route;
+        with ``Tailguard(strict=True)`` they raise :class:`RouteKeyError`.
+        """
+        runtime = self.runtime
+        if app is None or app is self._checked:
+            return runtime.route_report
+        routes = getattr(app, "routes", None)
+        if routes is None:
+            return None
+        report = check_routes(
+            app_routes(routes), runtime.routes, [path for path, _ in runtime.endpoints]
+        )
+        runtime.route_report = report
+        problems = [unmatched.message() for unmatched in report.unmatched]
+        problems += [
+            f"tailguard answers {endpoint!r} itself, so the app's route {route!r} is never "
+            "reached; move tailguard's endpoint (metrics_path=, control_path=)"
+            for endpoint, route in report.shadowed
+        ]
+        if problems and runtime.strict:
+            raise RouteKeyError("; ".join(problems))
+        self._checked = app
+        for problem in problems:
+            route_logger.warning("tailguard: %s", problem)
+        return report
+
+    def _lifespan_send(self, send: Send) -> Send:
+        """Wrap lifespan ``send``: the metrics server starts with the app and stops with it;
+        dependency thread pools drain before shutdown completes."""
         runtime = self.runtime
 
         async def lifespan_send(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
+            server = runtime.metrics_server
+            if message["type"] == "lifespan.startup.complete" and server is not None:
+                try:
+                    await server.start()
+                except OSError as exc:
+                    message = {
+                        "type": "lifespan.startup.failed",
+                        "message": f"tailguard: cannot serve metrics on "
+                        f"{server.host}:{server.requested_port} (metrics_port=): {exc}",
+                    }
+            elif message["type"] == "lifespan.shutdown.complete":
+                if server is not None:
+                    await server.stop()
                 for dependency in list(runtime.dependencies.values()):
                     await dependency.aclose()
                 if runtime.loop_monitor is not None:
@@ -115,6 +176,8 @@ class TailguardMiddleware:
     def _resolve(self, scope: Scope) -> ResolvedRoute:
         """Resolution for a new app, a changed route list, or routes that cannot be compiled."""
         app = scope.get("app")
+        if app is not self._checked:
+            self.check_routes(app)  # the first request: for apps whose lifespan never runs
         if app is not self._uncompilable:
             # Compiled once per app (and again if its route list grows); apps whose
             # routes cannot be compiled use Starlette's own matching.
@@ -130,6 +193,30 @@ def _new_sweeper(runtime: Runtime, loop: asyncio.AbstractEventLoop) -> Sweeper:
     # The first request on a loop: the fallback for apps whose lifespan never runs.
     _start_telemetry(runtime, loop)
     return Sweeper(loop, DISCONNECT_GRACE)
+
+
+async def _start_metrics_server(runtime: Runtime) -> None:
+    """The first request on a loop: start ``metrics_port``'s server if the lifespan did not."""
+    server = runtime.metrics_server
+    if server is not None and not server.serving:
+        try:
+            await server.start()
+        except OSError:
+            logger.exception(
+                "tailguard: cannot serve metrics on %s:%s", server.host, server.requested_port
+            )
+
+
+async def _refuse_startup(receive: Receive, send: Send, message: str) -> None:
+    """Answer the lifespan's startup with a failure (the server reports it and exits)."""
+    while True:
+        event = await receive()
+        if event["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.failed", "message": message})
+            return
+        if event["type"] == "lifespan.shutdown":  # pragma: no cover - startup always comes first
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def _start_telemetry(runtime: Runtime, loop: asyncio.AbstractEventLoop) -> None:

@@ -17,7 +17,6 @@ from tailguard._scope import header as header_value
 from tailguard.admission import Limiter, Permit, Rejected
 from tailguard.deadlines import CancelScope, DeadlineExceeded
 from tailguard.middleware.disconnect import Inbox
-from tailguard.middleware.responses import deadline_response, shed_response
 from tailguard.middleware.runtime import Runtime
 from tailguard.middleware.sweeper import Sweeper
 from tailguard.routing.matching import ResolvedRoute
@@ -526,10 +525,12 @@ class Exchange(CancelScope, RequestTasks):
             raise DeadlineExceeded(error.deadline, f"response aborted: {error}") from error
         self.status = 503 if isinstance(error, Rejected) else 504
         self.ended = monotonic()
+        # Through the app's CORS middleware (install()), so a browser can read it.
+        responses = self._runtime.responses
         if isinstance(error, Rejected):
-            await shed_response(self._send, error)
+            await responses.shed(scope, self._receive, self._send, error)
         else:
-            await deadline_response(self._send)
+            await responses.deadline(scope, self._receive, self._send)
 
 
 def _shed_if_too_late(budget: float, resolved: ResolvedRoute) -> None:

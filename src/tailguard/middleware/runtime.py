@@ -17,12 +17,16 @@ from typing import TYPE_CHECKING, Protocol
 
 from starlette.types import ASGIApp, Scope
 
+from tailguard.middleware.responses import Responses
+
 if TYPE_CHECKING:
     from tailguard.chaos.engine import Chaos
     from tailguard.dependency import Dependency
     from tailguard.routing.inbound import InboundDeadlines
     from tailguard.routing.matching import RouteTable
+    from tailguard.routing.report import RouteReport
     from tailguard.telemetry.catalog import Catalog, TenantLabels
+    from tailguard.telemetry.exposition import MetricsServer
     from tailguard.telemetry.live import LiveRequests
     from tailguard.telemetry.loop import LoopMonitor
     from tailguard.telemetry.requests import RequestRecorder
@@ -70,6 +74,14 @@ class Runtime:
     """Paths tailguard answers itself (``/metrics``, the control API), by prefix."""
     endpoint_pattern: re.Pattern[str] | None = field(default=None, init=False)
     """Finds any of :attr:`endpoints`' paths in a raw path: one C call per request."""
+    responses: Responses = field(default_factory=Responses)
+    """Sends tailguard's own 503/504, through the app's CORS middleware after ``install()``."""
+    strict: bool = False
+    """Route keys that match no route of the app fail startup instead of a warning."""
+    route_report: RouteReport | None = None
+    """What the startup check found: the key of every route, keys matching none."""
+    metrics_server: MetricsServer | None = None
+    """``install(metrics_port=...)``: serves the metrics on their own port, with the lifespan."""
 
     @property
     def catalog(self) -> Catalog | None:

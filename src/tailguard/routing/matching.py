@@ -24,7 +24,15 @@ from tailguard.routing.service_time import ServiceTime
 if TYPE_CHECKING:
     from tailguard.admission import Limiter
 
-__all__ = ["ResolvedRoute", "RouteMatcher", "RouteTable", "route_template"]
+__all__ = [
+    "ResolvedRoute",
+    "RouteKey",
+    "RouteMatcher",
+    "RouteTable",
+    "effective_routes",
+    "parse_key",
+    "route_template",
+]
 
 STANDARD_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -200,7 +208,7 @@ class RouteMatcher:
 
 def _flatten(routes: Iterable[BaseRoute], path: str, template: str) -> list[_Leaf] | None:
     leaves: list[_Leaf] = []
-    for route in _effective(routes):
+    for route in effective_routes(routes):
         if isinstance(route, Mount):
             mount_path = path + route.path
             mount_template = template + compile_path(route.path)[1]
@@ -232,7 +240,7 @@ def _methods(methods: object) -> frozenset[str] | None:
     return frozenset(methods) if methods else None  # type: ignore[call-overload]
 
 
-def _effective(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+def effective_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
     """Flatten FastAPI's lazily included routers into matchable routes.
 
     FastAPI >= 0.116 keeps ``include_router`` results as an internal route
@@ -250,7 +258,7 @@ def _effective(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
 
 def _match(routes: Iterable[BaseRoute], scope: Scope, prefix: str) -> str | None:
     partial: str | None = None
-    for route in _effective(routes):
+    for route in effective_routes(routes):
         match, child = route.matches(scope)
         if match is Match.NONE:
             continue
@@ -268,14 +276,21 @@ def _match(routes: Iterable[BaseRoute], scope: Scope, prefix: str) -> str | None
 
 
 @dataclass(frozen=True, slots=True)
-class _Key:
+class RouteKey:
+    """A parsed route key: ``[METHOD ]/path`` optionally ending in ``*`` (a prefix).
+
+    >>> parse_key("GET /items/*")
+    RouteKey(text='GET /items/*', method='GET', path='/items/', prefix=True)
+    """
+
     text: str
     method: str | None
     path: str
     prefix: bool
 
 
-def _parse_key(text: object) -> _Key:
+def parse_key(text: object) -> RouteKey:
+    """Parse a route key; a clear error for anything that is not one."""
     if not isinstance(text, str):
         raise TypeError(f"route keys must be strings, got {type(text).__name__}: {text!r}")
     found = _KEY.match(text.strip())
@@ -284,7 +299,7 @@ def _parse_key(text: object) -> _Key:
             f"invalid route key {text!r}: expected '[METHOD ]/path/{{param}}' "
             "optionally ending in '*' for a prefix, e.g. 'GET /items/{item_id}' or '/admin/*'"
         )
-    return _Key(text, found["method"], found["path"], found["star"] is not None)
+    return RouteKey(text, found["method"], found["path"], found["star"] is not None)
 
 
 def limiter_name(key: str | None, policy: RoutePolicy) -> str:
@@ -317,9 +332,9 @@ class RouteTable:
         self.default = default
         self._limiters = limiters or {}
         self._exact: dict[tuple[str | None, str], tuple[str, RoutePolicy]] = {}
-        prefixes: list[tuple[_Key, RoutePolicy]] = []
+        prefixes: list[tuple[RouteKey, RoutePolicy]] = []
         for text, policy in routes.items():
-            key = _parse_key(text)
+            key = parse_key(text)
             if not isinstance(policy, RoutePolicy):
                 raise TypeError(
                     f"routes[{text!r}] must be a RoutePolicy, got {type(policy).__name__}"
@@ -335,7 +350,7 @@ class RouteTable:
                 self._exact[slot] = (text, policy)
         # Longest prefix first; at equal length a method-qualified key wins.
         prefixes.sort(key=lambda kp: (-len(kp[0].path), kp[0].method is None))
-        self._prefixes: Sequence[tuple[_Key, RoutePolicy]] = prefixes
+        self._prefixes: Sequence[tuple[RouteKey, RoutePolicy]] = prefixes
         self._cache: dict[tuple[str, str | None], ResolvedRoute] = {}
 
     def lookup(self, method: str, template: str | None) -> ResolvedRoute:

@@ -248,11 +248,15 @@ def _fold_histogram(pending: _Histogram, child: Any) -> None:
 class RequestRecorder:
     """Hands out the :class:`RouteMetrics` of each (route template, method)."""
 
-    __slots__ = ("__weakref__", "_routes", "catalog")
+    __slots__ = ("__weakref__", "_flushing", "_routes", "catalog")
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog: Final = catalog
         self._routes: dict[tuple[str | None, str], RouteMetrics] = {}
+        # One flush at a time: the loop's (before a scrape, by the loop monitor)
+        # and a collection in another thread (the exposition thread) would
+        # otherwise both take the same retired batch and fold it twice.
+        self._flushing = threading.Lock()
         catalog.before_collect.add(self)
 
     def route(self, template: str | None, method: str) -> RouteMetrics:
@@ -268,5 +272,6 @@ class RequestRecorder:
 
     def flush(self) -> None:
         """Fold every route's counts into the catalog (done by every registry collection)."""
-        for route in list(self._routes.values()):
-            route.flush()
+        with self._flushing:
+            for route in list(self._routes.values()):
+                route.flush()
