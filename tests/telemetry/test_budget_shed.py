@@ -46,11 +46,6 @@ async def test_the_shed_says_budget_and_is_counted_so() -> None:
     assert registry.get_sample_value("tailguard_requests_shed_total", overload) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="middleware/responses.py (another developer's) must omit Retry-After for "
-    "reason 'budget'; remove this marker with that change",
-)
 async def test_the_shed_does_not_invite_a_retry() -> None:
     shed, _ = await shed_once()
     assert "retry-after" not in shed.headers

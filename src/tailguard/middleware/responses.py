@@ -54,7 +54,15 @@ async def deadline_response(send: Send) -> None:
 
 
 async def shed_response(send: Send, rejected: Rejected) -> None:
-    """``503 Service Unavailable`` with ``Retry-After`` and the reason, sent cheaply."""
+    """``503 Service Unavailable`` with the reason, sent cheaply.
+
+    An overload (a full queue, a wait that ran out) invites a retry with
+    ``Retry-After``; a budget shed does not: the caller's deadline was shorter
+    than the route's usual service time, and the same budget would fail again.
+    """
+    if rejected.reason == "budget":
+        await _respond(send, 503, "budget", b"deadline too short: budget\n")
+        return
     retry_after = max(1, math.ceil(rejected.retry_after))
     body = f"overloaded: {rejected.reason}\n".encode()
     await _respond(send, 503, rejected.reason, body, (b"retry-after", str(retry_after).encode()))
