@@ -47,7 +47,7 @@ def start_experiment(
     ``{"experiment", "started_at", "expires_at", "injections", "skipped"}``.
     The experiment still ends by its own ``ttl`` if nothing stops it.
 
-    Example, inline::
+    Example::
 
         {"type": "action", "name": "inventory-hangs",
          "provider": {"type": "python", "module": "tailguard.chaostoolkit.actions",
