@@ -33,7 +33,9 @@ from typing import Any
 
 from tailguard import __version__
 
-__all__ = ["discover"]
+__all__ = ["INSTALL_HINT", "discover"]
+
+INSTALL_HINT = "tailguard.chaostoolkit needs Chaos Toolkit: pip install 'tailguard[chaostoolkit]'"
 
 MODULES = {"action": "tailguard.chaostoolkit.actions", "probe": "tailguard.chaostoolkit.probes"}
 """The modules whose ``__all__`` functions are this extension's activities, by activity type."""
@@ -52,7 +54,10 @@ def discover(discover_system: bool = True) -> dict[str, Any]:
     >>> [a["name"] for a in found["activities"] if a["type"] == "action"]
     ['halt', 'start_experiment', 'stop_experiment']
     """
-    from chaoslib.discovery.discover import discover_activities, initialize_discovery_result
+    try:
+        from chaoslib.discovery.discover import discover_activities, initialize_discovery_result
+    except ImportError as exc:  # pragma: no cover - run in a subprocess without the extra
+        raise ImportError(INSTALL_HINT) from exc
 
     discovery: dict[str, Any] = initialize_discovery_result("tailguard", __version__, "tailguard")
     for kind, module in MODULES.items():

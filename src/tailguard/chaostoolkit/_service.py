@@ -22,13 +22,12 @@ from typing import Any, TypeVar
 import httpx
 
 from tailguard.chaos._client import ControlClient, ControlError
+from tailguard.chaostoolkit import INSTALL_HINT
 
 try:
     from chaoslib.exceptions import ActivityFailed
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "tailguard.chaostoolkit needs Chaos Toolkit: pip install 'tailguard[chaostoolkit]'"
-    ) from exc
+except ImportError as exc:  # pragma: no cover - run in a subprocess without the extra
+    raise ImportError(INSTALL_HINT) from exc
 
 __all__ = [
     "DEFAULT_URL",
