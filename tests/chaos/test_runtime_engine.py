@@ -176,6 +176,7 @@ def test_start_stop_and_status(engines: Engines) -> None:
         "actor": "bob",
         "at": engine.status()["stopped"][0]["at"],
         "injections": 0,
+        "injection_errors": 0,
     }
     assert repr(engine) == "<Chaos enabled experiments=[]>"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from tailguard.chaos import _fields as f
+from tailguard.chaos.distributions import LARGEST_DRAW
 from tailguard.chaos.faults import RESERVED_HEADERS
 
 __all__ = ["EXPERIMENT_JSON_SCHEMA"]
@@ -32,6 +33,10 @@ def _object(properties: _Schema, required: tuple[str, ...] = (), **extra: Any) -
 def _seconds(description: str, *, positive: bool = False, **extra: Any) -> _Schema:
     bound = {"exclusiveMinimum": 0} if positive else {"minimum": 0}
     return {"type": "number", **bound, "description": description, **extra}
+
+
+def _delay_seconds(description: str, *, positive: bool = False) -> _Schema:
+    return _seconds(description, positive=positive, maximum=LARGEST_DRAW)
 
 
 def _any_case(text: str) -> str:
@@ -54,12 +59,15 @@ _TEXTS: _Schema = {"type": "array", "items": _TEXT, "maxItems": f.MAX_SCOPES}
 _DELAY: _Schema = {
     "description": "Seconds, or a distribution to draw each delay from.",
     "oneOf": [
-        _seconds("A fixed delay in seconds."),
-        _object({"fixed": _seconds("A fixed delay in seconds.")}, ("fixed",)),
+        _delay_seconds("A fixed delay in seconds."),
+        _object({"fixed": _delay_seconds("A fixed delay in seconds.")}, ("fixed",)),
         _object(
             {
                 "uniform": _object(
-                    {"low": _seconds("Seconds."), "high": _seconds("Seconds; at least low.")},
+                    {
+                        "low": _delay_seconds("Seconds."),
+                        "high": _delay_seconds("Seconds; at least low."),
+                    },
                     ("low", "high"),
                 )
             },
@@ -69,8 +77,12 @@ _DELAY: _Schema = {
             {
                 "lognormal": _object(
                     {
-                        "p50": _seconds("Median delay.", positive=True),
-                        "p99": _seconds("99th percentile; at least p50.", positive=True),
+                        "p50": _delay_seconds("Median delay.", positive=True),
+                        "p99": _delay_seconds(
+                            "99th percentile; at least p50, and close enough to it that no "
+                            "draw passes 1e300 seconds (the server says how close).",
+                            positive=True,
+                        ),
                     },
                     ("p50", "p99"),
                     description="A log-normal distribution fitted to two percentiles.",
@@ -82,8 +94,14 @@ _DELAY: _Schema = {
             {
                 "pareto": _object(
                     {
-                        "minimum": _seconds("The smallest delay.", positive=True),
-                        "alpha": {"type": "number", "exclusiveMinimum": 0},
+                        "minimum": _delay_seconds("The smallest delay.", positive=True),
+                        "alpha": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "description": "The tail's shape; smaller is heavier. Too small "
+                            "an alpha for the minimum (below about 0.05) draws delays that "
+                            "overflow, and is refused.",
+                        },
                     },
                     ("minimum", "alpha"),
                 )
@@ -94,7 +112,7 @@ _DELAY: _Schema = {
             {
                 "empirical": {
                     "type": "array",
-                    "items": _seconds("An observed delay."),
+                    "items": _delay_seconds("An observed delay."),
                     "minItems": 1,
                     "maxItems": f.MAX_SAMPLES,
                     "description": "Observed delays; each injection draws one.",

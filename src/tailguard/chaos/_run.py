@@ -8,6 +8,7 @@ from collections.abc import Callable
 from tailguard._context import RequestView
 from tailguard.chaos._safeguard import Watcher
 from tailguard.chaos.experiment import Experiment
+from tailguard.chaos.faults import Fault
 
 __all__ = ["Run"]
 
@@ -20,11 +21,14 @@ class Run:
     """
 
     __slots__ = (
+        "_failing",
         "_secret",
         "_wakers",
+        "errors",
         "experiment",
         "expires_at",
         "injections",
+        "last_error",
         "name",
         "scoped",
         "skipped",
@@ -53,6 +57,11 @@ class Run:
         self.stopped = False
         self.injections = 0
         self.skipped = 0
+        self.errors = 0
+        """Faults that could not be planned or applied (the calls went on without them)."""
+        self.last_error: str | None = None
+        """What the latest of those errors was, for status."""
+        self._failing: set[int] = set()
         self.ttl_token = ttl_token
         """The engine's wake-up at the TTL (so an idle experiment still ends on time)."""
         abort = experiment.abort
@@ -85,6 +94,14 @@ class Run:
         """Whether the safeguard counts a request on ``route``: the experiment's routes, or all."""
         keys = self.experiment.route_keys
         return not keys or any(key.matches(method, route) for key in keys)
+
+    def note_failing(self, fault: Fault) -> bool:
+        """Note that ``fault`` failed; True the first time (so it is logged once)."""
+        key = id(fault)  # the experiment holds its faults for as long as the run lives
+        if key in self._failing:
+            return False
+        self._failing.add(key)
+        return True
 
     def add_waker(self, wake: Callable[[], None]) -> None:
         self._wakers.add(wake)

@@ -23,6 +23,10 @@ class ExperimentStatus:
     """Faults injected so far (a call hit by two faults counts two)."""
     skipped: int
     """Faults that would have been injected but for ``max_injections``."""
+    injection_errors: int = 0
+    """Faults that could not be planned or applied; those calls went on without chaos."""
+    last_injection_error: str | None = None
+    """The latest of those errors (fault, target, exception), or ``None``."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form; the header secret is redacted."""
@@ -38,6 +42,8 @@ class ExperimentStatus:
             "expires_at": self.expires_at,
             "injections": self.injections,
             "skipped": self.skipped,
+            "injection_errors": self.injection_errors,
+            "last_injection_error": self.last_injection_error,
         }
 
 

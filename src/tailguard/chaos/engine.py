@@ -274,6 +274,8 @@ class Chaos:
                 run.started_at + run.experiment.ttl,
                 run.injections,
                 run.skipped,
+                run.errors,
+                run.last_error,
             )
             for run in runs
         ]
@@ -310,6 +312,7 @@ class Chaos:
                 "actor": actor,
                 "at": time.time(),
                 "injections": run.injections,
+                "injection_errors": run.errors,
             }
         )
         catalog = self._injector.catalog
