@@ -89,7 +89,7 @@ faults = st.one_of(
                 max_size=2,
             ),
         },
-    ),
+    ).filter(lambda f: not (f.get("body") and f["status"] in (204, 205, 304))),
     fault("hang", dependencies | routes),
     fault("reset", dependencies),
 )

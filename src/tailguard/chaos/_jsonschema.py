@@ -16,7 +16,7 @@ from typing import Any
 
 from tailguard.chaos import _fields as f
 from tailguard.chaos.distributions import LARGEST_DRAW
-from tailguard.chaos.faults import RESERVED_HEADERS
+from tailguard.chaos.faults import NO_BODY_STATUSES, RESERVED_HEADERS
 
 __all__ = ["EXPERIMENT_JSON_SCHEMA"]
 
@@ -166,7 +166,12 @@ _FAULT: _Schema = {
             "Answer with this response instead of making the call.",
             {
                 "status": {"type": "integer", "minimum": 200, "maximum": 599},
-                "body": {"type": "string", "maxLength": f.MAX_BODY_TEXT, "default": ""},
+                "body": {
+                    "type": "string",
+                    "maxLength": f.MAX_BODY_TEXT,
+                    "default": "",
+                    "description": "Must be empty for 204, 205 and 304, which have no body.",
+                },
                 "headers": {
                     "type": "object",
                     "maxProperties": f.MAX_HEADERS,
@@ -184,7 +189,15 @@ _FAULT: _Schema = {
                 },
             },
             ("status",),
-        ),
+        )
+        | {
+            # Statuses without a body (204, 205, 304) take none.
+            "if": {
+                "properties": {"status": {"enum": sorted(NO_BODY_STATUSES)}},
+                "required": ["status"],
+            },
+            "then": {"properties": {"body": {"maxLength": 0}}},
+        },
         _fault("hang", "Block until the deadline or cancellation.", {}),
         _fault("reset", "Raise the seam's connection-reset error.", {}),
     ]
