@@ -31,6 +31,8 @@ MAX_DEMO_REQUESTS = 1000
 DEFAULT_URL = "http://127.0.0.1:8000"
 TOKEN_ENV = "TAILGUARD_TOKEN"
 URL_ENV = "TAILGUARD_URL"
+BROKEN_PIPE = 141
+"""The exit status when the output's reader went away: a shell's for death by SIGPIPE (128 + 13)."""
 
 _Handler = Callable[[argparse.Namespace], int]
 
@@ -78,7 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.status
     handler: _Handler = args.handler
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return status
+    except BrokenPipeError:
+        # The reader went away (`tailguard chaos status --json | head -c1`): stop
+        # quietly, as a command killed by SIGPIPE does, and leave nothing for the
+        # interpreter to flush into the closed pipe at exit.
+        _discard_stdout()
+        return BROKEN_PIPE
     except CommandError as exc:
         action = getattr(args, "action", None)
         print(
@@ -86,6 +96,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so nothing left in its buffer meets the closed pipe again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def import_app(spec: str, app_dir: str = ".") -> Any:
