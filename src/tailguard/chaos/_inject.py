@@ -165,6 +165,8 @@ class Injector:
                     return None
             if not applies:
                 continue
+            if run.watcher is not None and request is not None and not run.experiment.routes:
+                run.reach(request)  # the safeguard judges the routes the faults can reach
             if fault.terminal:
                 if terminal is not None or (not respond and isinstance(fault, Respond)):
                     continue

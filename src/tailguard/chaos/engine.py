@@ -416,13 +416,16 @@ class Chaos:
     ) -> None:
         """Feed the safeguards one finished request; the middleware calls it while :attr:`watching`.
 
-        ``route`` is the template (``""`` if none matched), ``status`` the
-        response status (0 if none was sent: not counted), ``duration`` in
-        seconds. A 5xx is an error, and so is any request with ``failed``
-        (a response aborted after it started).
+        ``route`` is the template (``""`` if none matched: not counted),
+        ``status`` the response status (0 if none was sent; 404: not
+        counted, so cheap requests for nothing cannot dilute a safeguard),
+        ``duration`` in seconds. A 5xx is an error, and so is any request
+        with ``failed``: a response aborted after it started, or a client
+        that gave up before an answer (its ``duration`` is how long it
+        waited).
         """
         watchers = self._watchers
-        if not watchers:
+        if not watchers or status == 404 or not route:
             return
         now = self.clock()
         for run in watchers:

@@ -59,9 +59,11 @@ class AbortWhen:
     """A safeguard: stop the experiment when the affected routes break their SLO.
 
     Over the last ``window`` seconds of requests on the experiment's routes
-    (all routes if it names none), once at least ``min_requests`` have
-    completed: stop if the share of 5xx responses exceeds ``error_rate``, or
-    if the 99th percentile of their durations exceeds ``p99`` seconds.
+    (if it names none: the routes its faults reach), once at least
+    ``min_requests`` have completed: stop if the share of errors (5xx
+    responses, and clients that gave up) exceeds ``error_rate``, or if the
+    99th percentile of their durations exceeds ``p99`` seconds. 404s and
+    unmatched requests are left out.
 
     >>> AbortWhen(p99=0.5, window=60).min_requests
     20
