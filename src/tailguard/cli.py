@@ -232,7 +232,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _add_chaos(commands: argparse._SubParsersAction[_Parser]) -> None:
     chaos = commands.add_parser(
         "chaos",
-        help="start, stop and list chaos experiments on a running service",
+        help="start, stop, list and validate chaos experiments on a running service",
         description=(
             "Talk to a service's chaos control API (mounted with "
             "guard.install(app, control_token=...)). The token comes from --token or, "
@@ -268,6 +268,27 @@ def _add_chaos(commands: argparse._SubParsersAction[_Parser]) -> None:
         description="Send the experiment in FILE to the service, which validates and starts it.",
     )
     start.add_argument("file", metavar="FILE")
+    start.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="start it even if it names a dependency or route the service does not have",
+    )
+    validate = actions.add_parser(
+        "validate",
+        parents=[common],
+        help="check the experiment in FILE against the service, without starting it",
+        description=(
+            "Send the experiment in FILE to the service, which validates it and says what "
+            "it names that the service does not have (dependencies, routes). Nothing "
+            "starts. Exit status 0 if it would start, 1 if not."
+        ),
+    )
+    validate.add_argument("file", metavar="FILE")
+    validate.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="judge it as 'start --allow-unknown' would",
+    )
     stop = actions.add_parser("stop", parents=[common], help="stop the running experiment NAME")
     stop.add_argument("name", metavar="NAME")
     actions.add_parser("halt", parents=[common], help="kill switch: stop every experiment now")
@@ -276,7 +297,13 @@ def _add_chaos(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _run_chaos(args: argparse.Namespace) -> int:
-    from tailguard.chaos._client import ControlClient, ControlError, duration, render_status
+    from tailguard.chaos._client import (
+        ControlClient,
+        ControlError,
+        duration,
+        render_status,
+        render_validation,
+    )
     from tailguard.chaos.schema import ExperimentError, read_experiment_file
 
     token = args.token or os.environ.get(TOKEN_ENV)
@@ -285,7 +312,7 @@ def _run_chaos(args: argparse.Namespace) -> int:
     if not token.isascii() or not token.isprintable() or " " in token:
         raise CommandError("the control token must be printable ASCII without spaces")
     document = None
-    if args.action == "start":
+    if args.action in ("start", "validate"):
         try:
             document = read_experiment_file(args.file)
         except (ExperimentError, OSError, ImportError) as exc:
@@ -293,8 +320,13 @@ def _run_chaos(args: argparse.Namespace) -> int:
     try:
         with ControlClient(args.url, token, prefix=args.prefix, timeout=args.timeout) as client:
             answer: object
-            if args.action == "start":
-                answer = running = client.start(document)
+            status_code = 0
+            if args.action == "validate":
+                answer = checked = client.validate(document, allow_unknown=args.allow_unknown)
+                text = render_validation(checked, file=args.file, url=args.url)
+                status_code = 0 if checked.get("would_start") else 1
+            elif args.action == "start":
+                answer = running = client.start(document, allow_unknown=args.allow_unknown)
                 experiment = running["experiment"]
                 left = duration(float(running["expires_at"]) - float(running["started_at"]))
                 count = len(experiment["faults"])
@@ -316,4 +348,4 @@ def _run_chaos(args: argparse.Namespace) -> int:
         print(f"tailguard chaos {args.action}: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2) if args.json else text)
-    return 0
+    return status_code

@@ -50,7 +50,9 @@ class Drawn(Distribution):
 
     def sample(self, rng: random.Random) -> float:
         if isinstance(self.value, BaseException):
-            raise self.value
+            # A fresh one each time: a raised instance keeps its traceback (and the
+            # request frames in it) alive for as long as the strategy holds it.
+            raise type(self.value)(*self.value.args)
         return self.value  # type: ignore[return-value]
 
     def quantile(self, q: float) -> float:

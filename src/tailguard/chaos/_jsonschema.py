@@ -252,6 +252,14 @@ EXPERIMENT_JSON_SCHEMA: _Schema = {
                     "the window passes these."
                 ),
             ),
+            "allow_unknown": {
+                "type": "boolean",
+                "default": False,
+                "description": (
+                    "Start even if a fault's target or a route names no dependency or "
+                    "route the service has declared (yet); refused otherwise."
+                ),
+            },
         },
         ("name", "ttl", "faults"),
     ),

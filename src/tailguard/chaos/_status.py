@@ -27,6 +27,9 @@ class ExperimentStatus:
     """Faults that could not be planned or applied; those calls went on without chaos."""
     last_injection_error: str | None = None
     """The latest of those errors (fault, target, exception), or ``None``."""
+    unknown: tuple[dict[str, str], ...] = ()
+    """What the experiment names that the service does not have (``{field, detail}``):
+    only an experiment started with ``allow_unknown`` can; empty once all is declared."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form; the header secret is redacted."""
@@ -44,6 +47,7 @@ class ExperimentStatus:
             "skipped": self.skipped,
             "injection_errors": self.injection_errors,
             "last_injection_error": self.last_injection_error,
+            "unknown": list(self.unknown),
         }
 
 

@@ -115,6 +115,10 @@ class Experiment:
       value ``secret`` (compared in constant time), for chaos on your own
       test traffic. A secret is at least 16 printable characters.
     * ``abort``: an :class:`AbortWhen` safeguard.
+    * ``allow_unknown``: start even if a target or route names nothing the
+      service has (yet): an engine that knows the service's dependencies and
+      routes refuses such an experiment otherwise (a typo would "prove"
+      resilience with zero injections).
 
     Any scope (``routes``, ``tenants``, ``header``) limits the experiment to
     calls made while handling a matching request; without one, it applies to
@@ -135,6 +139,7 @@ class Experiment:
     header: str | None = None
     secret: str | None = field(default=None, repr=False)
     abort: AbortWhen | None = None
+    allow_unknown: bool = False
     route_keys: tuple[RouteKey, ...] = field(init=False, repr=False, compare=False, default=())
     """``routes``, parsed."""
 
@@ -170,6 +175,10 @@ class Experiment:
         self._check_header(owner)
         if self.abort is not None and not isinstance(self.abort, AbortWhen):
             raise ValueError(f"{owner}: abort must be an AbortWhen or None, got {self.abort!r}")
+        if not isinstance(self.allow_unknown, bool):
+            raise ValueError(
+                f"{owner}: allow_unknown must be True or False, got {self.allow_unknown!r}"
+            )
 
     def _check_header(self, owner: str) -> None:
         header, secret = self.header, self.secret

@@ -56,7 +56,7 @@ MAX_TTL = f.MAX_TTL
 
 _T = TypeVar("_T")
 _TOP_REQUIRED = ("name", "ttl", "faults")
-_TOP_OPTIONAL = ("routes", "tenants", "header", "secret", "abort")
+_TOP_OPTIONAL = ("routes", "tenants", "header", "secret", "abort", "allow_unknown")
 _FAULT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # kind: (required besides kind and target, optional besides rate)
     "latency": (("delay",), ()),
@@ -73,7 +73,7 @@ _OWNER = re.compile(r"^(?:experiment '[^']*'|[A-Za-z]+): ")
 _FIELD = re.compile(r"^([a-z_0-9]+)(\[\d+\])?(?::\s*|\s+)")
 _RUNTIME_FIELDS = frozenset(
     {
-        *("ttl", "routes", "tenants", "header", "secret", "abort", "faults"),
+        *("ttl", "routes", "tenants", "header", "secret", "abort", "faults", "allow_unknown"),
         *("target", "rate", "delay", "exc", "status", "body", "headers"),
         *("seconds", "low", "high", "p50", "p99", "minimum", "alpha", "samples"),
         *("error_rate", "window", "min_requests"),
@@ -106,7 +106,9 @@ def experiment_from_dict(data: object) -> Experiment:
     ...     experiment_from_dict({"name": "x", "ttl": 60, "faults": [], "colour": "red"})
     ... except ExperimentError as error:
     ...     print(error.field, "-", error.message)
-    colour - unknown field; expected: name, ttl, faults, routes, tenants, header, secret, abort
+    ... # doctest: +NORMALIZE_WHITESPACE
+    colour - unknown field; expected: name, ttl, faults, routes, tenants, header, secret, abort,
+    allow_unknown
     """
     doc = f.fields(data, "", required=_TOP_REQUIRED, optional=_TOP_OPTIONAL)
     name = f.name(doc["name"], "name")
@@ -132,6 +134,11 @@ def experiment_from_dict(data: object) -> Experiment:
     if secret is not None and header is None:
         raise ExperimentError("header", "is required with 'secret'")
     abort = _abort(doc["abort"], "abort") if "abort" in doc else None
+    allow_unknown = doc.get("allow_unknown", False)
+    if not isinstance(allow_unknown, bool):
+        raise ExperimentError(
+            "allow_unknown", f"must be true or false, got {f.kind_of(allow_unknown)}"
+        )
     return _build(
         "",
         lambda: Experiment(
@@ -143,6 +150,7 @@ def experiment_from_dict(data: object) -> Experiment:
             header=header,
             secret=secret,
             abort=abort,
+            allow_unknown=allow_unknown,
         ),
     )
 
@@ -316,6 +324,8 @@ def experiment_to_dict(experiment: Experiment, *, redact_secret: bool = False) -
             )
             if value is not None
         }
+    if experiment.allow_unknown:
+        out["allow_unknown"] = True
     return out
 
 
