@@ -426,6 +426,12 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(
     assert "more than 100000 values" in err
 
 
+def test_an_empty_yaml_file_is_no_document() -> None:
+    from tailguard.chaos._yaml import parse_yaml
+
+    assert parse_yaml(b"") is None
+
+
 def test_aliases_that_stay_small_are_fine(tmp_path: Path) -> None:
     from tailguard.chaos.schema import load_experiment
 

@@ -30,10 +30,12 @@ from tailguard.chaos import (
     Chaos,
     Distribution,
     ExperimentError,
+    Fixed,
     Latency,
     LogNormal,
     Pareto,
     Raise,
+    Respond,
     experiment_from_dict,
 )
 from tailguard.chaos.distributions import LARGEST_DRAW
@@ -306,3 +308,29 @@ def test_the_largest_pareto_draw_of_an_accepted_alpha_stays_finite(
     minimum: float, alpha: float
 ) -> None:
     assert Pareto(minimum=minimum, alpha=alpha).sample(Extreme()) <= LARGEST_DRAW
+
+
+def test_fixed_delays_past_the_largest_draw_are_refused() -> None:
+    with pytest.raises(ValueError, match="Fixed: seconds must be at most 1e\\+300 seconds"):
+        Fixed(1e301)
+
+
+async def test_a_response_the_library_refuses_to_build_lets_the_call_through(
+    engines: Engines, deps: Deps, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engines()
+    dep = deps("db", chaos=engine)
+    engine.start(experiment(Respond("db", status=503)))
+    real = httpx.Response
+
+    def refuse(*args: Any, **kwargs: Any) -> httpx.Response:
+        raise ValueError("cannot build that response")
+
+    monkeypatch.setattr(
+        httpx, "Response", refuse
+    )  # what the transport builds synthesized ones with
+    transport = dep.transport(httpx.MockTransport(lambda request: real(200, text="real")))
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("http://downstream.test/")).text == "real"
+    assert errors(catalog, "respond") == 1
+    assert dep.limiter.in_use == 0

@@ -204,6 +204,8 @@ async def test_the_control_api_refuses_and_validates(
             "running": False,
             "would_start": True,
         }
+        off = await client.post("/experiments", params={"allow_unknown": "false"}, json=TYPO)
+        assert off.status_code == 422
         bad_flag = await client.post("/experiments", params={"allow_unknown": "maybe"}, json=TYPO)
         assert (bad_flag.status_code, bad_flag.json()["field"]) == (400, "allow_unknown")
         invalid = await client.post("/validate", json={**GOOD, "ttl": -1})
@@ -274,3 +276,13 @@ def test_validate_and_start_from_the_command_line(
     assert cli.main(["chaos", "start", str(typo), "--url", url, "--allow-unknown"]) == 0
     assert capsys.readouterr().out.startswith("started typo")
     assert engine.armed
+
+
+def test_the_validation_says_why_it_would_not_start() -> None:
+    from tailguard.chaos._client import render_validation
+
+    answer = {"experiment": {"name": "x", "faults": []}, "unknown": []}
+    disabled = render_validation({**answer, "enabled": False}, file="f", url="u")
+    assert disabled.endswith("it would not start: chaos is disabled in this service")
+    running = render_validation({**answer, "enabled": True, "running": True}, file="f", url="u")
+    assert running.endswith("it would not start: an experiment of that name is running")

@@ -113,10 +113,8 @@ class Run:
         not is judged on the routes its faults can reach: routes whose
         requests its faults applied to (a call to a dependency it targets, or
         a route fault's own route), so requests elsewhere cannot dilute it.
-        Unmatched requests never count.
+        (The engine leaves unmatched requests out before asking.)
         """
-        if not route:
-            return False
         keys = self.experiment.route_keys
         if keys:
             return any(key.matches(method, route) for key in keys)
