@@ -31,6 +31,8 @@ MAX_DEMO_REQUESTS = 1000
 DEFAULT_URL = "http://127.0.0.1:8000"
 TOKEN_ENV = "TAILGUARD_TOKEN"
 URL_ENV = "TAILGUARD_URL"
+BROKEN_PIPE = 141
+"""The exit status when the output's reader went away: a shell's for death by SIGPIPE (128 + 13)."""
 
 _Handler = Callable[[argparse.Namespace], int]
 
@@ -79,7 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.status
     handler: _Handler = args.handler
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return status
+    except BrokenPipeError:
+        # The reader went away (`tailguard chaos status --json | head -c1`): stop
+        # quietly, as a command killed by SIGPIPE does, and leave nothing for the
+        # interpreter to flush into the closed pipe at exit.
+        _discard_stdout()
+        return BROKEN_PIPE
     except CommandError as exc:
         action = getattr(args, "action", None)
         print(
@@ -87,6 +97,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so nothing left in its buffer meets the closed pipe again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def import_app(spec: str, app_dir: str = ".") -> Any:
@@ -210,7 +233,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _add_chaos(commands: argparse._SubParsersAction[_Parser]) -> None:
     chaos = commands.add_parser(
         "chaos",
-        help="start, stop and list chaos experiments on a running service",
+        help="start, stop, list and validate chaos experiments on a running service",
         description=(
             "Talk to a service's chaos control API (mounted with "
             "guard.install(app, control_token=...)). The token comes from --token or, "
@@ -246,6 +269,27 @@ def _add_chaos(commands: argparse._SubParsersAction[_Parser]) -> None:
         description="Send the experiment in FILE to the service, which validates and starts it.",
     )
     start.add_argument("file", metavar="FILE")
+    start.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="start it even if it names a dependency or route the service does not have",
+    )
+    validate = actions.add_parser(
+        "validate",
+        parents=[common],
+        help="check the experiment in FILE against the service, without starting it",
+        description=(
+            "Send the experiment in FILE to the service, which validates it and says what "
+            "it names that the service does not have (dependencies, routes). Nothing "
+            "starts. Exit status 0 if it would start, 1 if not."
+        ),
+    )
+    validate.add_argument("file", metavar="FILE")
+    validate.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="judge it as 'start --allow-unknown' would",
+    )
     stop = actions.add_parser("stop", parents=[common], help="stop the running experiment NAME")
     stop.add_argument("name", metavar="NAME")
     actions.add_parser("halt", parents=[common], help="kill switch: stop every experiment now")
@@ -254,7 +298,13 @@ def _add_chaos(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _run_chaos(args: argparse.Namespace) -> int:
-    from tailguard.chaos._client import ControlClient, ControlError, duration, render_status
+    from tailguard.chaos._client import (
+        ControlClient,
+        ControlError,
+        duration,
+        render_status,
+        render_validation,
+    )
     from tailguard.chaos.schema import ExperimentError, read_experiment_file
 
     token = args.token or os.environ.get(TOKEN_ENV)
@@ -263,7 +313,7 @@ def _run_chaos(args: argparse.Namespace) -> int:
     if not token.isascii() or not token.isprintable() or " " in token:
         raise CommandError("the control token must be printable ASCII without spaces")
     document = None
-    if args.action == "start":
+    if args.action in ("start", "validate"):
         try:
             document = read_experiment_file(args.file)
         except (ExperimentError, OSError, ImportError) as exc:
@@ -271,8 +321,13 @@ def _run_chaos(args: argparse.Namespace) -> int:
     try:
         with ControlClient(args.url, token, prefix=args.prefix, timeout=args.timeout) as client:
             answer: object
-            if args.action == "start":
-                answer = running = client.start(document)
+            status_code = 0
+            if args.action == "validate":
+                answer = checked = client.validate(document, allow_unknown=args.allow_unknown)
+                text = render_validation(checked, file=args.file, url=args.url)
+                status_code = 0 if checked.get("would_start") else 1
+            elif args.action == "start":
+                answer = running = client.start(document, allow_unknown=args.allow_unknown)
                 experiment = running["experiment"]
                 left = duration(float(running["expires_at"]) - float(running["started_at"]))
                 count = len(experiment["faults"])
@@ -294,7 +349,7 @@ def _run_chaos(args: argparse.Namespace) -> int:
         print(f"tailguard chaos {args.action}: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2) if args.json else text)
-    return 0
+    return status_code
 
 
 def _add_dashboards(commands: argparse._SubParsersAction[_Parser]) -> None:

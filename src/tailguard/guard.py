@@ -23,7 +23,7 @@ from tailguard.middleware.runtime import Runtime
 from tailguard.policy import RoutePolicy
 from tailguard.routing.inbound import InboundDeadlines
 from tailguard.routing.limits import build_limiters, tenant_resolver
-from tailguard.routing.matching import RouteTable
+from tailguard.routing.matching import RouteTable, route_templates
 from tailguard.routing.report import app_routes, check_routes, shadowed_by
 from tailguard.telemetry import otel
 from tailguard.telemetry.catalog import BucketFamily, TenantLabels, catalog_for, check_buckets
@@ -165,6 +165,9 @@ class Tailguard:
         """Tenant label values for per-tenant metrics: weighted tenants and the heaviest
         others by name, the rest ``other``."""
         self.chaos.bind(catalog)
+        # So that experiments naming a dependency or route the service lacks are refused.
+        self._app_routes: object = None
+        self.chaos.describe_service(dependencies=self._dependencies.keys, routes=self._templates)
         self.runtime: Runtime = Runtime(
             routes=self.routes,
             chaos=self.chaos,
@@ -220,6 +223,10 @@ class Tailguard:
                 f"max_queue={have[1]}, queue_timeout={have[2]}"
             )
         return existing
+
+    def _templates(self) -> list[tuple[str, frozenset[str] | None]] | None:
+        """The installed app's route templates (read when asked: routes added later count)."""
+        return route_templates(self._app_routes) if self._app_routes is not None else None
 
     def _refresh(self) -> None:
         """Periodic: fold batched request counts (multiprocess files) and refresh the gauges."""
@@ -388,6 +395,7 @@ class Tailguard:
         self.runtime.tracing = tracing
         self._app = app
         add_middleware(TailguardMiddleware, guard=self)
+        self._app_routes = getattr(app, "routes", None)
         if tracing and instrument:
             # Added last, so outermost: the server span is current inside tailguard.
             options: dict[str, Any] = {}

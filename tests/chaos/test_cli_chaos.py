@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -396,3 +399,93 @@ def test_refusals_from_a_real_server_exit_1(
     assert status == 1
     assert err.startswith(f"tailguard chaos status: error: cannot reach {dead}/_tailguard/status")
     assert chaos.experiments() == []
+
+
+# -- hostile files and closed pipes (issue 13, item 7) ---------------------------------------
+
+
+def alias_bomb(levels: int) -> str:
+    """A YAML "billion laughs": ``levels`` lists of nine aliases of the one before (9**levels)."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [7, 9])
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], levels: int
+) -> None:
+    file = tmp_path / "bomb.yaml"
+    file.write_text(alias_bomb(levels))
+    assert file.stat().st_size < 1000
+    url = f"http://127.0.0.1:{_closed_port()}"
+    status, out, err = run("start", str(file), "--token", TOKEN, "--url", url, capsys=capsys)
+    assert (status, out) == (2, "")
+    assert err.startswith(f"tailguard chaos start: error: {file}: not valid YAML: its aliases ")
+    assert "more than 100000 values" in err
+
+
+def test_an_empty_yaml_file_is_no_document() -> None:
+    from tailguard.chaos._yaml import parse_yaml
+
+    assert parse_yaml(b"") is None
+
+
+def test_aliases_that_stay_small_are_fine(tmp_path: Path) -> None:
+    from tailguard.chaos.schema import load_experiment
+
+    file = tmp_path / "reuse.yaml"
+    file.write_text(
+        "name: reuse\nttl: 60\nfaults:\n"
+        "  - {kind: latency, target: db, delay: &slow {lognormal: {p50: 0.05, p99: 0.5}}}\n"
+        "  - {kind: latency, target: cache, delay: *slow}\n"
+    )
+    experiment = load_experiment(file)
+    assert [fault.target for fault in experiment.faults] == ["db", "cache"]
+
+
+def test_a_self_referencing_alias_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "loop.yaml"
+    file.write_text("name: &n [*n]\n")
+    status, _, err = run("start", str(file), "--token", TOKEN, capsys=capsys)
+    assert status == 2
+    assert "an alias refers to a node that contains it" in err
+
+
+def test_a_yaml_integer_longer_than_python_reads_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "long.yaml"
+    file.write_text("name: long\nttl: " + "1" * 5000 + "\nfaults: []\n")
+    status, out, err = run("start", str(file), "--token", TOKEN, capsys=capsys)
+    assert (status, out) == (2, "")
+    assert err == (
+        f"tailguard chaos start: error: {file}: not valid YAML: "
+        "an integer has more than 4300 digits\n"
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("action", [["status", "--json"], ["status"], ["halt", "--json"]])
+def test_a_reader_that_goes_away_gets_no_traceback(
+    served: tuple[str, Chaos], action: list[str]
+) -> None:
+    """``tailguard chaos status --json | head -c1``, with a real pipe whose reader is gone."""
+    url, _ = served
+    environment = {**os.environ, cli.TOKEN_ENV: TOKEN, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with subprocess.Popen(
+        [sys.executable, "-m", "tailguard", "chaos", *action, "--url", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environment,
+    ) as command:
+        assert command.stdout is not None
+        assert command.stderr is not None
+        command.stdout.close()  # the reader is gone before anything is written
+        errors = command.stderr.read()
+        status = command.wait(timeout=60)
+    assert errors == b""
+    assert status == cli.BROKEN_PIPE

@@ -486,6 +486,7 @@ async def test_openapi_describes_every_endpoint_and_embeds_the_schema(
         "/_tailguard/status",
         "/_tailguard/experiments",
         "/_tailguard/experiments/{name}",
+        "/_tailguard/validate",
         "/_tailguard/halt",
         "/_tailguard/snapshot",
         "/_tailguard/openapi.json",

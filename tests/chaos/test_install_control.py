@@ -78,8 +78,8 @@ def test_each_guards_engine_records_into_that_guards_registry() -> None:
     """No "last guard wins": two guards in one process keep their chaos metrics apart."""
     first, second = CollectorRegistry(), CollectorRegistry()
     mine, theirs = chaos.Chaos(enabled=True, seed=1), chaos.Chaos(enabled=True, seed=1)
-    Tailguard(registry=first, chaos=mine)
-    Tailguard(registry=second, chaos=theirs)  # created last
+    Tailguard(registry=first, chaos=mine).dependency("db")
+    Tailguard(registry=second, chaos=theirs).dependency("db")  # created last
     try:
         for engine, name in ((mine, "mine"), (theirs, "theirs")):
             engine.start(chaos.Experiment(name, faults=[chaos.Raise("db", exc=OSError)], ttl=60))

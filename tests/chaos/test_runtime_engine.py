@@ -176,6 +176,7 @@ def test_start_stop_and_status(engines: Engines) -> None:
         "actor": "bob",
         "at": engine.status()["stopped"][0]["at"],
         "injections": 0,
+        "injection_errors": 0,
     }
     assert repr(engine) == "<Chaos enabled experiments=[]>"
 
@@ -617,9 +618,18 @@ def test_the_safeguard_stops_an_experiment_on_its_error_rate(
     engine.observe_request("GET", "/items/{item_id}", 500, 0.01)  # nobody watches now
 
 
+def reach(engine: Chaos, route: str = "/a") -> None:
+    """A call to ``db`` while handling a request on ``route``: the experiment reaches the route."""
+    with in_request(FakeRequest("GET", route)):
+        injection = engine.plan("db")
+    if injection is not None:
+        injection.finish()
+
+
 def test_the_safeguard_trips_on_p99_over_its_window(engines: Engines) -> None:
     engine = engines(clock=FakeClock())
     engine.start(experiment(Hang("db"), abort=AbortWhen(p99=0.5, window=10, min_requests=100)))
+    reach(engine)
     for _ in range(99):
         engine.observe_request("GET", "/a", 200, 0.01)
     engine.observe_request("GET", "/a", 200, 2.0)
@@ -639,6 +649,7 @@ def test_old_requests_leave_the_safeguard_window(engines: Engines) -> None:
     engine.start(
         experiment(Hang("db"), abort=AbortWhen(error_rate=0.5, window=10, min_requests=10))
     )
+    reach(engine)
     for _ in range(9):
         engine.observe_request("GET", "/a", 500, 0.01)
     clock.advance(11.5)  # those nine errors are now out of the window
@@ -667,7 +678,8 @@ async def test_a_safeguard_stop_ends_injections_in_progress(engines: Engines, de
     engine.start(
         experiment(Latency("db", delay=FOREVER), abort=AbortWhen(error_rate=0.1, min_requests=1))
     )
-    call = asyncio.create_task(dep.call(asyncio.sleep, 0, "real"))
+    with in_request(FakeRequest("GET", "/a")):  # the call reaches the route /a
+        call = asyncio.create_task(dep.call(asyncio.sleep, 0, "real"))
     await wait_until(lambda: engine.status()["injections_in_flight"] == 1)
     engine.observe_request("GET", "/a", 500, 1.0)
     assert await asyncio.wait_for(call, WAIT) == "real"

@@ -35,6 +35,7 @@ from tailguard.chaos.engine import (
     ChaosDisabled,
     ExperimentStatus,
     TooManyExperiments,
+    UnknownTargets,
 )
 from tailguard.chaos.experiment import AbortWhen, Experiment
 from tailguard.chaos.faults import Fault, Hang, Latency, Raise, Reset, Respond
@@ -71,6 +72,7 @@ __all__ = [
     "Respond",
     "TooManyExperiments",
     "Uniform",
+    "UnknownTargets",
     "experiment_from_dict",
     "experiment_to_dict",
     "load_experiment",
@@ -96,6 +98,7 @@ for _public in (
     Respond,
     TooManyExperiments,
     Uniform,
+    UnknownTargets,
 ):
     _public.__module__ = "tailguard.chaos"
 del _public

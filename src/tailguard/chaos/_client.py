@@ -15,7 +15,14 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["ControlClient", "ControlError", "describe_fault", "duration", "render_status"]
+__all__ = [
+    "ControlClient",
+    "ControlError",
+    "describe_fault",
+    "duration",
+    "render_status",
+    "render_validation",
+]
 
 
 class ControlError(Exception):
@@ -67,13 +74,15 @@ class ControlClient:
     ) -> None:
         self._client.close()
 
-    def _call(self, method: str, path: str, body: object = None) -> Any:
+    def _call(
+        self, method: str, path: str, body: object = None, params: dict[str, str] | None = None
+    ) -> Any:
         url = self.base + path
         try:
             if body is None:
                 response = self._client.request(method, url)
             else:
-                response = self._client.request(method, url, json=body)
+                response = self._client.request(method, url, json=body, params=params)
         except self._httpx.HTTPError as exc:
             raise ControlError(None, f"cannot reach {url}: {exc or type(exc).__name__}") from exc
         try:
@@ -95,9 +104,20 @@ class ControlClient:
         result: dict[str, Any] = self._call("GET", "/status")
         return result
 
-    def start(self, document: object) -> dict[str, Any]:
-        """Start the experiment ``document`` (decoded JSON/YAML); the running experiment."""
-        result: dict[str, Any] = self._call("POST", "/experiments", document)
+    def start(self, document: object, *, allow_unknown: bool = False) -> dict[str, Any]:
+        """Start the experiment ``document`` (decoded JSON/YAML); the running experiment.
+
+        ``allow_unknown``: start it even if it names a dependency or route the
+        service does not have (the server refuses it otherwise).
+        """
+        params = {"allow_unknown": "true"} if allow_unknown else None
+        result: dict[str, Any] = self._call("POST", "/experiments", document, params)
+        return result
+
+    def validate(self, document: object, *, allow_unknown: bool = False) -> dict[str, Any]:
+        """Check ``document`` against the service without starting it (``POST validate``)."""
+        params = {"allow_unknown": "true"} if allow_unknown else None
+        result: dict[str, Any] = self._call("POST", "/validate", document, params)
         return result
 
     def stop(self, name: str) -> dict[str, Any]:
@@ -186,4 +206,27 @@ def render_status(status: Mapping[str, Any], *, url: str, now: float | None = No
         lines.append(
             f"  {record.get('experiment')}  {why} by {record.get('actor')} {ago} ago{detail}"
         )
+    return "\n".join(lines)
+
+
+def render_validation(answer: Mapping[str, Any], *, file: str, url: str) -> str:
+    """``tailguard chaos validate`` as people read it."""
+    experiment = answer.get("experiment", {})
+    faults = experiment.get("faults", [])
+    lines = [f"{file}: {experiment.get('name')} is valid ({len(faults)} faults) for {url}"]
+    lines.extend(f"  {describe_fault(fault)}" for fault in faults)
+    unknown = answer.get("unknown", [])
+    if unknown:
+        lines.append("names what the service does not have:")
+        lines.extend(f"  {item.get('field')}: {item.get('detail')}" for item in unknown)
+    else:
+        lines.append("every dependency and route it names exists")
+    if answer.get("would_start"):
+        lines.append("it would start")
+    elif not answer.get("enabled"):
+        lines.append("it would not start: chaos is disabled in this service")
+    elif answer.get("running"):
+        lines.append("it would not start: an experiment of that name is running")
+    else:
+        lines.append("it would not start: fix the names, or start it with --allow-unknown")
     return "\n".join(lines)

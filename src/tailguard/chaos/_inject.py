@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import logging
 import math
 import random
 import threading
@@ -31,6 +32,8 @@ from opentelemetry.trace import Span
 from starlette.types import Send
 
 from tailguard._context import RequestView
+from tailguard._numbers import finite
+from tailguard.chaos._log import log_event
 from tailguard.chaos._run import Run
 from tailguard.chaos.faults import Fault, Raise, Respond
 from tailguard.telemetry.catalog import Catalog
@@ -155,9 +158,15 @@ class Injector:
                 continue
             applies = verdicts.get(run)
             if applies is None:
-                applies = verdicts[run] = run.applies(request)
+                try:
+                    applies = verdicts[run] = run.applies(request)
+                except Exception as exc:  # the app's tenant function, say
+                    self.failed(run, fault, target, exc)
+                    return None
             if not applies:
                 continue
+            if run.watcher is not None and request is not None and not run.experiment.routes:
+                run.reach(request)  # the safeguard judges the routes the faults can reach
             if fault.terminal:
                 if terminal is not None or (not respond and isinstance(fault, Respond)):
                     continue
@@ -165,7 +174,12 @@ class Injector:
                     terminal = (run, fault)
                     hits.append((run, fault, None))
             elif rng.random() < fault.rate:
-                drawn = fault.distribution.sample(rng)  # type: ignore[attr-defined]
+                drawn = self._draw(run, fault, target)
+                if drawn is None or not math.isfinite(delay + drawn):
+                    if drawn is not None:  # finite draws that add up to more than a float holds
+                        self.failed(run, fault, target, OverflowError("the delays add up to inf"))
+                    # The call goes on as if no experiment had hit it: nothing counted, no place.
+                    return None
                 delay += drawn
                 hits.append((run, fault, drawn))
         if not hits:
@@ -198,7 +212,49 @@ class Injector:
         runs = tuple(dict.fromkeys(run for run, _, _ in hits))
         if span is not None:
             _mark(span, runs, hits, delay)
-        return Injection(self, delay, terminal, runs)
+        return Injection(self, delay, terminal, runs, target)
+
+    def _draw(self, run: Run, fault: Fault, target: str | None) -> float | None:
+        """One delay from ``fault``'s distribution; ``None`` (counted as an error) if it fails.
+
+        A user's own distribution may raise, or return something that is not
+        a number of seconds (negative, NaN, infinite, not a number at all).
+        """
+        try:
+            drawn = fault.distribution.sample(self.rng)  # type: ignore[attr-defined]
+        except Exception as exc:
+            self.failed(run, fault, target, exc)
+            return None
+        number = finite(drawn)
+        if number is None or number < 0:
+            error = ValueError(f"the delay drawn is not a number of seconds >= 0: {drawn!r}")
+            self.failed(run, fault, target, error)
+            return None
+        return number
+
+    def failed(self, run: Run, fault: Fault, target: str | None, error: Exception) -> None:
+        """Count a fault that could not be planned or applied: metric, status and a log line.
+
+        The log says it once per experiment and fault (the metric and the
+        status count every one), so a fault that fails on every call cannot
+        flood the log.
+        """
+        label = fault.target if target is None else target
+        run.errors += 1
+        run.last_error = f"{fault.kind} {label}: {type(error).__name__}: {error}"
+        catalog = self.catalog
+        if catalog is not None:
+            catalog.chaos_injection_errors.labels(run.name, label, fault.kind).inc()
+        if run.note_failing(fault):
+            log_event(
+                "injection_error",
+                actor="engine",
+                experiment=run.name,
+                reason=run.last_error,
+                level=logging.WARNING,
+                fault=fault.kind,
+                target=label,
+            )
 
 
 def _mark(
@@ -246,15 +302,22 @@ class Injection:
     dependency, as if the experiment had never hit it.
     """
 
-    __slots__ = ("_finished", "_injector", "delay", "runs", "terminal")
+    __slots__ = ("_finished", "_injector", "delay", "runs", "target", "terminal")
 
     def __init__(
-        self, injector: Injector, delay: float, terminal: Entry | None, runs: tuple[Run, ...]
+        self,
+        injector: Injector,
+        delay: float,
+        terminal: Entry | None,
+        runs: tuple[Run, ...],
+        target: str | None = None,
     ) -> None:
         self._injector = injector
         self.delay = delay
         self.terminal = terminal
         self.runs = runs
+        self.target = target
+        """The dependency the call goes to (``None``: a route fault, labelled by its own key)."""
         self._finished = False
 
     def finish(self) -> None:
@@ -262,6 +325,21 @@ class Injection:
         if not self._finished:
             self._finished = True
             self._injector.slots.release()
+
+    def _error(self, run: Run, fault: Fault) -> BaseException | None:
+        """The exception a raise or reset fault raises; ``None`` if making it failed.
+
+        A ``Raise`` factory is the user's code: if it raises, or returns
+        something that is not an exception, that is counted as an injection
+        error and the call goes on without the fault.
+        """
+        try:
+            if isinstance(fault, Raise):
+                return fault.exception(run.name)
+            return _reset_error(run.name)
+        except Exception as exc:
+            self._injector.failed(run, fault, self.target, exc)
+            return None
 
     def _ended(self) -> bool:
         self._injector.expire()
@@ -327,10 +405,10 @@ class Injection:
                 run, fault = self.terminal
                 if fault.kind == "hang":
                     await self._wait(math.inf)
-                elif isinstance(fault, Raise):
-                    raise fault.exception(run.name)
                 else:
-                    raise _reset_error(run.name)
+                    error = self._error(run, fault)
+                    if error is not None:
+                        raise error
         finally:
             self.finish()
 
@@ -354,13 +432,7 @@ class Injection:
                 return None
             run, fault = self.terminal
             if isinstance(fault, Respond):
-                return library.module.Response(
-                    fault.status,
-                    headers=_headers(fault, run.name),
-                    content=fault.body.encode(),
-                    request=request,
-                    extensions={"tailguard_chaos": run.name},
-                )
+                return self._response(run, fault, request, library)
             if fault.kind == "hang":
                 if timeout is None:
                     await self._wait(math.inf)
@@ -368,13 +440,30 @@ class Injection:
                     raise self._read_timeout(request, library)
                 return None
             if isinstance(fault, Raise):
-                raise fault.exception(run.name)
+                error = self._error(run, fault)
+                if error is None:
+                    return None
+                raise error
             message = (
                 f"Connection reset by peer (injected by tailguard chaos experiment {run.name})"
             )
             raise library.module.ReadError(message, request=request)
         finally:
             self.finish()
+
+    def _response(self, run: Run, fault: Respond, request: Any, library: Library) -> Any:
+        """The synthesized response; ``None`` (counted as an error) if the library refuses it."""
+        try:
+            return library.module.Response(
+                fault.status,
+                headers=_headers(fault, run.name),
+                content=fault.body.encode(),
+                request=request,
+                extensions={"tailguard_chaos": run.name},
+            )
+        except Exception as exc:
+            self._injector.failed(run, fault, self.target, exc)
+            return None
 
     def _read_timeout(self, request: Any, library: Library) -> Exception:
         names = ", ".join(run.name for run in self.runs)
@@ -399,7 +488,10 @@ class Injection:
                 await send({"type": "http.response.body", "body": fault.body.encode()})
                 return True
             if isinstance(fault, Raise):
-                raise fault.exception(run.name)
+                error = self._error(run, fault)
+                if error is None:
+                    return False
+                raise error
             await self._wait(math.inf)  # hang (reset has no inbound form)
             return False
         finally:
@@ -422,10 +514,10 @@ class Injection:
                 run, fault = self.terminal
                 if fault.kind == "hang":
                     self._block(math.inf)
-                elif isinstance(fault, Raise):
-                    raise fault.exception(run.name)
                 else:
-                    raise _reset_error(run.name)
+                    error = self._error(run, fault)
+                    if error is not None:
+                        raise error
             return job()
 
         def finished(error: BaseException | None) -> None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from tailguard.chaos import _fields as f
-from tailguard.chaos.faults import RESERVED_HEADERS
+from tailguard.chaos.distributions import LARGEST_DRAW
+from tailguard.chaos.faults import NO_BODY_STATUSES, RESERVED_HEADERS
 
 __all__ = ["EXPERIMENT_JSON_SCHEMA"]
 
@@ -32,6 +33,10 @@ def _object(properties: _Schema, required: tuple[str, ...] = (), **extra: Any) -
 def _seconds(description: str, *, positive: bool = False, **extra: Any) -> _Schema:
     bound = {"exclusiveMinimum": 0} if positive else {"minimum": 0}
     return {"type": "number", **bound, "description": description, **extra}
+
+
+def _delay_seconds(description: str, *, positive: bool = False) -> _Schema:
+    return _seconds(description, positive=positive, maximum=LARGEST_DRAW)
 
 
 def _any_case(text: str) -> str:
@@ -54,12 +59,15 @@ _TEXTS: _Schema = {"type": "array", "items": _TEXT, "maxItems": f.MAX_SCOPES}
 _DELAY: _Schema = {
     "description": "Seconds, or a distribution to draw each delay from.",
     "oneOf": [
-        _seconds("A fixed delay in seconds."),
-        _object({"fixed": _seconds("A fixed delay in seconds.")}, ("fixed",)),
+        _delay_seconds("A fixed delay in seconds."),
+        _object({"fixed": _delay_seconds("A fixed delay in seconds.")}, ("fixed",)),
         _object(
             {
                 "uniform": _object(
-                    {"low": _seconds("Seconds."), "high": _seconds("Seconds; at least low.")},
+                    {
+                        "low": _delay_seconds("Seconds."),
+                        "high": _delay_seconds("Seconds; at least low."),
+                    },
                     ("low", "high"),
                 )
             },
@@ -69,8 +77,12 @@ _DELAY: _Schema = {
             {
                 "lognormal": _object(
                     {
-                        "p50": _seconds("Median delay.", positive=True),
-                        "p99": _seconds("99th percentile; at least p50.", positive=True),
+                        "p50": _delay_seconds("Median delay.", positive=True),
+                        "p99": _delay_seconds(
+                            "99th percentile; at least p50, and close enough to it that no "
+                            "draw passes 1e300 seconds (the server says how close).",
+                            positive=True,
+                        ),
                     },
                     ("p50", "p99"),
                     description="A log-normal distribution fitted to two percentiles.",
@@ -82,8 +94,14 @@ _DELAY: _Schema = {
             {
                 "pareto": _object(
                     {
-                        "minimum": _seconds("The smallest delay.", positive=True),
-                        "alpha": {"type": "number", "exclusiveMinimum": 0},
+                        "minimum": _delay_seconds("The smallest delay.", positive=True),
+                        "alpha": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "description": "The tail's shape; smaller is heavier. Too small "
+                            "an alpha for the minimum (below about 0.05) draws delays that "
+                            "overflow, and is refused.",
+                        },
                     },
                     ("minimum", "alpha"),
                 )
@@ -94,7 +112,7 @@ _DELAY: _Schema = {
             {
                 "empirical": {
                     "type": "array",
-                    "items": _seconds("An observed delay."),
+                    "items": _delay_seconds("An observed delay."),
                     "minItems": 1,
                     "maxItems": f.MAX_SAMPLES,
                     "description": "Observed delays; each injection draws one.",
@@ -148,7 +166,12 @@ _FAULT: _Schema = {
             "Answer with this response instead of making the call.",
             {
                 "status": {"type": "integer", "minimum": 200, "maximum": 599},
-                "body": {"type": "string", "maxLength": f.MAX_BODY_TEXT, "default": ""},
+                "body": {
+                    "type": "string",
+                    "maxLength": f.MAX_BODY_TEXT,
+                    "default": "",
+                    "description": "Must be empty for 204, 205 and 304, which have no body.",
+                },
                 "headers": {
                     "type": "object",
                     "maxProperties": f.MAX_HEADERS,
@@ -166,7 +189,15 @@ _FAULT: _Schema = {
                 },
             },
             ("status",),
-        ),
+        )
+        | {
+            # Statuses without a body (204, 205, 304) take none.
+            "if": {
+                "properties": {"status": {"enum": sorted(NO_BODY_STATUSES)}},
+                "required": ["status"],
+            },
+            "then": {"properties": {"body": {"maxLength": 0}}},
+        },
         _fault("hang", "Block until the deadline or cancellation.", {}),
         _fault("reset", "Raise the seam's connection-reset error.", {}),
     ]
@@ -221,6 +252,14 @@ EXPERIMENT_JSON_SCHEMA: _Schema = {
                     "the window passes these."
                 ),
             ),
+            "allow_unknown": {
+                "type": "boolean",
+                "default": False,
+                "description": (
+                    "Start even if a fault's target or a route names no dependency or "
+                    "route the service has declared (yet); refused otherwise."
+                ),
+            },
         },
         ("name", "ttl", "faults"),
     ),

@@ -48,6 +48,38 @@ _RUNNING: _Schema = {
 }
 
 
+_UNKNOWN: _Schema = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {"field": {"type": "string"}, "detail": {"type": "string"}},
+        "required": ["field", "detail"],
+    },
+    "description": "What the experiment names that the service does not have (yet).",
+}
+
+_VALIDATION: _Schema = {
+    "type": "object",
+    "properties": {
+        "experiment": {"$ref": "#/components/schemas/Experiment"},
+        "unknown": _UNKNOWN,
+        "enabled": {"type": "boolean"},
+        "running": {"type": "boolean", "description": "One of that name runs already."},
+        "would_start": {"type": "boolean"},
+    },
+    "required": ["experiment", "unknown", "enabled", "running", "would_start"],
+}
+
+_ALLOW_UNKNOWN: _Schema = {
+    "name": "allow_unknown",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "boolean", "default": False},
+    "description": "Start even if the experiment names a dependency or route the service "
+    "does not have (yet); the experiment's own allow_unknown field does the same.",
+}
+
+
 def _json(schema: _Schema) -> _Schema:
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -125,8 +157,32 @@ def openapi_document(prefix: str, *, version: str) -> dict[str, Any]:
                         ),
                         "413": _error("The body is larger than the limit (64 KiB by default)."),
                         "415": _error("The body is not application/json."),
+                        "422": _error(
+                            "The experiment is invalid, or names a dependency or route the "
+                            "service does not have (and allow_unknown is not set); 'field' "
+                            "names the culprit."
+                        ),
+                    },
+                    parameters=[_ALLOW_UNKNOWN],
+                    requestBody={"required": True, **_json(_ref("Experiment"))},
+                ),
+            },
+            f"{prefix}/validate": {
+                "post": _operation(
+                    "Check an experiment against this service without starting it",
+                    {
+                        "200": {
+                            "description": "Valid. 'unknown' lists what it names that the "
+                            "service does not have; 'would_start' says whether POST "
+                            "experiments would start it now.",
+                            **_json(_ref("Validation")),
+                        },
+                        "400": _error("The body is not JSON."),
+                        "413": _error("The body is larger than the limit (64 KiB by default)."),
+                        "415": _error("The body is not application/json."),
                         "422": _error("The experiment is invalid; 'field' names the culprit."),
                     },
+                    parameters=[_ALLOW_UNKNOWN],
                     requestBody={"required": True, **_json(_ref("Experiment"))},
                 ),
             },
@@ -165,6 +221,7 @@ def openapi_document(prefix: str, *, version: str) -> dict[str, Any]:
                 "Experiment": experiment,
                 "Running": _RUNNING,
                 "Status": _STATUS,
+                "Validation": _VALIDATION,
                 "Error": _ERROR,
             },
         },

@@ -8,8 +8,12 @@ from collections.abc import Callable
 from tailguard._context import RequestView
 from tailguard.chaos._safeguard import Watcher
 from tailguard.chaos.experiment import Experiment
+from tailguard.chaos.faults import Fault
 
-__all__ = ["Run"]
+__all__ = ["MAX_REACHED", "Run"]
+
+MAX_REACHED = 1024
+"""At most this many routes an unscoped experiment's safeguard learns it reaches."""
 
 
 class Run:
@@ -20,12 +24,16 @@ class Run:
     """
 
     __slots__ = (
+        "_failing",
         "_secret",
         "_wakers",
+        "errors",
         "experiment",
         "expires_at",
         "injections",
+        "last_error",
         "name",
+        "reached",
         "scoped",
         "skipped",
         "started_at",
@@ -53,10 +61,21 @@ class Run:
         self.stopped = False
         self.injections = 0
         self.skipped = 0
+        self.errors = 0
+        """Faults that could not be planned or applied (the calls went on without them)."""
+        self.last_error: str | None = None
+        """What the latest of those errors was, for status."""
+        self._failing: set[int] = set()
         self.ttl_token = ttl_token
         """The engine's wake-up at the TTL (so an idle experiment still ends on time)."""
         abort = experiment.abort
         self.watcher = Watcher(abort) if abort is not None else None
+        self.reached: set[str] = set()
+        """Route templates whose requests this experiment's faults applied to (for the safeguard).
+
+        Filled only while a safeguard watches and the experiment names no
+        ``routes``; bounded by the app's routes (templates, never raw paths).
+        """
         self._wakers: set[Callable[[], None]] = set()
 
     def applies(self, request: RequestView | None) -> bool:
@@ -81,10 +100,33 @@ class Run:
             return hmac.compare_digest(value.encode("utf-8", "replace"), self._secret)
         return True
 
+    def reach(self, request: RequestView) -> None:
+        """Note that a fault of this experiment applied to a call made for ``request``."""
+        route = request.route
+        if route and route not in self.reached and len(self.reached) < MAX_REACHED:
+            self.reached.add(route)
+
     def watches(self, method: str, route: str) -> bool:
-        """Whether the safeguard counts a request on ``route``: the experiment's routes, or all."""
+        """Whether the safeguard counts a request on ``route`` (a template; ``""``: unmatched).
+
+        An experiment that names ``routes`` is judged on them. One that does
+        not is judged on the routes its faults can reach: routes whose
+        requests its faults applied to (a call to a dependency it targets, or
+        a route fault's own route), so requests elsewhere cannot dilute it.
+        (The engine leaves unmatched requests out before asking.)
+        """
         keys = self.experiment.route_keys
-        return not keys or any(key.matches(method, route) for key in keys)
+        if keys:
+            return any(key.matches(method, route) for key in keys)
+        return route in self.reached
+
+    def note_failing(self, fault: Fault) -> bool:
+        """Note that ``fault`` failed; True the first time (so it is logged once)."""
+        key = id(fault)  # the experiment holds its faults for as long as the run lives
+        if key in self._failing:
+            return False
+        self._failing.add(key)
+        return True
 
     def add_waker(self, wake: Callable[[], None]) -> None:
         self._wakers.add(wake)

@@ -52,8 +52,8 @@ class Watcher:
     def observe(self, now: float, status: int, duration: float, failed: bool = False) -> str | None:
         """Record one request; return why the experiment must stop, or ``None``.
 
-        An error is a 5xx ``status`` or ``failed``; status 0 (no response:
-        the client left) is not counted.
+        An error is a 5xx ``status`` or ``failed`` (a client that gave up is
+        ``failed``, with status 0); status 0 without ``failed`` is not counted.
         """
         if status == 0 and not failed:
             return None

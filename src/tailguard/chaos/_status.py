@@ -23,6 +23,13 @@ class ExperimentStatus:
     """Faults injected so far (a call hit by two faults counts two)."""
     skipped: int
     """Faults that would have been injected but for ``max_injections``."""
+    injection_errors: int = 0
+    """Faults that could not be planned or applied; those calls went on without chaos."""
+    last_injection_error: str | None = None
+    """The latest of those errors (fault, target, exception), or ``None``."""
+    unknown: tuple[dict[str, str], ...] = ()
+    """What the experiment names that the service does not have (``{field, detail}``):
+    only an experiment started with ``allow_unknown`` can; empty once all is declared."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form; the header secret is redacted."""
@@ -38,6 +45,9 @@ class ExperimentStatus:
             "expires_at": self.expires_at,
             "injections": self.injections,
             "skipped": self.skipped,
+            "injection_errors": self.injection_errors,
+            "last_injection_error": self.last_injection_error,
+            "unknown": list(self.unknown),
         }
 
 

@@ -37,7 +37,14 @@ from tailguard._version import __version__
 from tailguard.chaos._fields import ExperimentError, parse_json
 from tailguard.chaos._log import log_event, logger
 from tailguard.chaos._openapi import openapi_document
-from tailguard.chaos.engine import Chaos, ChaosDisabled, ExperimentStatus, TooManyExperiments
+from tailguard.chaos.engine import (
+    Chaos,
+    ChaosDisabled,
+    ExperimentStatus,
+    TooManyExperiments,
+    UnknownTargets,
+)
+from tailguard.chaos.experiment import Experiment
 from tailguard.chaos.schema import experiment_from_dict
 
 __all__ = ["DEFAULT_PREFIX", "MAX_BODY_SIZE", "MIN_TOKEN_LENGTH", "ControlAPI", "ControlMiddleware"]
@@ -127,6 +134,7 @@ class ControlAPI:
         self._routes: dict[str, dict[str, _Endpoint]] = {
             "/status": {"GET": self._status},
             "/experiments": {"GET": self._list, "POST": self._start},
+            "/validate": {"POST": self._validate},
             "/halt": {"POST": self._halt},
             "/snapshot": {"GET": self._read_snapshot},
             "/openapi.json": {"GET": self._openapi},
@@ -219,7 +227,8 @@ class ControlAPI:
     async def _list(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
         return 200, {"experiments": [status.to_dict() for status in self.chaos.experiments()]}, ()
 
-    async def _start(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
+    async def _experiment(self, scope: Scope, receive: Receive) -> Experiment:
+        """The experiment in the request's body, validated (400 or 422 naming the field)."""
         _require_json(scope)
         body = await _read_body(scope, receive, self.max_body_size)
         try:
@@ -227,16 +236,22 @@ class ControlAPI:
         except ExperimentError as error:
             raise _Refusal(400, error.message, error.field) from None
         try:
-            experiment = experiment_from_dict(data)
+            return experiment_from_dict(data)
         except ExperimentError as error:
             raise _Refusal(422, error.message, error.field) from None
+
+    async def _start(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
+        allow_unknown = _allow_unknown(scope)
+        experiment = await self._experiment(scope, receive)
         name = experiment.name
         try:
-            self.chaos.start(experiment, actor=actor)
+            self.chaos.start(experiment, actor=actor, allow_unknown=allow_unknown)
         except ChaosDisabled as refused:  # the engine has logged the refusal
             raise _Refusal(409, str(refused), logged=True) from None
         except TooManyExperiments as refused:  # the engine's cap, not the body: no field
             raise _Refusal(409, str(refused), logged=True) from None
+        except UnknownTargets as refused:  # names the service lacks: the body's fault
+            raise _Refusal(422, str(refused), refused.field, logged=True) from None
         except ValueError as refused:  # one of that name is running; logged too
             raise _Refusal(409, str(refused), "name", logged=True) from None
         running = next((s for s in self.chaos.experiments() if s.experiment.name == name), None)
@@ -247,6 +262,23 @@ class ControlAPI:
             answer = running.to_dict()
         location = f"{self.prefix}/experiments/{quote(name, safe='')}".encode()
         return 201, answer, ((b"location", location),)
+
+    async def _validate(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
+        """Check an experiment as ``POST experiments`` would, without starting it."""
+        allow_unknown = _allow_unknown(scope)
+        experiment = await self._experiment(scope, receive)
+        unknown = self.chaos.unknown(experiment)
+        running = any(s.experiment.name == experiment.name for s in self.chaos.experiments())
+        enabled = self.chaos.enabled
+        allowed = allow_unknown or experiment.allow_unknown
+        answer = {
+            "experiment": _experiment_dict(experiment),
+            "unknown": unknown,
+            "enabled": enabled,
+            "running": running,
+            "would_start": enabled and not running and (allowed or not unknown),
+        }
+        return 200, answer, ()
 
     def _stop(self, name: str, actor: str) -> _Answer:
         if not self.chaos.stop(name, actor=actor):
@@ -286,6 +318,24 @@ class ControlMiddleware:
             await self.control(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+def _allow_unknown(scope: Scope) -> bool:
+    """The ``allow_unknown`` flag of the query string (``true``, ``1``, ``yes`` or no value)."""
+    for pair in scope.get("query_string", b"").split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if key == b"allow_unknown":
+            if value.lower() in (b"", b"1", b"true", b"yes"):
+                return True
+            if value.lower() in (b"0", b"false", b"no"):
+                return False
+            raise _Refusal(400, "allow_unknown must be true or false", "allow_unknown")
+    return False
+
+
+def _experiment_dict(experiment: Experiment) -> dict[str, Any]:
+    answer: dict[str, Any] = ExperimentStatus(experiment, 0.0, 0.0, 0, 0).to_dict()["experiment"]
+    return answer
 
 
 def _require_json(scope: Scope) -> None:

@@ -26,10 +26,32 @@ from typing import Final
 
 from tailguard._numbers import finite
 
-__all__ = ["Distribution", "Empirical", "Fixed", "LogNormal", "Pareto", "Uniform"]
+__all__ = ["LARGEST_DRAW", "Distribution", "Empirical", "Fixed", "LogNormal", "Pareto", "Uniform"]
 
 _Z99: Final = NormalDist().inv_cdf(0.99)
 """The standard normal's 99th percentile (about 2.326): fits a log-normal to p50 and p99."""
+
+LARGEST_DRAW: Final = 1e300
+"""The largest delay, in seconds, a distribution may be able to draw.
+
+Far beyond any experiment's TTL (an injected wait ends with its experiment
+anyway), and far enough below the largest float that delays added together
+stay finite. Parameters that could draw more are refused when the
+distribution is created, naming the field: a Pareto with a tiny ``alpha`` or
+a log-normal with a huge ``p99`` would otherwise overflow (or divide by zero)
+while a call waits for its fault.
+"""
+_LOG_LARGEST: Final = math.log(LARGEST_DRAW)
+_UNIFORM_BITS: Final = 53
+""":class:`random.Random` draws its uniforms as multiples of 2**-53: never closer to 0 than that."""
+_LOG_SMALLEST_U: Final = -_UNIFORM_BITS * math.log(2)
+_Z_MAX: Final = 2 * math.sqrt(-_LOG_SMALLEST_U) + 0.1
+"""The most standard deviations :meth:`random.Random.normalvariate` can draw (about 12.2).
+
+Its Kinderman-Monahan method accepts ``z`` only when ``z*z/4 <= -log(u)``,
+with ``u`` a uniform no smaller than 2**-53, so ``|z| <= 2*sqrt(53 log 2)``;
+the 0.1 is a margin.
+"""
 
 
 class Distribution:
@@ -54,6 +76,8 @@ def _seconds(owner: str, name: str, value: object, *, positive: bool = False) ->
     if number < 0 or (positive and number == 0):
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"{owner}: {name} must be {bound} seconds, got {value!r}")
+    if number > LARGEST_DRAW:
+        raise ValueError(f"{owner}: {name} must be at most {LARGEST_DRAW:g} seconds, got {value!r}")
     return number
 
 
@@ -117,7 +141,8 @@ class LogNormal(Distribution):
 
     That is how latency is usually described; the fit puts exactly 50% of
     the draws below ``p50`` and 99% below ``p99``, with the long right tail
-    real services have. ``p99 == p50`` is a constant.
+    real services have. ``p99 == p50`` is a constant. A ``p99`` so far above
+    ``p50`` that draws could pass :data:`LARGEST_DRAW` is refused.
 
     >>> d = LogNormal(p50=0.01, p99=0.1)
     >>> round(d.quantile(0.9), 4)
@@ -134,10 +159,19 @@ class LogNormal(Distribution):
         p99 = _seconds("LogNormal", "p99", self.p99, positive=True)
         if p99 < p50:
             raise ValueError(f"LogNormal: p99 must be >= p50 ({p50!r}), got {p99!r}")
+        mu = math.log(p50)
+        sigma = (math.log(p99) - mu) / _Z99
+        if mu + _Z_MAX * sigma > _LOG_LARGEST:
+            # The largest p99 whose draws all stay below LARGEST_DRAW, for this p50.
+            most = math.exp(mu + (_LOG_LARGEST - mu) / _Z_MAX * _Z99)
+            raise ValueError(
+                f"LogNormal: p99 is too far above p50={p50!r} for draws to stay finite: "
+                f"at most {most:.4g} seconds, got {p99!r}"
+            )
         object.__setattr__(self, "p50", p50)
         object.__setattr__(self, "p99", p99)
-        object.__setattr__(self, "mu", math.log(p50))
-        object.__setattr__(self, "sigma", (math.log(p99) - math.log(p50)) / _Z99)
+        object.__setattr__(self, "mu", mu)
+        object.__setattr__(self, "sigma", sigma)
 
     def sample(self, rng: random.Random) -> float:
         return rng.lognormvariate(self.mu, self.sigma)
@@ -152,8 +186,9 @@ class Pareto(Distribution):
     """A power-law tail: never below ``minimum`` seconds, shape ``alpha``.
 
     The smaller ``alpha``, the heavier the tail (at ``alpha <= 1`` the mean
-    is infinite; draws are still bounded by the experiment's end and the
-    request's deadline).
+    is infinite; waits are still bounded by the experiment's end and the
+    request's deadline). An ``alpha`` so small that draws could pass
+    :data:`LARGEST_DRAW` (below about 0.05) is refused.
 
     >>> Pareto(minimum=0.01, alpha=2).quantile(0.75)
     0.02
@@ -168,6 +203,13 @@ class Pareto(Distribution):
         number = finite(alpha)
         if number is None or number <= 0:
             raise ValueError(f"Pareto: alpha must be a finite number > 0, got {alpha!r}")
+        # paretovariate draws u ** (-1 / alpha) with u >= 2**-53.
+        least = -_LOG_SMALLEST_U / max(_LOG_LARGEST - math.log(minimum), 1e-9)
+        if number < least:
+            raise ValueError(
+                f"Pareto: alpha must be at least {least:.4g} with minimum={minimum!r} "
+                f"(smaller ones draw delays that overflow), got {alpha!r}"
+            )
         object.__setattr__(self, "minimum", minimum)
         object.__setattr__(self, "alpha", number)
 

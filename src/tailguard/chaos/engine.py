@@ -28,7 +28,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Final
 
@@ -37,6 +37,7 @@ from starlette.types import Send
 from tailguard._context import RequestView, current_request
 from tailguard.chaos._inject import Entry, Injection, InjectionSlots, Injector
 from tailguard.chaos._log import log_event
+from tailguard.chaos._match import RouteKey
 from tailguard.chaos._run import Run
 from tailguard.chaos._status import ExperimentStatus
 from tailguard.chaos._ticker import Ticker
@@ -53,6 +54,7 @@ __all__ = [
     "ChaosDisabled",
     "ExperimentStatus",
     "TooManyExperiments",
+    "UnknownTargets",
 ]
 
 ENV_VAR: Final = "TAILGUARD_CHAOS"
@@ -75,6 +77,29 @@ class ChaosDisabled(RuntimeError):
 
 class TooManyExperiments(ValueError):
     """An experiment was started while ``max_experiments`` were running already."""
+
+
+class UnknownTargets(ValueError):
+    """An experiment names a dependency or route the service does not have, and may not.
+
+    ``unknown`` lists them as ``{"field": ..., "detail": ...}`` (the first is
+    also ``field``). Start it with ``allow_unknown`` to inject anyway.
+    """
+
+    def __init__(self, experiment: str, unknown: list[dict[str, str]]) -> None:
+        listed = "; ".join(f"{item['field']}: {item['detail']}" for item in unknown)
+        super().__init__(
+            f"experiment {experiment!r} names what this service does not have ({listed}): "
+            "it would inject nothing; fix the names, or set allow_unknown to start it anyway"
+        )
+        self.unknown = unknown
+        self.field = unknown[0]["field"]
+
+
+DependencyNames = Callable[[], Collection[str]]
+"""Names of the dependencies the service has declared so far."""
+RouteTemplates = Callable[[], Sequence[tuple[str, frozenset[str] | None]] | None]
+"""The app's route templates and the methods each allows; ``None`` until they are known."""
 
 
 def _enabled_from_env() -> bool:
@@ -147,6 +172,8 @@ class Chaos:
         # It also holds the catalog the engine records into (see bind()).
         self._injector = Injector(self.rng, clock, self.expire, self._slots)
         self._stopped: deque[dict[str, Any]] = deque(maxlen=_RECENT_STOPS)
+        self._dependency_names: DependencyNames | None = None
+        self._route_templates: RouteTemplates | None = None
 
     def __repr__(self) -> str:
         state = "enabled" if self._enabled else "disabled"
@@ -186,16 +213,92 @@ class Chaos:
                 # The gauge says what runs now, even if experiments started before binding.
                 catalog.chaos_experiments_active.set(len(self._runs))
 
+    def describe_service(
+        self,
+        *,
+        dependencies: DependencyNames | None = None,
+        routes: RouteTemplates | None = None,
+    ) -> None:
+        """Tell the engine what the service has, so :meth:`start` can refuse what it has not.
+
+        ``dependencies`` returns the names declared so far; ``routes`` the
+        app's route templates with their methods, or ``None`` while they are
+        not known. Both are asked when an experiment is checked, so what is
+        declared later counts from then on. A :class:`~tailguard.Tailguard`
+        describes its own dependencies, and its app's routes once installed;
+        an engine told nothing checks nothing.
+
+        >>> chaos = Chaos(enabled=True)
+        >>> chaos.describe_service(dependencies=lambda: ["inventory"])
+        >>> from tailguard.chaos import Raise
+        >>> [unknown] = chaos.unknown(
+        ...     Experiment("x", faults=[Raise("invntory", exc=OSError)], ttl=60))
+        >>> unknown["field"], unknown["detail"]
+        ('faults[0].target', "no dependency matches 'invntory' (declared: inventory)")
+        """
+        self._dependency_names = dependencies
+        self._route_templates = routes
+
+    def unknown(self, experiment: Experiment) -> list[dict[str, str]]:
+        """What ``experiment`` names that the service does not have, as ``{field, detail}``.
+
+        A dependency fault's target must match a declared dependency; a
+        route fault's target and every key in ``routes`` must match a route
+        template of the app (checked once the routes are known). Empty when
+        everything is known, or when the engine was told nothing.
+        """
+        found: list[dict[str, str]] = []
+        names = self._dependency_names
+        declared = sorted(names()) if names is not None else None
+        templates = self._route_templates() if self._route_templates is not None else None
+        for index, fault in enumerate(experiment.faults):
+            key = fault.route
+            if key is None:
+                if declared is not None and not any(
+                    fnmatchcase(name, fault.target) for name in declared
+                ):
+                    shown = ", ".join(declared[:20]) + (", ..." if len(declared) > 20 else "")
+                    found.append(
+                        {
+                            "field": f"faults[{index}].target",
+                            "detail": f"no dependency matches {fault.target!r} "
+                            f"(declared: {shown or 'none'})",
+                        }
+                    )
+            elif templates is not None and not _route_exists(key, templates):
+                found.append(
+                    {
+                        "field": f"faults[{index}].target",
+                        "detail": f"no route of the app matches {fault.target!r}",
+                    }
+                )
+        if templates is not None:
+            for index, (text, key) in enumerate(
+                zip(experiment.routes, experiment.route_keys, strict=True)
+            ):
+                if not _route_exists(key, templates):
+                    found.append(
+                        {
+                            "field": f"routes[{index}]",
+                            "detail": f"no route of the app matches {text!r}",
+                        }
+                    )
+        return found
+
     # -- control ------------------------------------------------------------------------
 
-    def start(self, experiment: Experiment, *, actor: str = "code") -> None:
+    def start(
+        self, experiment: Experiment, *, actor: str = "code", allow_unknown: bool = False
+    ) -> None:
         """Start ``experiment`` now; it stops by itself after its TTL.
 
         Raises :class:`ChaosDisabled` when chaos is disabled, ``ValueError``
-        when an experiment of that name is running, and
+        when an experiment of that name is running,
         :class:`TooManyExperiments` (a ``ValueError``) when ``max_experiments``
-        are; either way nothing changes. Works with or without a running
-        event loop.
+        are, and :class:`UnknownTargets` (a ``ValueError``) when it names a
+        dependency or route the service does not have (see :meth:`unknown`)
+        unless ``allow_unknown`` (here or in the experiment); either way
+        nothing changes. Works with or without a running event loop.
         """
         if not isinstance(experiment, Experiment):
             raise TypeError(f"start() takes an Experiment, got {type(experiment).__name__}")
@@ -205,6 +308,10 @@ class Chaos:
             raise ChaosDisabled(
                 f"chaos is disabled: enable it with Chaos(enabled=True) or {ENV_VAR}=1"
             )
+        unknown = self.unknown(experiment)
+        if unknown and not (allow_unknown or experiment.allow_unknown):
+            log_event("refused", actor=actor, experiment=name, reason="unknown targets")
+            raise UnknownTargets(name, unknown)
         with self._lock:
             self.expire()
             if any(run.name == name for run in self._runs):
@@ -230,6 +337,7 @@ class Chaos:
             faults=[
                 f"{fault.kind} {fault.target} rate={fault.rate:g}" for fault in experiment.faults
             ],
+            unknown=[f"{item['field']}: {item['detail']}" for item in unknown] or None,
         )
 
     def stop(self, name: str, *, actor: str = "code") -> bool:
@@ -274,6 +382,9 @@ class Chaos:
                 run.started_at + run.experiment.ttl,
                 run.injections,
                 run.skipped,
+                run.errors,
+                run.last_error,
+                tuple(self.unknown(run.experiment)),
             )
             for run in runs
         ]
@@ -310,6 +421,7 @@ class Chaos:
                 "actor": actor,
                 "at": time.time(),
                 "injections": run.injections,
+                "injection_errors": run.errors,
             }
         )
         catalog = self._injector.catalog
@@ -413,13 +525,16 @@ class Chaos:
     ) -> None:
         """Feed the safeguards one finished request; the middleware calls it while :attr:`watching`.
 
-        ``route`` is the template (``""`` if none matched), ``status`` the
-        response status (0 if none was sent: not counted), ``duration`` in
-        seconds. A 5xx is an error, and so is any request with ``failed``
-        (a response aborted after it started).
+        ``route`` is the template (``""`` if none matched: not counted),
+        ``status`` the response status (0 if none was sent; 404: not
+        counted, so cheap requests for nothing cannot dilute a safeguard),
+        ``duration`` in seconds. A 5xx is an error, and so is any request
+        with ``failed``: a response aborted after it started, or a client
+        that gave up before an answer (its ``duration`` is how long it
+        waited).
         """
         watchers = self._watchers
-        if not watchers:
+        if not watchers or status == 404 or not route:
             return
         now = self.clock()
         for run in watchers:
@@ -430,3 +545,13 @@ class Chaos:
             if reason is not None:
                 with self._lock:
                     self._end(run, "safeguard", "safeguard", reason)
+
+
+def _route_exists(key: RouteKey, templates: Sequence[tuple[str, frozenset[str] | None]]) -> bool:
+    """Whether some route of the app is covered by ``key`` (a method it allows, its template)."""
+    for template, methods in templates:
+        if key.method is not None and methods is not None and key.method not in methods:
+            continue
+        if key.matches(key.method or "", template):
+            return True
+    return False

@@ -59,9 +59,11 @@ class AbortWhen:
     """A safeguard: stop the experiment when the affected routes break their SLO.
 
     Over the last ``window`` seconds of requests on the experiment's routes
-    (all routes if it names none), once at least ``min_requests`` have
-    completed: stop if the share of 5xx responses exceeds ``error_rate``, or
-    if the 99th percentile of their durations exceeds ``p99`` seconds.
+    (if it names none: the routes its faults reach), once at least
+    ``min_requests`` have completed: stop if the share of errors (5xx
+    responses, and clients that gave up) exceeds ``error_rate``, or if the
+    99th percentile of their durations exceeds ``p99`` seconds. 404s and
+    unmatched requests are left out.
 
     >>> AbortWhen(p99=0.5, window=60).min_requests
     20
@@ -113,6 +115,10 @@ class Experiment:
       value ``secret`` (compared in constant time), for chaos on your own
       test traffic. A secret is at least 16 printable characters.
     * ``abort``: an :class:`AbortWhen` safeguard.
+    * ``allow_unknown``: start even if a target or route names nothing the
+      service has (yet): an engine that knows the service's dependencies and
+      routes refuses such an experiment otherwise (a typo would "prove"
+      resilience with zero injections).
 
     Any scope (``routes``, ``tenants``, ``header``) limits the experiment to
     calls made while handling a matching request; without one, it applies to
@@ -133,6 +139,7 @@ class Experiment:
     header: str | None = None
     secret: str | None = field(default=None, repr=False)
     abort: AbortWhen | None = None
+    allow_unknown: bool = False
     route_keys: tuple[RouteKey, ...] = field(init=False, repr=False, compare=False, default=())
     """``routes``, parsed."""
 
@@ -168,6 +175,10 @@ class Experiment:
         self._check_header(owner)
         if self.abort is not None and not isinstance(self.abort, AbortWhen):
             raise ValueError(f"{owner}: abort must be an AbortWhen or None, got {self.abort!r}")
+        if not isinstance(self.allow_unknown, bool):
+            raise ValueError(
+                f"{owner}: allow_unknown must be True or False, got {self.allow_unknown!r}"
+            )
 
     def _check_header(self, owner: str) -> None:
         header, secret = self.header, self.secret

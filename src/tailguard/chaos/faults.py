@@ -34,6 +34,7 @@ from tailguard.chaos._match import RouteKey, check_dependency_glob, is_route_key
 from tailguard.chaos.distributions import Distribution, Fixed
 
 __all__ = [
+    "NO_BODY_STATUSES",
     "RESERVED_HEADERS",
     "Fault",
     "Hang",
@@ -50,6 +51,12 @@ RESERVED_HEADERS: Final = frozenset(
     {"connection", "content-length", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}
 )
 """Framing and hop-by-hop headers a :class:`Respond` may not set (nor any ``proxy-*``)."""
+NO_BODY_STATUSES: Final = frozenset({204, 205, 304})
+"""Statuses whose responses cannot carry a body (RFC 9110 15.3.5, 15.3.6, 15.4.5; 1xx too).
+
+A server sends such a response without one; a body given anyway makes
+uvicorn drop the connection ("Response content longer than Content-Length").
+"""
 
 
 def reserved_header(name: str) -> bool:
@@ -216,7 +223,8 @@ class Respond(Fault):
     At a dependency's httpx transport, a response is synthesized without
     calling the inner transport; on an inbound route, the middleware answers
     for the app. Other dependency seams have no response to fake, so the
-    fault does not apply there. Responses carry ``x-tailguard-chaos: <experiment>``.
+    fault does not apply there. Statuses that have no body (204, 205, 304:
+    :data:`NO_BODY_STATUSES`) take no ``body``. Responses carry ``x-tailguard-chaos: <experiment>``.
     Framing and hop-by-hop headers (``content-length``, ``transfer-encoding``,
     ``connection``, ``proxy-*``...: :func:`reserved_header`) are refused.
 
@@ -253,6 +261,11 @@ class Respond(Fault):
             raise ValueError(f"Respond: status must be an int from 200 to 599, got {status!r}")
         if not isinstance(body, str):
             raise ValueError(f"Respond: body must be a str, got {type(body).__name__}")
+        if body and status in NO_BODY_STATUSES:
+            raise ValueError(
+                f"Respond: body must be empty with status {status}, which has no body; "
+                f"got {len(body)} characters"
+            )
         if headers is None:
             headers = {}
         if not isinstance(headers, Mapping):

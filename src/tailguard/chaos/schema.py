@@ -31,7 +31,14 @@ from typing import Any, TypeVar
 from tailguard.chaos import _fields as f
 from tailguard.chaos._fields import ExperimentError, parse_json
 from tailguard.chaos._jsonschema import EXPERIMENT_JSON_SCHEMA
-from tailguard.chaos.distributions import Empirical, Fixed, LogNormal, Pareto, Uniform
+from tailguard.chaos.distributions import (
+    LARGEST_DRAW,
+    Empirical,
+    Fixed,
+    LogNormal,
+    Pareto,
+    Uniform,
+)
 from tailguard.chaos.experiment import AbortWhen, Experiment
 from tailguard.chaos.faults import Fault, Hang, Latency, Raise, Reset, Respond, reserved_header
 
@@ -49,7 +56,7 @@ MAX_TTL = f.MAX_TTL
 
 _T = TypeVar("_T")
 _TOP_REQUIRED = ("name", "ttl", "faults")
-_TOP_OPTIONAL = ("routes", "tenants", "header", "secret", "abort")
+_TOP_OPTIONAL = ("routes", "tenants", "header", "secret", "abort", "allow_unknown")
 _FAULT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # kind: (required besides kind and target, optional besides rate)
     "latency": (("delay",), ()),
@@ -66,7 +73,7 @@ _OWNER = re.compile(r"^(?:experiment '[^']*'|[A-Za-z]+): ")
 _FIELD = re.compile(r"^([a-z_0-9]+)(\[\d+\])?(?::\s*|\s+)")
 _RUNTIME_FIELDS = frozenset(
     {
-        *("ttl", "routes", "tenants", "header", "secret", "abort", "faults"),
+        *("ttl", "routes", "tenants", "header", "secret", "abort", "faults", "allow_unknown"),
         *("target", "rate", "delay", "exc", "status", "body", "headers"),
         *("seconds", "low", "high", "p50", "p99", "minimum", "alpha", "samples"),
         *("error_rate", "window", "min_requests"),
@@ -99,7 +106,9 @@ def experiment_from_dict(data: object) -> Experiment:
     ...     experiment_from_dict({"name": "x", "ttl": 60, "faults": [], "colour": "red"})
     ... except ExperimentError as error:
     ...     print(error.field, "-", error.message)
-    colour - unknown field; expected: name, ttl, faults, routes, tenants, header, secret, abort
+    ... # doctest: +NORMALIZE_WHITESPACE
+    colour - unknown field; expected: name, ttl, faults, routes, tenants, header, secret, abort,
+    allow_unknown
     """
     doc = f.fields(data, "", required=_TOP_REQUIRED, optional=_TOP_OPTIONAL)
     name = f.name(doc["name"], "name")
@@ -125,6 +134,11 @@ def experiment_from_dict(data: object) -> Experiment:
     if secret is not None and header is None:
         raise ExperimentError("header", "is required with 'secret'")
     abort = _abort(doc["abort"], "abort") if "abort" in doc else None
+    allow_unknown = doc.get("allow_unknown", False)
+    if not isinstance(allow_unknown, bool):
+        raise ExperimentError(
+            "allow_unknown", f"must be true or false, got {f.kind_of(allow_unknown)}"
+        )
     return _build(
         "",
         lambda: Experiment(
@@ -136,6 +150,7 @@ def experiment_from_dict(data: object) -> Experiment:
             header=header,
             secret=secret,
             abort=abort,
+            allow_unknown=allow_unknown,
         ),
     )
 
@@ -202,7 +217,7 @@ def _headers(value: object, path: str) -> dict[str, str]:
 def _delay(value: object, path: str) -> Any:
     if not isinstance(value, Mapping):
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return f.number(value, path, minimum=0.0, unit=" seconds")
+            return _delay_seconds(value, path)
         raise ExperimentError(
             path,
             f"must be a number of seconds or an object like {{'lognormal': ...}}, "
@@ -216,19 +231,19 @@ def _delay(value: object, path: str) -> Any:
     ((kind, spec),) = value.items()
     at = f"{path}.{kind}"
     if kind == "fixed":
-        seconds = f.number(spec, at, minimum=0.0, unit=" seconds")
+        seconds = _delay_seconds(spec, at)
         return _build(at, lambda: Fixed(seconds))
     if kind == "empirical":
         if not isinstance(spec, list | tuple):
             raise ExperimentError(at, f"must be an array of seconds, got {f.kind_of(spec)}")
         if not 1 <= len(spec) <= f.MAX_SAMPLES:
             raise ExperimentError(at, f"must hold 1 to {f.MAX_SAMPLES} samples, got {len(spec)}")
-        samples = [f.number(s, f"{at}[{i}]", minimum=0.0) for i, s in enumerate(spec)]
+        samples = [_delay_seconds(s, f"{at}[{i}]", unit="") for i, s in enumerate(spec)]
         return _build(at, lambda: Empirical(samples))
     if kind == "uniform":
         doc = f.fields(spec, at, required=("low", "high"))
-        low = f.number(doc["low"], f"{at}.low", minimum=0.0)
-        high = f.number(doc["high"], f"{at}.high", minimum=low)
+        low = _delay_seconds(doc["low"], f"{at}.low", unit="")
+        high = _delay_seconds(doc["high"], f"{at}.high", least=low, unit="")
         return _build(at, lambda: Uniform(low, high))
     if kind == "lognormal":
         doc = f.fields(spec, at, required=("p50", "p99"))
@@ -239,6 +254,16 @@ def _delay(value: object, path: str) -> Any:
     minimum = f.number(doc["minimum"], f"{at}.minimum", above=0.0)
     alpha = f.number(doc["alpha"], f"{at}.alpha", above=0.0)
     return _build(at, lambda: Pareto(minimum=minimum, alpha=alpha))
+
+
+def _delay_seconds(
+    value: object, path: str, *, least: float = 0.0, unit: str = " seconds"
+) -> float:
+    """A delay in seconds, at least ``least`` and at most :data:`LARGEST_DRAW`."""
+    seconds = f.number(value, path, minimum=least, unit=unit)
+    if seconds > LARGEST_DRAW:
+        raise ExperimentError(path, f"must be at most {LARGEST_DRAW:g} seconds, got {value}")
+    return seconds
 
 
 def _abort(value: object, path: str) -> AbortWhen:
@@ -299,6 +324,8 @@ def experiment_to_dict(experiment: Experiment, *, redact_secret: bool = False) -
             )
             if value is not None
         }
+    if experiment.allow_unknown:
+        out["allow_unknown"] = True
     return out
 
 

@@ -442,7 +442,8 @@ class Exchange(CancelScope, RequestTasks):
                 self.route,
                 self.status,
                 (self.ended or monotonic()) - self.arrived,
-                failed=self.outcome in ("error", "deadline_exceeded"),
+                # A client that gave up waited this long for nothing: an error.
+                failed=self.outcome in ("error", "deadline_exceeded", "disconnected"),
             )
         if self.spawned:  # no tasks, no orphans: most requests stop here
             self.finish(

@@ -32,6 +32,7 @@ __all__ = [
     "effective_routes",
     "parse_key",
     "route_template",
+    "route_templates",
 ]
 
 STANDARD_METHODS = frozenset(
@@ -204,6 +205,24 @@ class RouteMatcher:
                     return later.template, same and not passed_over
                 passed_over = True
         return leaf.template, False
+
+
+def route_templates(routes: object) -> list[tuple[str, frozenset[str] | None]] | None:
+    """The templates of an app's ``routes`` and the methods each allows (``None``: any).
+
+    In the router's order, through mounts and FastAPI's included routers; a
+    mount adds a catch-all ``{mount}/{path}``. ``None`` when the routes
+    cannot be flattened (``Host`` routes, custom route classes).
+
+    >>> from starlette.routing import Route
+    >>> [(template, sorted(methods or ())) for template, methods in route_templates(
+    ...     [Route("/items/{item_id}", lambda request: None, methods=["GET"])])]
+    [('/items/{item_id}', ['GET', 'HEAD'])]
+    """
+    if not isinstance(routes, list):
+        return None
+    leaves = _flatten(routes, "", "")
+    return None if leaves is None else [(leaf.template, leaf.methods) for leaf in leaves]
 
 
 def _flatten(routes: Iterable[BaseRoute], path: str, template: str) -> list[_Leaf] | None:

@@ -440,6 +440,14 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "Faults not injected because max_injections calls were already under injection.",
         labels=("experiment", "fault"),
     ),
+    MetricSpec(
+        "chaos_injection_errors",
+        "counter",
+        "tailguard_chaos_injection_errors_total",
+        "Faults that failed to be planned or applied (a delay that could not be drawn, a "
+        "Raise factory that failed): the call went on without chaos.",
+        labels=("experiment", "target", "fault"),
+    ),
 )
 """Every metric tailguard publishes, in the order of ``/metrics``."""
 
@@ -489,6 +497,7 @@ class Catalog:
     chaos_experiments_active: Gauge
     chaos_experiments_ended: Counter
     chaos_skipped: Counter
+    chaos_injection_errors: Counter
 
     def __init__(
         self,
