@@ -64,6 +64,9 @@ def serve(*, chaos_enabled: bool = True, control: bool = True) -> Iterator[Servi
         chaos=Chaos(enabled=chaos_enabled, seed=1),
         orphans="cancel",
     )
+    # What the test experiments name: chaos refuses targets the service lacks.
+    guard.dependency("db")
+    inventory = guard.dependency("inventory")
     entered, release = threading.Event(), threading.Event()
 
     async def ok(request: Request) -> Response:
@@ -82,6 +85,10 @@ def serve(*, chaos_enabled: bool = True, control: bool = True) -> Iterator[Servi
             await asyncio.sleep(0.005)
         return PlainTextResponse("done")
 
+    async def stock(request: Request) -> Response:
+        async with inventory:
+            return PlainTextResponse("in stock")
+
     async def orphan(request: Request) -> Response:
         asyncio.get_running_loop().create_task(asyncio.sleep(60))
         return PlainTextResponse("left one behind")
@@ -93,6 +100,7 @@ def serve(*, chaos_enabled: bool = True, control: bool = True) -> Iterator[Servi
             Route("/slow", slow),
             Route("/busy", busy),
             Route("/orphan", orphan),
+            Route("/stock/{item_id:int}", stock),
         ]
     )
     guard.install(app, control_token=TOKEN if control else None, tracing=False)

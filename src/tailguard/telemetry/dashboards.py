@@ -746,16 +746,23 @@ def _gameday(objectives: Objectives) -> Dashboard:
                         width=8,
                     ),
                     Panel(
-                        "Injections skipped by the caps",
-                        "Faults not injected per second because max_injections calls were "
-                        "already under injection: the cap is protecting the service.",
+                        "Injections skipped or failed",
+                        "Faults not injected per second: skipped because max_injections calls "
+                        "were already under injection (the cap is protecting the service), or "
+                        "failed because the fault could not be planned or applied (a "
+                        "distribution that cannot sample, say; the call went on without it). "
+                        "Failures mean the experiment tests less than it claims.",
                         "short",
                         (
                             Query(
                                 rate(
                                     "tailguard_chaos_injections_skipped_total", "experiment, fault"
                                 ),
-                                "{{experiment}} {{fault}}",
+                                "skipped {{experiment}} {{fault}}",
+                            ),
+                            Query(
+                                rate("tailguard_chaos_injection_errors_total", "experiment, fault"),
+                                "failed {{experiment}} {{fault}}",
                             ),
                         ),
                         width=6,
