@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
     _add_demo(commands)
+    _add_gameday(commands)
     _add_chaos(commands)
     _add_dashboards(commands)
     return parser
@@ -204,6 +205,60 @@ def _run_demo(args: argparse.Namespace) -> int:
     except ImportError as exc:  # httpx or uvicorn missing: both are extras
         raise CommandError(
             f"the demo needs httpx and uvicorn: pip install 'tailguard[httpx,server]' ({exc})"
+        ) from exc
+
+
+def _add_gameday(commands: argparse._SubParsersAction[_Parser]) -> None:
+    gameday = commands.add_parser(
+        "gameday",
+        help="run a game-day: open-loop load, chaos phases, a steady-state verdict and a report",
+        description=(
+            "Serve the app a game-day file names (or target a running service), send it an "
+            "open-loop load, start each phase's chaos experiments through the control API, "
+            "check the steady-state hypothesis per phase, and always roll back (halt, stop "
+            "the server), also on Ctrl-C and SIGTERM. Writes report.json, report.md and "
+            "report.png to --out. Exit status: 0 the hypothesis held, 1 it broke, 2 the file "
+            "or target was unusable or the run unreliable, 130 interrupted. The file's format "
+            "is in docs/gameday.md (--schema prints its JSON Schema)."
+        ),
+    )
+    gameday.add_argument("file", nargs="?", metavar="FILE", help="the game-day file (.yaml, .json)")
+    gameday.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where to write the report (default: a new folder under ./gameday-runs/)",
+    )
+    gameday.add_argument(
+        "--plain", action="store_true", help="plain progress lines even on a terminal"
+    )
+    gameday.add_argument(
+        "--schema", action="store_true", help="print the game-day file's JSON Schema and exit"
+    )
+    gameday.set_defaults(handler=_run_gameday)
+
+
+def _run_gameday(args: argparse.Namespace) -> int:
+    from tailguard.gameday import plan as plans
+
+    if args.schema:
+        print(json.dumps(plans.PLAN_JSON_SCHEMA, indent=2))
+        return 0
+    if args.file is None:
+        raise CommandError("give a game-day FILE (or --schema)")
+    try:
+        plan = plans.load_plan(args.file)
+    except plans.PlanError as exc:
+        raise CommandError(f"{args.file}: {exc}") from None
+    except ImportError as exc:
+        raise CommandError(str(exc)) from None
+    from tailguard.gameday.runner import run_folder, run_plan
+
+    folder = run_folder(args.out, plan.title)
+    try:
+        return run_plan(plan, folder, live=False if args.plain else None)
+    except ImportError as exc:
+        raise CommandError(
+            f"the game-day runner needs pip install 'tailguard[gameday]' ({exc})"
         ) from exc
 
 
