@@ -6,7 +6,7 @@ own ``/metrics`` says about a game-day (injections made, requests shed or
 late, orphaned tasks) and which route templates it has seen.
 
 >>> text = '''tailguard_chaos_injections_total{experiment="x",target="db",fault="latency"} 3.0
-... tailguard_requests_total{route="/items/{item_id}",method="GET",status_class="2xx",outcome="ok"} 9.0
+... tailguard_requests_total{route="/items/{item_id}",method="GET",outcome="ok"} 9.0
 ... '''
 >>> found = read_service(text)
 >>> found.counts["injections"], sorted(found.routes)
@@ -74,7 +74,7 @@ def read_service(text: str) -> Service:
     a busy service's exposition would hold the event loop, and with it the
     load's send times, for milliseconds.
     """
-    found = Service({name: 0.0 for name in SERVICE_COUNTS})
+    found = Service(dict.fromkeys(SERVICE_COUNTS, 0.0))
     for line in text.splitlines():
         if not line.startswith(_WANTED):
             continue

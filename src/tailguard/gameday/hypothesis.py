@@ -31,8 +31,8 @@ def route_labels(
     templates: list[tuple[str | None, str]] = []
     for check in checks:
         if check.route != ALL_ROUTES:
-            method, _, path = check.route.rpartition(" ")
-            templates.append((method or None, path))
+            head, _, path = check.route.rpartition(" ")
+            templates.append((head or None, path))
     # The service's own templates, the most specific (fewest parameters, longest) first.
     templates += sorted(known, key=lambda found: (found[1].count("{"), -len(found[1])))
     labels = []
@@ -97,9 +97,7 @@ def observe(stats: Stats, slo: str, *, within: float) -> float | None:
     return stats.latency.percentile({"p50": 50.0, "p99": 99.0, "p999": 99.9}[slo])
 
 
-def evaluate(
-    checks: Iterable[Check], routes: dict[str, Stats], *, timeout: float
-) -> list[Verdict]:
+def evaluate(checks: Iterable[Check], routes: dict[str, Stats], *, timeout: float) -> list[Verdict]:
     """Every SLO of ``checks`` against the phase's ``routes`` (by label, ``*`` for all)."""
     found = []
     for check in checks:

@@ -188,7 +188,7 @@ class Second:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """A stretch of the schedule: from ``start`` to ``end`` (seconds after the origin) at ``rate``."""
+    """A stretch of the schedule: ``start`` to ``end`` (seconds after the origin) at ``rate``."""
 
     start: float
     end: float
@@ -244,9 +244,7 @@ class OpenLoop:
         """The event loop's time at which the schedule starts."""
         self._choose = random.Random(seed ^ 0x5EED)
         total = sum(spec.weight for spec in self.requests)
-        self._cumulative = list(
-            itertools.accumulate(spec.weight / total for spec in self.requests)
-        )
+        self._cumulative = list(itertools.accumulate(spec.weight / total for spec in self.requests))
         self._bodies = [
             None if spec.json is None else json.dumps(spec.json).encode() for spec in self.requests
         ]
@@ -364,7 +362,7 @@ class OpenLoop:
             await asyncio.wait(set(self._tasks), timeout=self.timeout + 5)
 
     def close_seconds(self, before: float) -> None:
-        """Sum up the seconds before ``before`` (seconds after the origin) and drop their histograms.
+        """Sum up the seconds before ``before`` (after the origin) and drop their histograms.
 
         Only seconds whose every request has ended are safe to close: pass
         ``now - timeout - 1``.
@@ -377,4 +375,3 @@ class OpenLoop:
         """The stats of ``phase`` so far, per request of the mix."""
         if 0 <= phase < len(self.phases):
             yield from self.phases[phase]
-

@@ -41,7 +41,11 @@ from tailguard.chaos._fields import (
     parse_json,
     text,
 )
-from tailguard.chaos.schema import EXPERIMENT_JSON_SCHEMA, experiment_from_dict, read_experiment_file
+from tailguard.chaos.schema import (
+    EXPERIMENT_JSON_SCHEMA,
+    experiment_from_dict,
+    read_experiment_file,
+)
 
 __all__ = [
     "ALL_ROUTES",
@@ -80,8 +84,10 @@ _ROUTE = re.compile(r"^(?:(?P<method>[A-Z]+) )?(?P<path>/\S*)$")
 def template_matches(template: str, path: str) -> bool:
     """Whether the concrete ``path`` (query string ignored) fits the route ``template``.
 
-    >>> template_matches("/items/{item_id}", "/items/7?full=1"), template_matches("/items", "/items/7")
-    (True, False)
+    >>> template_matches("/items/{item_id}", "/items/7?full=1")
+    True
+    >>> template_matches("/items", "/items/7")
+    False
     >>> template_matches("/files/{rest:path}", "/files/a/b")
     True
     """
@@ -480,7 +486,7 @@ def _check(value: object, where: str) -> Check:
             f"{where}.route",
             f"must be '*' or a route template such as 'GET /items/{{item_id}}', got {route!r}",
         )
-    slos = {}
+    slos: dict[str, float] = {}
     for key in SLO_KEYS:
         if key in items:
             if key in ("error_rate", "goodput"):
@@ -548,7 +554,9 @@ def _experiment(value: object, where: str, base: Path) -> ExperimentRef:
             inside = f"{source}: {exc}" if source != "inline" else None
             if inside is not None:
                 raise ExperimentError(where, inside) from None
-            raise ExperimentError(f"{where}.{exc.field}" if exc.field else where, exc.message)
+            raise ExperimentError(
+                f"{where}.{exc.field}" if exc.field else where, exc.message
+            ) from None
     document = dict(value)
     return ExperimentRef(str(document["name"]), document, source)
 
@@ -609,7 +617,9 @@ PLAN_JSON_SCHEMA: Final[dict[str, Any]] = {
                 {"required": ["app"], "not": {"required": ["url"]}},
                 {
                     "required": ["url"],
-                    "not": {"anyOf": [{"required": [k]} for k in ("app", "app_dir", "workers", "env")]},
+                    "not": {
+                        "anyOf": [{"required": [k]} for k in ("app", "app_dir", "workers", "env")]
+                    },
                 },
             ],
             "properties": {
@@ -694,4 +704,3 @@ PLAN_JSON_SCHEMA: Final[dict[str, Any]] = {
     },
 }
 """The game-day file as a JSON Schema (draft 2020-12), published as docs/gameday.schema.json."""
-

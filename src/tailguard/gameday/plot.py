@@ -79,18 +79,30 @@ def draw(report: Mapping[str, Any], path: str | Path) -> None:
         p99 = [entry["routes"][label]["p99"] for entry in timeline]
         p50 = [entry["routes"][label]["p50"] for entry in timeline]
         colour = colours[label]
-        latency.plot(seconds, [v * 1000 if v else None for v in p99], color=colour, lw=1.8,
-                     label=f"{label} p99")
-        latency.plot(seconds, [v * 1000 if v else None for v in p50], color=colour, lw=0.8,
-                     alpha=0.7, ls="-")
+        latency.plot(
+            seconds,
+            [v * 1000 if v else None for v in p99],
+            color=colour,
+            lw=1.8,
+            label=f"{label} p99",
+        )
+        latency.plot(
+            seconds, [v * 1000 if v else None for v in p50], color=colour, lw=0.8, alpha=0.7, ls="-"
+        )
     for check in report.get("hypothesis", []):
         for slo in ("p99", "p50", "p999", "max"):
             if slo in check:
                 route = check["route"]
                 colour = colours.get(route, "#000000")
                 latency.axhline(check[slo] * 1000, color=colour, ls="--", lw=1)
-                latency.text(0.3, check[slo] * 1000, f" SLO {route} {slo} ≤ {check[slo] * 1000:g} ms",
-                             color=colour, fontsize=7, va="bottom")
+                latency.text(
+                    0.3,
+                    check[slo] * 1000,
+                    f" SLO {route} {slo} ≤ {check[slo] * 1000:g} ms",
+                    color=colour,
+                    fontsize=7,
+                    va="bottom",
+                )
     latency.set_yscale("log")
     latency.set_ylabel("latency, ms (log)\np99 thick, p50 thin")
     latency.legend(loc="upper left", fontsize=7, ncol=2, framealpha=0.85)
@@ -99,11 +111,15 @@ def draw(report: Mapping[str, Any], path: str | Path) -> None:
 
     # 2. rates
     offered = [sum(r["offered"] for r in entry["routes"].values()) for entry in timeline]
+
     def count(entry: Mapping[str, Any], keys: tuple[str, ...]) -> int:
         return sum(
-            n for r in entry["routes"].values() for key, n in r["responses"].items()
+            n
+            for r in entry["routes"].values()
+            for key, n in r["responses"].items()
             if (key in keys) or ("2xx" in keys and key.startswith("2"))
         )
+
     good = [count(entry, ("2xx",)) for entry in timeline]
     shed = [count(entry, ("503", "429")) for entry in timeline]
     late = [count(entry, ("504",)) for entry in timeline]
@@ -111,10 +127,19 @@ def draw(report: Mapping[str, Any], path: str | Path) -> None:
     rates.plot(seconds, offered, color="#333333", lw=1.5, ls="--", label="offered", zorder=5)
     rates.plot(seconds, good, color="#2ca02c", lw=1.8, label="answered 2xx")
     rates.bar(seconds, shed, width=0.9, color="#ff7f0e", alpha=0.8, label="503 shed")
-    rates.bar(seconds, late, width=0.9, bottom=shed, color="#d62728", alpha=0.8, label="504 deadline")
+    rates.bar(
+        seconds, late, width=0.9, bottom=shed, color="#d62728", alpha=0.8, label="504 deadline"
+    )
     bottom = [a + b for a, b in zip(shed, late, strict=True)]
-    rates.bar(seconds, failed, width=0.9, bottom=bottom, color="#7f0000", alpha=0.8,
-              label="timeout / no answer")
+    rates.bar(
+        seconds,
+        failed,
+        width=0.9,
+        bottom=bottom,
+        color="#7f0000",
+        alpha=0.8,
+        label="timeout / no answer",
+    )
     rates.set_ylabel("requests per second")
     rates.legend(loc="upper left", fontsize=7, ncol=5, framealpha=0.85)
     rates.grid(True, alpha=0.25)

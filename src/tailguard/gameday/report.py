@@ -192,7 +192,9 @@ def summary_line(report: Mapping[str, Any]) -> str:
 def format_markdown(report: Mapping[str, Any], picture: str | None) -> str:
     """``report.md``: the verdict, the table per phase, each SLO, and the picture."""
     lines = [f"# Game-day: {report['title']}", ""]
-    lines.append(f"**Verdict: {report['verdict']}**" + (" (unreliable run)" if report["unreliable"] else ""))
+    lines.append(
+        f"**Verdict: {report['verdict']}**" + (" (unreliable run)" if report["unreliable"] else "")
+    )
     lines.append("")
     for reason in report["reasons"]:
         lines.append(f"- unreliable: {reason}")
@@ -242,5 +244,7 @@ def format_comparison(with_: Mapping[str, Any], without: Mapping[str, Any]) -> s
                 cells.append(f"{'held ' if found['held'] else 'BROKE'} {seen}")
         sign = ">=" if slo == "goodput" else "<="
         target = _value(slo, (on.get(key) or off[key])["target"])
-        rows.append([phase, "all routes" if label == "*" else label, f"{slo} {sign} {target}", *cells])
+        rows.append(
+            [phase, "all routes" if label == "*" else label, f"{slo} {sign} {target}", *cells]
+        )
     return "\n".join(_grid(rows, ()))

@@ -114,7 +114,7 @@ async def run(
     back and reported; any other cancellation is rolled back and re-raised.
     """
     stream = out if out is not None else sys.stdout
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
     state = _State(plan)
     aiohttp = import_aiohttp()
     windows = _windows(plan)
@@ -141,7 +141,9 @@ async def run(
             load.base_url = served.url
             print(f"game-day {plan.title!r} against {served.url}", file=stream)
             async with load:
-                await _play(state, load, windows, control, session, metrics_url, served, stream, live)
+                await _play(
+                    state, load, windows, control, session, metrics_url, served, stream, live
+                )
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if stop is None or stop.signal is None or current is None:
@@ -217,7 +219,9 @@ async def _play(
 async def _crash(served: Served) -> None:
     assert served.process is not None
     status = await served.process.wait()
-    raise TargetError(f"the target exited with status {status} during the run:\n{served.log_tail()}")
+    raise TargetError(
+        f"the target exited with status {status} during the run:\n{served.log_tail()}"
+    )
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
@@ -530,12 +534,16 @@ def _timeline(
                     assert f.latency is not None
                     merged.add(f.latency)
                 if merged.count:
-                    entry.update(p50=merged.percentile(50), p99=merged.percentile(99), max=merged.max)
+                    entry.update(
+                        p50=merged.percentile(50), p99=merged.percentile(99), max=merged.max
+                    )
             else:  # closed seconds: the worst of the requests' own percentiles
                 sums = [f.summary for f in found if f.summary is not None]
                 if sums:
                     entry.update(
-                        p50=max(s[0] for s in sums), p99=max(s[1] for s in sums), max=max(s[2] for s in sums)
+                        p50=max(s[0] for s in sums),
+                        p99=max(s[1] for s in sums),
+                        max=max(s[2] for s in sums),
                     )
             routes[label] = entry
         timeline.append(
@@ -551,7 +559,11 @@ def _timeline(
 
 def _injections_per_second(state: _State, seconds: int) -> list[float]:
     found = [0.0] * seconds
-    previous = state.boundaries[0].counts["injections"] if state.boundaries and state.boundaries[0] else None
+    previous = (
+        state.boundaries[0].counts["injections"]
+        if state.boundaries and state.boundaries[0]
+        else None
+    )
     for at, scraped in state.per_second:
         now = scraped.counts["injections"]
         if previous is not None:
@@ -576,7 +588,6 @@ def _write(report: dict[str, Any], folder: Path, *, picture: bool) -> None:
     (folder / "report.md").write_text(format_markdown(report, drawn), encoding="utf-8")
 
 
-
 def run_folder(out: str | None, title: str) -> Path:
     """``out``, or a fresh folder under ``./gameday-runs/`` named after the time and ``title``.
 
@@ -598,7 +609,7 @@ def run_folder(out: str | None, title: str) -> Path:
 def run_plan(
     plan: Plan, folder: Path, *, out: TextIO | None = None, live: bool | None = None
 ) -> int:
-    """Run ``plan`` on a new event loop, with SIGINT and SIGTERM rolling it back; the exit status."""
+    """Run ``plan`` on a new event loop, SIGINT and SIGTERM rolling it back; the exit status."""
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()

@@ -66,7 +66,7 @@ async def start_target(spec: TargetSpec, folder: Path) -> Served:
     assert spec.app is not None
     token = secrets.token_urlsafe(32)
     port = free_port()
-    here = str(Path(tailguard.__file__).resolve().parent.parent)  # serve this same tailguard
+    here = os.path.dirname(os.path.dirname(tailguard.__file__))  # serve this same tailguard
     env = {**os.environ, **spec.env, spec.token_env: token}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     command = [sys.executable, "-m", "uvicorn", spec.app, "--app-dir", spec.app_dir]
@@ -107,7 +107,9 @@ async def _wait_until_up(served: Served, port: int) -> None:
             await writer.wait_closed()
             return
         await asyncio.sleep(0.05)
-    raise TargetError(f"the app did not listen within {STARTUP_TIMEOUT:.0f} s:\n{served.log_tail()}")
+    raise TargetError(
+        f"the app did not listen within {STARTUP_TIMEOUT:.0f} s:\n{served.log_tail()}"
+    )
 
 
 async def stop_target(served: Served) -> int | None:
