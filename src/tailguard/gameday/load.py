@@ -196,17 +196,25 @@ class Window:
 
 
 class Arrivals:
-    """Intended send times: evenly ``1/rate`` apart, or Poisson arrivals from a seeded stream."""
+    """Intended send times from ``start``: every ``1/rate`` s, or Poisson arrivals (seeded).
 
-    def __init__(self, kind: Literal["poisson", "constant"], *, rate: float, seed: int) -> None:
+    Constant times are computed from their index, so no rounding error piles up.
+    """
+
+    def __init__(
+        self, kind: Literal["poisson", "constant"], *, rate: float, seed: int, start: float = 0.0
+    ) -> None:
         self.kind = kind
         self.rate = rate
+        self.start = start
         self._random = random.Random(seed)
+        self._count = 0
 
     def next_after(self, previous: float) -> float:
-        """The send time after ``previous``."""
+        """The send time after ``previous`` (for constant arrivals: the next of the schedule)."""
+        self._count += 1
         if self.kind == "constant":
-            return previous + 1.0 / self.rate
+            return self.start + self._count / self.rate
         return previous + self._random.expovariate(self.rate)
 
 
@@ -286,7 +294,9 @@ class OpenLoop:
         self.origin = loop.time() if origin is None else origin
         self.phases = [[Stats() for _ in self.requests] for _ in windows]
         for index, window in enumerate(windows):
-            arrivals = Arrivals(self.arrivals, rate=window.rate, seed=self.seed + index)
+            arrivals = Arrivals(
+                self.arrivals, rate=window.rate, seed=self.seed + index, start=window.start
+            )
             first = window.start
             intended = first if self.arrivals == "constant" else arrivals.next_after(first)
             burst = 0
