@@ -1,4 +1,4 @@
-"""The example shop, ``examples.shop:app`` (or ``examples.shop.app:app``): what ``tailguard demo`` serves.
+"""The example shop, ``examples.shop:app`` (or ``examples.shop.app:app``): the demo's shop.
 
 Its source is ``src/tailguard/gameday/shop.py``, in the package, so that the
 demo also works from an installed wheel; this package re-exports it, so

@@ -1,4 +1,4 @@
-"""``tailguard gameday FILE`` end to end: real uvicorn on 127.0.0.1, short phases, every process stopped.
+"""``tailguard gameday FILE`` end to end: real uvicorn on 127.0.0.1, short phases, all stopped.
 
 The served test app (:data:`APP`) is written into a temporary folder and
 served by the runner itself (``target.app``), or by the test (``target.url``)
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.e2e
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 TOKEN = "a-control-token-for-tests-only"
 
-APP = '''
+APP = """
 import asyncio, os, time
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
@@ -76,7 +76,7 @@ app = Starlette(routes=[
     Route("/doomed", doomed),
 ])
 guard.install(app, control_token=os.environ.get("TAILGUARD_TOKEN"), tracing=False)
-'''
+"""
 
 SLOW_DB = {
     "name": "slow-db",
@@ -192,8 +192,8 @@ def test_a_broken_slo_exits_1_and_names_the_check(
             "phases[1].duraton (line 8): unknown field; did you mean 'duration'?",
         ),
         (
-            "title: x\ntarget: {url: 'http://127.0.0.1:1'}\nload: {rate: 5, requests: [{path: /a}]}\n"
-            "hypothesis:\n  - {route: 'GET /b/{id}', p99: 1}\nphases: [{name: a, duration: 1}]\n",
+            "title: x\ntarget: {url: 'http://127.0.0.1:1'}\n"
+            "load: {rate: 5, requests: [{path: /a}]}\nhypothesis:\n  - {route: 'GET /b/{id}', p99: 1}\nphases: [{name: a, duration: 1}]\n",
             "hypothesis[0].route (line 5): 'GET /b/{id}' matches no request of load.requests",
         ),
     ],
@@ -341,7 +341,10 @@ def test_ctrl_c_halts_the_experiments_of_a_running_service(tmp_path: Path, servi
 
 
 def test_a_refused_experiment_rolls_back_the_ones_started(
-    tmp_path: Path, service: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    service: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("TAILGUARD_TOKEN", TOKEN)
     # The exception class is resolved by the service (among the modules it imported), so

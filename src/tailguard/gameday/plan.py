@@ -582,6 +582,7 @@ _CHECK: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["route"],
     "anyOf": [{"required": [key]} for key in SLO_KEYS],
+    "dependentRequired": {"within": ["goodput"]},
     "properties": {
         "route": {
             "type": "string",
