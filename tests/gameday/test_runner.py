@@ -193,7 +193,9 @@ def test_a_broken_slo_exits_1_and_names_the_check(
         ),
         (
             "title: x\ntarget: {url: 'http://127.0.0.1:1'}\n"
-            "load: {rate: 5, requests: [{path: /a}]}\nhypothesis:\n  - {route: 'GET /b/{id}', p99: 1}\nphases: [{name: a, duration: 1}]\n",
+            "load: {rate: 5, requests: [{path: /a}]}\n"
+            "hypothesis:\n  - {route: 'GET /b/{id}', p99: 1}\n"
+            "phases: [{name: a, duration: 1}]\n",
             "hypothesis[0].route (line 5): 'GET /b/{id}' matches no request of load.requests",
         ),
     ],
