@@ -47,9 +47,7 @@ def cpu() -> float:
 def main(rates: tuple[int, ...]) -> None:
     folder = Path(tempfile.mkdtemp(prefix="gameday-bench-"))
     (folder / "bench_app.py").write_text(APP)
-    print(
-        "| rate /s | offered | sent | send lag p50 | p99 | max | runner CPU per request | reliable |"
-    )
+    print("| rate /s | offered | sent | send lag p50 | p99 | max | CPU per request | reliable |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for rate in rates:
         plan = plan_from_dict(
