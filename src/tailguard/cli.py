@@ -145,7 +145,7 @@ def _add_demo(commands: argparse._SubParsersAction[_Parser]) -> None:
             "once with tailguard's protections enforcing (TAILGUARD_ENFORCE=on) and once in "
             "shadow mode (TAILGUARD_ENFORCE=shadow: decide, do not act; chaos still "
             "injects). Then show, SLO by SLO, which held and which broke in each run, and "
-            "where the reports and pictures are. About a minute and a quarter."
+            "where the reports and pictures are. About fifty seconds."
         ),
     )
     demo.add_argument(

@@ -368,3 +368,33 @@ def test_a_refused_experiment_rolls_back_the_ones_started(
     assert "-> 422: faults[0].exc" in printed
     assert running(service) == []
     assert report(out)["rollback"]["halted"] == 1  # slow-db, started before the refusal
+
+
+def test_the_demo_plays_both_runs_and_compares_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tailguard.gameday import demo
+
+    # The bundled game-day, with 1 s phases and a low rate: the demo's flow, not its story.
+    plan = yaml.safe_load(demo.DEMO_FILE.read_text())
+    plan["load"].update(rate=20, send_lag_p99=0.5)
+    for phase in plan["phases"]:
+        phase["duration"] = 1
+    short = tmp_path / "demo.yaml"
+    short.write_text(yaml.safe_dump(plan))
+    monkeypatch.setattr(demo, "DEMO_FILE", short)
+    assert demo.run(out_dir=str(tmp_path / "runs"), live=False) == 0
+    printed = capsys.readouterr().out
+    assert "=== run 1 of 2: protections on (TAILGUARD_ENFORCE=on) ===" in printed
+    assert "=== run 2 of 2: protections off (shadow mode) (TAILGUARD_ENFORCE=shadow) ===" in printed
+    assert "protections on  protections off" in printed
+    assert "with tailguard enforcing: hypothesis" in printed
+    for mode in ("on", "shadow"):
+        found = report(tmp_path / "runs" / mode)
+        assert found["error"] is None
+        assert [phase["name"] for phase in found["phases"]] == [
+            "baseline",
+            "slow-dependencies",
+            "recovery",
+        ]
+        assert (tmp_path / "runs" / mode / "report.png").exists()

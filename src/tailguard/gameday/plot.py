@@ -105,7 +105,7 @@ def draw(report: Mapping[str, Any], path: str | Path) -> None:
                 )
     latency.set_yscale("log")
     latency.set_ylabel("latency, ms (log)\np99 thick, p50 thin")
-    latency.legend(loc="upper left", fontsize=7, ncol=2, framealpha=0.85)
+    latency.legend(loc="lower right", fontsize=7, ncol=2, framealpha=0.85)
     latency.grid(True, which="both", alpha=0.25)
     _phases(latency, report, label=True)
 
