@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	@touch $(STAMP)
 
+# The bundled game-day, twice (protections on, then shadow): about 50 s.
 demo: $(STAMP)
 	$(BIN)/tailguard demo
 

@@ -57,7 +57,7 @@ def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
 def test_demo_help_describes_its_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["demo", "--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--app", "--app-dir", "--requests", cli.DEFAULT_APP):
+    for option in ("--app", "--app-dir", "--out", cli.DEFAULT_APP):
         assert option in out
 
 
@@ -81,25 +81,6 @@ def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["demo", "--fast"]) == 2
     assert "unrecognized arguments: --fast" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("0", "expected a number from 1 to 1000, got 0"),
-        ("-3", "expected a number from 1 to 1000, got -3"),
-        ("1001", "expected a number from 1 to 1000, got 1001"),
-        ("many", "expected a whole number, got 'many'"),
-        ("2.5", "expected a whole number, got '2.5'"),
-    ],
-)
-def test_requests_must_be_a_small_positive_number(
-    value: str, message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert cli.main(["demo", f"--requests={value}"]) == 2
-    err = capsys.readouterr().err
-    assert "argument --requests" in err
-    assert message in err
 
 
 @pytest.mark.parametrize("spec", ["examples.shop", ":app", "examples.shop:", ""])
@@ -193,15 +174,15 @@ def test_demo_without_its_extras_says_what_to_install(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = write_module(STARLETTE_APP)
-    # As if httpx, then uvicorn, were not installed: importing it fails. The
-    # demo imports both only when it runs, and says so before importing the app.
-    for missing, extra in (("httpx", "tailguard[httpx]"), ("uvicorn", "tailguard[server]")):
+    # As if aiohttp, hdrhistogram or uvicorn were not installed: importing it fails. The
+    # demo says so before importing the app.
+    for missing in ("aiohttp", "hdrh", "uvicorn"):
         with monkeypatch.context() as patch:
             patch.setitem(sys.modules, missing, None)
             assert cli.main(["demo", "--app", f"{name}:app", "--app-dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
-        assert "the demo needs httpx and uvicorn: pip install 'tailguard[httpx,server]'" in err
-        assert f"pip install '{extra}'" in err
+        assert "the demo needs the game-day extras: pip install 'tailguard[gameday]'" in err
+        assert missing in err
         assert name not in sys.modules
 
 

@@ -7,7 +7,7 @@ into a message on stderr and exit status 2. Usage errors are reported by
 argparse, also with status 2; :func:`main` returns the status rather than
 exiting, so it can be called from Python:
 
->>> main(["demo", "--requests", "0"])  # argparse explains on stderr
+>>> main(["demo", "--requests", "8"])  # argparse explains on stderr
 2
 """
 
@@ -27,7 +27,6 @@ from tailguard import __version__
 __all__ = ["CommandError", "build_parser", "import_app", "main"]
 
 DEFAULT_APP = "tailguard.gameday.shop:app"
-MAX_DEMO_REQUESTS = 1000
 DEFAULT_URL = "http://127.0.0.1:8000"
 TOKEN_ENV = "TAILGUARD_TOKEN"
 URL_ENV = "TAILGUARD_URL"
@@ -67,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
     _add_demo(commands)
+    _add_gameday(commands)
     _add_chaos(commands)
     _add_dashboards(commands)
     return parser
@@ -147,18 +147,6 @@ def import_app(spec: str, app_dir: str = ".") -> Any:
     return found
 
 
-def _positive_requests(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= MAX_DEMO_REQUESTS:
-        raise argparse.ArgumentTypeError(
-            f"expected a number from 1 to {MAX_DEMO_REQUESTS}, got {value}"
-        )
-    return value
-
-
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -173,23 +161,21 @@ def _positive_seconds(text: str) -> float:
 def _add_demo(commands: argparse._SubParsersAction[_Parser]) -> None:
     demo = commands.add_parser(
         "demo",
-        help="serve an example app and show tailguard enforcing its deadlines",
+        help="play the bundled game-day on the example shop, with and without tailguard",
         description=(
-            "Serve an app under uvicorn on 127.0.0.1, send it a short concurrent burst "
-            "of requests (some fit their budget, some run past it, one carries a tighter "
-            "x-request-timeout-ms, a stream is cut off mid-response) and print what "
-            "happened per route. Then a mini game-day: start a chaos experiment that makes "
-            "the inventory dependency slow through the control API, send more requests, "
-            "halt it, and show what /metrics recorded. For that the app is imported with "
-            "TAILGUARD_CHAOS=1 and a random TAILGUARD_TOKEN. Both are written for "
-            "the bundled shop (tailguard/gameday/shop.py); point --app at your copy of it."
+            "Run the bundled game-day (tailguard/gameday/demo.yaml: a slow inventory and a "
+            "slow recommender) against the example shop twice with the game-day runner: "
+            "once with tailguard's protections enforcing (TAILGUARD_ENFORCE=on) and once in "
+            "shadow mode (TAILGUARD_ENFORCE=shadow: decide, do not act; chaos still "
+            "injects). Then show, SLO by SLO, which held and which broke in each run, and "
+            "where the reports and pictures are. About fifty seconds."
         ),
     )
     demo.add_argument(
         "--app",
         default=DEFAULT_APP,
         metavar="MODULE:ATTR",
-        help=f"the ASGI app to serve (default: {DEFAULT_APP})",
+        help=f"the shop to serve (default: {DEFAULT_APP}); your copy of it",
     )
     demo.add_argument(
         "--app-dir",
@@ -198,17 +184,9 @@ def _add_demo(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="directory to import the app from, put first on sys.path (default: .)",
     )
     demo.add_argument(
-        "--requests",
-        type=_positive_requests,
-        default=8,
-        metavar="N",
-        help="requests per route (default: 8)",
+        "--out", metavar="DIR", help="where to write the reports (default: under ./gameday-runs/)"
     )
-    demo.add_argument(
-        "--no-gameday",
-        action="store_true",
-        help="skip the game-day (and import the app without setting TAILGUARD_CHAOS or _TOKEN)",
-    )
+    demo.add_argument("--plain", action="store_true", help="plain progress lines on a terminal")
     demo.set_defaults(handler=_run_demo)
 
 
@@ -216,17 +194,79 @@ def _run_demo(args: argparse.Namespace) -> int:
     from tailguard.gameday import demo
 
     try:
-        demo.check_extras()
-        if args.no_gameday:
-            app, token = import_app(args.app, args.app_dir), None
-        else:
-            # The app reads both when it is created, so set them for its import.
-            with demo.chaos_environment() as token:
-                app = import_app(args.app, args.app_dir)
-        return demo.run(app, requests=args.requests, control_token=token)
-    except ImportError as exc:  # httpx or uvicorn missing: both are extras
+        _check_gameday_extras()
+        # Fail here, in one line, rather than in the served process's log.
+        import_app(args.app, args.app_dir)
+        return demo.run(
+            app=args.app,
+            app_dir=args.app_dir,
+            out_dir=args.out,
+            live=False if args.plain else None,
+        )
+    except ImportError as exc:
         raise CommandError(
-            f"the demo needs httpx and uvicorn: pip install 'tailguard[httpx,server]' ({exc})"
+            f"the demo needs the game-day extras: pip install 'tailguard[gameday]' ({exc})"
+        ) from exc
+
+
+def _check_gameday_extras() -> None:
+    """Raise ``ImportError`` naming what is missing, before anything is imported or served."""
+    for module in ("aiohttp", "hdrh", "uvicorn"):
+        importlib.import_module(module)
+
+
+def _add_gameday(commands: argparse._SubParsersAction[_Parser]) -> None:
+    gameday = commands.add_parser(
+        "gameday",
+        help="run a game-day: open-loop load, chaos phases, a steady-state verdict and a report",
+        description=(
+            "Serve the app a game-day file names (or target a running service), send it an "
+            "open-loop load, start each phase's chaos experiments through the control API, "
+            "check the steady-state hypothesis per phase, and always roll back (halt, stop "
+            "the server), also on Ctrl-C and SIGTERM. Writes report.json, report.md and "
+            "report.png to --out. Exit status: 0 the hypothesis held, 1 it broke, 2 the file "
+            "or target was unusable or the run unreliable, 130 interrupted. The file's format "
+            "is in docs/gameday.md (--schema prints its JSON Schema)."
+        ),
+    )
+    gameday.add_argument("file", nargs="?", metavar="FILE", help="the game-day file (.yaml, .json)")
+    gameday.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where to write the report (default: a new folder under ./gameday-runs/)",
+    )
+    gameday.add_argument(
+        "--plain", action="store_true", help="plain progress lines even on a terminal"
+    )
+    gameday.add_argument(
+        "--schema", action="store_true", help="print the game-day file's JSON Schema and exit"
+    )
+    gameday.set_defaults(handler=_run_gameday)
+
+
+def _run_gameday(args: argparse.Namespace) -> int:
+    from tailguard.gameday import plan as plans
+
+    if args.schema:
+        print(json.dumps(plans.PLAN_JSON_SCHEMA, indent=2))
+        return 0
+    if args.file is None:
+        raise CommandError("give a game-day FILE (or --schema)")
+    try:
+        plan = plans.load_plan(args.file)
+    except plans.PlanError as exc:
+        raise CommandError(f"{args.file}: {exc}") from None
+    except ImportError as exc:
+        raise CommandError(str(exc)) from None
+    from tailguard.gameday.runner import run_folder, run_plan
+
+    folder = run_folder(args.out, plan.title)
+    try:
+        _check_gameday_extras()
+        return run_plan(plan, folder, live=False if args.plain else None)
+    except ImportError as exc:
+        raise CommandError(
+            f"the game-day runner needs pip install 'tailguard[gameday]' ({exc})"
         ) from exc
 
 

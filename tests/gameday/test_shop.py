@@ -42,3 +42,35 @@ async def test_work_ms_must_be_a_finite_number(work_ms: str) -> None:
     assert response.json() == {
         "detail": f"work_ms must be a number of milliseconds, got {work_ms!r}"
     }
+
+
+async def send(method: str, path: str, **kwargs: object) -> httpx.Response:
+    transport = httpx.ASGITransport(app=shop.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
+        return await client.request(method, path, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_the_product_page_reads_through_the_tiers_and_recommends() -> None:
+    answer = (await send("GET", "/products/1")).json()
+    assert answer["id"] == 1
+    assert answer["from"] in ("cache", "replica", "primary")
+    assert answer["recommended"] == [2, 3]
+    assert answer["complete"] is True
+    assert (await send("GET", "/products/9")).status_code == 404
+
+
+@pytest.mark.anyio
+async def test_an_order_is_paid_for_its_tenant() -> None:
+    answer = await send("POST", "/orders", json={"item": 2}, headers={"x-tenant-id": "acme"})
+    assert answer.status_code == 201
+    assert answer.json() == {"item": 2, "tenant": "acme", "status": "paid"}
+    assert (await send("POST", "/orders", json={"item": 9})).status_code == 404
+    refused = await send("POST", "/orders", json={"nope": 1})
+    assert refused.status_code == 422
+    assert refused.json() == {"detail": 'expected {"item": <item id>}'}
+
+
+def test_every_simulated_dependency_is_a_bulkhead_chaos_can_target() -> None:
+    assert set(shop.LATENCIES) <= set(shop.guard.dependencies)
+    assert all(p50 < p99 for p50, p99 in shop.LATENCIES.values())
