@@ -83,6 +83,11 @@ class RequestView(Protocol):
         """The metrics of the guard handling the request; ``None`` when its metrics are off."""
         ...
 
+    @property
+    def enforced(self) -> bool:
+        """Whether tailguard acts on its decisions for this request (``False``: shadow mode)."""
+        ...
+
     def header(self, name: str) -> str | None:
         """The first value of request header ``name`` (case-insensitive), or ``None``."""
         ...

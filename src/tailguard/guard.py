@@ -17,6 +17,7 @@ from tailguard.chaos.control import ControlAPI
 from tailguard.chaos.engine import Chaos
 from tailguard.deadlines import DEADLINE_HEADER
 from tailguard.dependency import Dependency
+from tailguard.enforcement import Enforcements, Mode, mode_label
 from tailguard.middleware.asgi import TailguardMiddleware
 from tailguard.middleware.responses import Responses
 from tailguard.middleware.runtime import Runtime
@@ -117,8 +118,16 @@ class Tailguard:
         buckets: Mapping[BucketFamily, Sequence[float]] | None = None,
         created_series: bool = False,
         strict: bool = False,
+        enforce: Mode = "on",
+        enforce_seed: int | None = None,
     ) -> None:
         check_buckets(buckets)
+        if enforce_seed is not None and (
+            isinstance(enforce_seed, bool) or not isinstance(enforce_seed, int)
+        ):
+            raise TypeError(f"enforce_seed must be an int or None, got {enforce_seed!r}")
+        self.enforcements = Enforcements(enforce, seed=enforce_seed)
+        """The enforcement mode of the guard, each route key and each dependency (live)."""
         if not isinstance(strict, bool):
             raise TypeError(f"strict must be True or False, got {strict!r}")
         if chaos is not None and not isinstance(chaos, Chaos):
@@ -128,7 +137,7 @@ class Tailguard:
         if routes is not None and not isinstance(routes, Mapping):
             raise TypeError(f"routes must be a mapping of route key to RoutePolicy, got {routes!r}")
         default = default if default is not None else RoutePolicy()
-        unlimited = RouteTable(routes or {}, default)
+        unlimited = RouteTable(routes or {}, default, enforcements=self.enforcements)
         self.tenant = tenant_resolver(tenant_header, tenant)
         self.limiters: dict[str, Limiter] = build_limiters(
             unlimited.policies(),
@@ -136,7 +145,7 @@ class Tailguard:
             unlisted_tenants=unlisted_tenants,
             tenants=self.tenant is not None,
         )
-        self.routes = RouteTable(routes or {}, default, self.limiters)
+        self.routes = RouteTable(routes or {}, default, self.limiters, self.enforcements)
         self.inbound = InboundDeadlines(deadline_header) if inbound_deadlines else None
         self.deadline_header = deadline_header
         self._dependencies: dict[str, Dependency] = {}
@@ -161,6 +170,10 @@ class Tailguard:
             self.recorder = RequestRecorder(catalog)
             self.refresher = Refresher(catalog, lambda: self.limiters, lambda: self._dependencies)
             self.loop_monitor = LoopMonitor(refresh=self._refresh, catalog=catalog)
+            changes = catalog.enforcement_changes
+            self.enforcements.changes = lambda target, mode: changes.labels(
+                target, mode_label(mode)
+            ).inc()
         self.tenant_labels = TenantLabels(tenant_weights or {}, catalog=catalog)
         """Tenant label values for per-tenant metrics: weighted tenants and the heaviest
         others by name, the rest ``other``."""
@@ -191,12 +204,15 @@ class Tailguard:
         max_concurrency: int | None = None,
         max_queue: int | None = None,
         queue_timeout: float | None = None,
+        enforce: Mode | None = None,
     ) -> Dependency:
         """The bulkhead for the outbound dependency ``name``: one per name per guard.
 
         The first call creates it (``max_concurrency`` defaults to 8 and
         ``max_queue`` to 16); later calls with just the name return the same
         object, and calls that state different limits are an error.
+        ``enforce``: the bulkhead's mode (``"on"``, ``"shadow"``, a fraction;
+        ``None``: the guard's default), switchable at run time.
 
         >>> guard = Tailguard()
         >>> inventory = guard.dependency("inventory", max_concurrency=8, max_queue=16)
@@ -212,6 +228,7 @@ class Tailguard:
                 queue_timeout=queue_timeout,
                 chaos=self.chaos,
                 registry=self.registry,
+                enforce=self.enforcements.dependency(name, enforce),
             )
             self._dependencies[name] = created
             return created
@@ -223,6 +240,29 @@ class Tailguard:
                 f"max_queue={have[1]}, queue_timeout={have[2]}"
             )
         return existing
+
+    def enforce(
+        self,
+        mode: Mode,
+        *,
+        route: str | None = None,
+        dependency: str | None = None,
+        who: str = "code",
+    ) -> list[dict[str, Any]]:
+        """Switch enforcement at run time; the next request sees it. What changed.
+
+        Without ``route`` or ``dependency``, the guard's default and every route
+        and dependency switch (one call rolls everything back). Each change is
+        logged on ``tailguard.enforce`` (``who``, from what, to what) and counted
+        in ``tailguard_enforcement_changes_total``. See docs/rollout.md.
+
+        >>> guard = Tailguard(routes={"GET /a": RoutePolicy(deadline=1)}, metrics=False)
+        >>> [change["to"] for change in guard.enforce("shadow", route="GET /a")]
+        ['shadow']
+        >>> guard.snapshot()["enforcement"]["routes"]
+        {'GET /a': 'shadow', 'default': 'on'}
+        """
+        return self.enforcements.switch(mode, route=route, dependency=dependency, who=who)
 
     def _templates(self) -> list[tuple[str, frozenset[str] | None]] | None:
         """The installed app's route templates (read when asked: routes added later count)."""
@@ -248,11 +288,13 @@ class Tailguard:
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able "asyncio ps" of the service: requests, tasks and pools right now.
 
-        >>> sorted(Tailguard(metrics=False).snapshot())
-        ['dependencies', 'limiters', 'pools', 'requests', 'routes', 'taken_at', 'tasks']
+        >>> sorted(Tailguard(metrics=False).snapshot())  # doctest: +NORMALIZE_WHITESPACE
+        ['dependencies', 'enforcement', 'limiters', 'pools', 'requests', 'routes', 'taken_at',
+         'tasks']
         """
         snapshot = build_snapshot(self)
         snapshot["routes"] = self.routes_report()
+        snapshot["enforcement"] = self.enforcements.describe()
         return snapshot
 
     def routes_report(self) -> dict[str, Any]:

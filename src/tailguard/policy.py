@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tailguard._numbers import finite
+from tailguard.enforcement import Mode, check_mode
 
 if TYPE_CHECKING:
     from tailguard.admission import AdaptiveLimit
@@ -52,6 +53,9 @@ class RoutePolicy:
     """Name of a limiter shared with other keys naming it; defaults to the route key."""
     adaptive: AdaptiveLimit | None = None
     """Let the limit float below ``max_concurrency`` with observed latency (Gradient2)."""
+    enforce: Mode | None = None
+    """``"on"``, ``"shadow"`` (decide and record, act on nothing) or the fraction of requests
+    enforced; ``None``: the guard's default (see docs/rollout.md)."""
 
     def __post_init__(self) -> None:
         _seconds("deadline", self.deadline)
@@ -64,6 +68,8 @@ class RoutePolicy:
                 f"RoutePolicy.priority must be between 0 and {PRIORITY_MAX}, got {self.priority!r}"
             )
         _count("tenant_concurrency", self.tenant_concurrency, 1, optional=True)
+        if self.enforce is not None:
+            object.__setattr__(self, "enforce", check_mode("RoutePolicy.enforce", self.enforce))
         if self.limiter is not None and (not isinstance(self.limiter, str) or not self.limiter):
             raise ValueError(f"RoutePolicy.limiter must be a non-empty name, got {self.limiter!r}")
         if self.max_concurrency is None and self.limiter is None:

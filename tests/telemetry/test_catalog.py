@@ -15,7 +15,7 @@ _TYPES = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 _BOUNDED_LABELS = {
     "route", "method", "status_class", "outcome", "reason", "stage", "phase", "dependency",
     "tenant", "limiter", "kind", "pool", "action", "site", "helper", "event", "experiment",
-    "target", "fault", "admission",
+    "target", "fault", "admission", "mode",
 }  # fmt: skip
 
 

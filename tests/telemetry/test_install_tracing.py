@@ -191,4 +191,5 @@ async def test_snapshot_lists_requests_in_flight(exporter: InMemorySpanExporter)
         "dependencies",
         "pools",
         "routes",
+        "enforcement",
     }

@@ -360,12 +360,37 @@ class Limiter:
         deadline_at: float | None,
         service_estimate: float | None,
     ) -> Waiter[Permit | Rejected]:
-        queue = self._queue
         tenant = self._tenant_key(tenant)
+        now = self._clock()
+        verdict = self._verdict(priority, tenant, deadline_at, service_estimate, now)
+        if isinstance(verdict, str):
+            raise self._reject(verdict, tenant)
+        cap, reason, victim = verdict
+        if victim is not None:
+            # Outranked, or its tenant is the one filling the queue.
+            self._shed(victim, "priority" if victim.priority < priority else "queue_full", now)
+        loop = asyncio.get_running_loop()
+        waiter = Waiter(loop.create_future(), priority, tenant, now)
+        self._queue.push(waiter, now)
+        if cap != math.inf:
+            waiter.handle = loop.call_later(cap, self._expire, waiter, reason)
+        return waiter
+
+    def _verdict(
+        self,
+        priority: int,
+        tenant: Hashable,
+        deadline_at: float | None,
+        service_estimate: float | None,
+        now: float,
+    ) -> Reason | tuple[float, Reason, Waiter[Permit | Rejected] | None]:
+        """What becomes of a newcomer no slot was free for: the reason it is shed, or
+        the cap on its wait (with the reason it would be shed at the cap) and the
+        waiter it pushes out of a full queue, if any. Changes nothing."""
+        queue = self._queue
         if self.max_queue == 0:
             # With a free slot, only the tenant's own cap kept this request out.
-            raise self._reject("tenant_limit" if self.in_use < self.limit else "queue_full", tenant)
-        now = self._clock()
+            return "tenant_limit" if self.in_use < self.limit else "queue_full"
         cap = math.inf if self.queue_timeout is None else self.queue_timeout
         reason: Reason = "queue_timeout"
         if deadline_at is not None:
@@ -373,12 +398,12 @@ class Limiter:
             if service_estimate is not None:
                 budget -= service_estimate
             if not budget > 0.0:  # also catches a NaN deadline
-                raise self._reject("deadline", tenant)
+                return "deadline"
             if budget < cap:
                 cap, reason = budget, "deadline"
         tenant_cap = self.tenant_concurrency
         if tenant_cap is not None and queue.tenant_counts.get(tenant, 0) >= tenant_cap:
-            raise self._reject("tenant_limit", tenant)
+            return "tenant_limit"
         lifo_since = now - self.codel_interval
         standing = queue.standing_since.get(tenant)
         if standing is not None and standing <= lifo_since and self.codel_target < cap:
@@ -388,19 +413,55 @@ class Limiter:
             # a 503 is cheap for the client too. The margin absorbs hold times that
             # vary around their mean; without it the last waiters of a full queue
             # time out whenever service slows a little.
-            raise self._reject(reason, tenant)
+            return reason
+        victim = None
         if queue.count >= self.max_queue:
             victim = queue.victim(priority, tenant, lifo_since=lifo_since)
             if victim is None:
-                raise self._reject("queue_full", tenant)
-            # Outranked, or its tenant is the one filling the queue.
-            self._shed(victim, "priority" if victim.priority < priority else "queue_full", now)
-        loop = asyncio.get_running_loop()
-        waiter = Waiter(loop.create_future(), priority, tenant, now)
-        queue.push(waiter, now)
-        if cap != math.inf:
-            waiter.handle = loop.call_later(cap, self._expire, waiter, reason)
-        return waiter
+                return "queue_full"
+        return cap, reason, victim
+
+    def would_shed(
+        self,
+        priority: int = 0,
+        tenant: Hashable = None,
+        *,
+        deadline_at: float | None = None,
+        service_estimate: float | None = None,
+    ) -> Reason | None:
+        """Shadow mode: the reason :meth:`acquire` would shed this request *now*, or
+        ``None`` if it would get a slot or wait in the queue. Changes nothing; call it
+        after :meth:`try_acquire` said no.
+
+        >>> limiter = Limiter("api", max_concurrency=1)
+        >>> held = limiter.try_acquire()
+        >>> limiter.would_shed(), limiter.state().rejected["queue_full"]
+        ('queue_full', 0)
+        """
+        if self.in_use < self.limit and self._tenant_in_use is None:
+            return None
+        verdict = self._verdict(
+            priority, self._tenant_key(tenant), deadline_at, service_estimate, self._clock()
+        )
+        return verdict if isinstance(verdict, str) else None
+
+    def force_acquire(self, tenant: Hashable = None) -> Permit:
+        """Shadow mode: a permit even beyond the limit, so ``in_use`` stays the true
+        concurrency and later requests are judged against it. Never waits, never sheds.
+
+        >>> limiter = Limiter("api", max_concurrency=1)
+        >>> first, second = limiter.try_acquire(), limiter.force_acquire()
+        >>> limiter.in_use, limiter.try_acquire() is None
+        (2, True)
+        """
+        if tenant is not None:
+            tenant = self._tenant_key(tenant)
+        counts = self._tenant_in_use
+        if counts is not None:
+            counts[tenant] = counts.get(tenant, 0) + 1
+        self.in_use += 1
+        self._admitted += 1
+        return Permit(self, tenant, self._clock())
 
     def _expected_wait(self, priority: int, tenant: Hashable) -> float:
         """Seconds a newcomer would likely wait: the work ahead of it, drained

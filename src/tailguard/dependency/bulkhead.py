@@ -43,6 +43,7 @@ from tailguard.dependency.options import check_options
 from tailguard.dependency.seam import Seam
 from tailguard.dependency.threads import ThreadPool
 from tailguard.dependency.transport import bulkhead_transport
+from tailguard.enforcement import Enforcement, Mode
 from tailguard.tail.hedge import hedge as run_hedge
 from tailguard.tail.sites import HedgeSite
 from tailguard.tail.sketch import LatencySketch
@@ -85,6 +86,9 @@ class Dependency:
     passes ``guard.chaos``); ``None``: none ever do. Its metrics go to
     ``registry`` (prometheus_client's default; :meth:`Tailguard.dependency
     <tailguard.Tailguard.dependency>` passes the guard's), ``None``: none.
+    ``enforce``: ``"on"`` (a full bulkhead queues and sheds), ``"shadow"`` (calls
+    run anyway and what would have been shed is counted) or the fraction of
+    calls enforced (inside a request, the request's own pick).
 
     >>> import asyncio
     >>> inventory = Dependency("inventory", max_concurrency=8, max_queue=16)
@@ -95,7 +99,16 @@ class Dependency:
     1
     """
 
-    __slots__ = ("_hedge_site", "_pool", "_seam", "chaos", "latency", "limiter", "name")
+    __slots__ = (
+        "_hedge_site",
+        "_pool",
+        "_seam",
+        "chaos",
+        "enforcement",
+        "latency",
+        "limiter",
+        "name",
+    )
 
     def __init__(
         self,
@@ -106,8 +119,10 @@ class Dependency:
         queue_timeout: float | None = None,
         chaos: Chaos | None = None,
         registry: CollectorRegistry | None = REGISTRY,
+        enforce: Mode | Enforcement = "on",
     ) -> None:
         check_options(name, max_concurrency, max_queue, queue_timeout)
+        enforcement = enforce if isinstance(enforce, Enforcement) else Enforcement(enforce)
         if chaos is not None and not isinstance(chaos, Chaos):
             raise TypeError(f"dependency {name!r}: chaos must be a Chaos or None, got {chaos!r}")
         catalog = catalog_for(registry) if registry is not None else None
@@ -120,7 +135,9 @@ class Dependency:
         """The chaos engine whose experiments may hit this dependency (``guard.chaos``)."""
         self.latency: Final = LatencySketch()
         """Slot-hold times of recent calls (successes, and cancelled calls as lower bounds)."""
-        self._seam = Seam(name, self.limiter, chaos, self.latency, catalog)
+        self.enforcement: Final = enforcement
+        """The bulkhead's mode: ``"on"`` sheds, shadow counts what it would shed (live)."""
+        self._seam = Seam(name, self.limiter, chaos, self.latency, catalog, enforcement)
         self._hedge_site: HedgeSite | None = None
 
     def __repr__(self) -> str:

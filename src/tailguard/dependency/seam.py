@@ -35,8 +35,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from anyio import from_thread
 
+from tailguard import _context
 from tailguard.admission import Limiter, Permit, Rejected
 from tailguard.deadlines import MIN_BUDGET, Deadline, DeadlineExceeded, current_deadline
+from tailguard.enforcement import Enforcement
 from tailguard.tail.sketch import LatencySketch
 from tailguard.telemetry import dependencies as dependency_telemetry
 from tailguard.telemetry.dependencies import failed_status
@@ -52,7 +54,7 @@ __all__ = ["Seam"]
 class Seam:
     """Slot, deadline, chaos and telemetry for the calls of one dependency."""
 
-    __slots__ = ("catalog", "chaos", "latency", "limiter", "name")
+    __slots__ = ("catalog", "chaos", "enforcement", "latency", "limiter", "name")
 
     def __init__(
         self,
@@ -61,12 +63,15 @@ class Seam:
         chaos: Chaos | None,
         latency: LatencySketch,
         catalog: Catalog | None,
+        enforcement: Enforcement | None = None,
     ) -> None:
         self.name: Final = name
         self.limiter: Final = limiter
         self.chaos: Final = chaos
         self.latency: Final = latency
         self.catalog: Final = catalog
+        self.enforcement: Final = enforcement if enforcement is not None else Enforcement()
+        """Whether a full bulkhead queues and sheds (``"on"``) or only records (shadow)."""
 
     async def enter(self) -> Permit:
         """Take a slot for one call, then meet chaos inside it.
@@ -170,6 +175,8 @@ class Seam:
             dependency_telemetry.call_refused(self.catalog, name, error, span, 0.0)
             raise error
         permit = self.limiter.try_acquire()
+        if permit is None and not self._enforced():
+            permit = self._shadow(deadline, span)
         if permit is None:
             requested = monotonic()
             try:
@@ -182,6 +189,26 @@ class Seam:
             permit.requested_at = min(requested, permit.acquired_at)
         permit.span = span
         return permit
+
+    def _enforced(self) -> bool:
+        """Whether this call acts on a full bulkhead: the dependency's mode; a fraction
+        follows the request the call is made for (each request fully one or the other)."""
+        enforcement = self.enforcement
+        if enforcement.always:
+            return True
+        if enforcement.fraction > 0.0:
+            request = _context.current_request()
+            if request is not None:
+                return request.enforced
+        return enforcement.enforce()
+
+    def _shadow(self, deadline: Deadline | None, span: Any) -> Permit:
+        """Shadow mode, bulkhead full: count what would have happened, run the call anyway."""
+        limiter = self.limiter
+        reason = limiter.would_shed(deadline_at=None if deadline is None else deadline.at)
+        if reason is not None:
+            dependency_telemetry.call_would_shed(self.catalog, self.name, reason, span)
+        return limiter.force_acquire()
 
     async def _queue(self, deadline: Deadline | None) -> Permit:
         """Wait for a slot (none was free), for no longer than ``deadline`` allows."""

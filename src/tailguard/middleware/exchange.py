@@ -102,6 +102,7 @@ class Exchange(CancelScope, RequestTasks):
         "complete",
         "deadline",
         "ended",
+        "enforced",
         "finished",
         "outcome",
         "promoted",
@@ -122,6 +123,8 @@ class Exchange(CancelScope, RequestTasks):
     budget_annotated = False
     span_attributes: dict[str, Any] | None = None  # pending, for the server span
     _tenant: str | bool | None = False  # False: not looked up yet
+    shadow: Deadline | None = None  # shadow mode: the deadline decided but not in force
+    would_shed: str | None = None  # shadow mode: why admission would have shed it
 
     def __init__(
         self,
@@ -145,6 +148,11 @@ class Exchange(CancelScope, RequestTasks):
         else:
             # tuple.__new__ skips NamedTuple's Python-level __new__: this runs per request.
             deadline = tuple.__new__(Deadline, (now + budget, budget, source))
+        enforcement = resolved.enforcement
+        self.enforced = enforced = enforcement.always or enforcement.enforce()
+        if not enforced:  # shadow: decide everything, act on nothing (docs/rollout.md)
+            self._shadow(deadline, resolved)
+            deadline = None
         # CancelScope's fields, set here rather than through CancelScope.__init__:
         # this runs for every request, and the call costs ~900 instructions (callgrind).
         self.at = None if deadline is None else deadline.at
@@ -206,6 +214,8 @@ class Exchange(CancelScope, RequestTasks):
                 if limiter is not None:
                     tenant = self.tenant if runtime.tenant is not None else None
                     permit = limiter.try_acquire(resolved.policy.priority, tenant)
+                    if permit is None and not self.enforced:
+                        permit = self.shadow_admit(limiter, resolved, tenant)
                     if permit is None:
                         permit = await self.queue_for(limiter, resolved)
                 await app(scope, self.receive, self.send)
@@ -408,6 +418,35 @@ class Exchange(CancelScope, RequestTasks):
                     self.span, limiter.name, self.arrived, self.admitted_at, outcome
                 )
 
+    def _shadow(self, deadline: Deadline | None, resolved: ResolvedRoute) -> None:
+        """Shadow mode: keep the deadline aside (no timer, none in force) and judge it."""
+        self.shadow = deadline
+        if deadline is not None and deadline.source != "route":
+            try:
+                _shed_if_too_late(deadline.budget, resolved)
+            except Rejected as would:
+                self.would_shed = would.reason
+
+    def shadow_admit(self, limiter: Limiter, resolved: ResolvedRoute, tenant: str | None) -> Permit:
+        """Shadow mode, no free slot: note whether it would be shed, and admit it anyway."""
+        shadow = self.shadow
+        reason = limiter.would_shed(
+            resolved.policy.priority,
+            tenant,
+            deadline_at=None if shadow is None else shadow.at,
+            service_estimate=resolved.service_time.estimate(),
+        )
+        if reason is not None:
+            self.would_shed = self.would_shed or reason
+            if self.span is not None:
+                event = {"tailguard.reason": reason, "tailguard.limiter": limiter.name}
+                otel.record_would(self.span, "shed", event)
+        return limiter.force_acquire(tenant)
+
+    def _would_exceed_deadline(self) -> bool:
+        shadow = self.shadow
+        return shadow is not None and (self.ended or monotonic()) > shadow.at
+
     def charge(self, dependency: str, seconds: float) -> None:
         """Account ``seconds`` of this request's time to a call of ``dependency``."""
         spent = self.spent
@@ -433,6 +472,10 @@ class Exchange(CancelScope, RequestTasks):
             runtime = self._runtime
             if runtime.tenant is not None and runtime.tenant_labels is not None:
                 metrics.tenant(runtime.tenant_labels(self.tenant), outcome)
+            if not self.enforced:
+                metrics.shadowed(
+                    would_shed=self.would_shed, would_exceed_deadline=self._would_exceed_deadline()
+                )
         if self.span is not None:
             self._annotate_budget()
         runtime = self._runtime
@@ -469,6 +512,14 @@ class Exchange(CancelScope, RequestTasks):
             return
         self.budget_annotated = True
         attributes = self.span_attributes if self.span_attributes is not None else {}
+        if not self.enforced:
+            attributes["tailguard.enforce"] = "shadow"
+            if self._would_exceed_deadline() and self.shadow is not None:
+                otel.record_would(
+                    span,
+                    "exceed_deadline",
+                    {"tailguard.deadline.budget_ms": self.shadow.budget * 1000.0},
+                )
         queue = self.queue_wait
         spent = self.spent
         if queue or spent:

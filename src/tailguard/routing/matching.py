@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Host, Match, Mount, compile_path
 from starlette.types import Scope
 
 from tailguard._scope import route_path
+from tailguard.enforcement import Enforcement, Enforcements
 from tailguard.policy import RoutePolicy
 from tailguard.routing.service_time import ServiceTime
 
@@ -54,6 +55,8 @@ class ResolvedRoute:
     """The limiter that admits this route's requests, if the policy asks for one."""
     service_time: ServiceTime = field(default_factory=ServiceTime)
     """How long this method and template usually take, learned as requests complete."""
+    enforcement: Enforcement = field(default_factory=Enforcement)
+    """The route key's enforcement mode (shared by every route the key covers; live)."""
 
 
 def route_template(scope: Scope) -> str | None:
@@ -345,11 +348,14 @@ class RouteTable:
         routes: Mapping[str, RoutePolicy],
         default: RoutePolicy,
         limiters: Mapping[str, Limiter] | None = None,
+        enforcements: Enforcements | None = None,
     ) -> None:
         if not isinstance(default, RoutePolicy):
             raise TypeError(f"default must be a RoutePolicy, got {type(default).__name__}")
         self.default = default
         self._limiters = limiters or {}
+        self.enforcements = enforcements if enforcements is not None else Enforcements(env={})
+        """The mode of each key (made here for every key and the default)."""
         self._exact: dict[tuple[str | None, str], tuple[str, RoutePolicy]] = {}
         prefixes: list[tuple[RouteKey, RoutePolicy]] = []
         for text, policy in routes.items():
@@ -371,6 +377,8 @@ class RouteTable:
         prefixes.sort(key=lambda kp: (-len(kp[0].path), kp[0].method is None))
         self._prefixes: Sequence[tuple[RouteKey, RoutePolicy]] = prefixes
         self._cache: dict[tuple[str, str | None], ResolvedRoute] = {}
+        for configured, policy in self.policies():
+            self.enforcements.route(configured, policy.enforce)
 
     def lookup(self, method: str, template: str | None) -> ResolvedRoute:
         """The policy for a request with ``method`` whose route template is ``template``."""
@@ -400,7 +408,8 @@ class RouteTable:
         self, template: str | None, key: str | None, policy: RoutePolicy
     ) -> ResolvedRoute:
         limiter = self._limiters.get(limiter_name(key, policy)) if policy.admission else None
-        return ResolvedRoute(template, key, policy, limiter)
+        enforcement = self.enforcements.route(key, policy.enforce)
+        return ResolvedRoute(template, key, policy, limiter, enforcement=enforcement)
 
     def policies(self) -> list[tuple[str | None, RoutePolicy]]:
         """Every configured ``(key, policy)``, the default last with key ``None``."""

@@ -228,6 +228,47 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "streamed (aborted).",
         labels=("route", "stage"),
     ),
+    # -- shadow mode and gradual enforcement (docs/rollout.md)
+    MetricSpec(
+        "requests_shadowed",
+        "counter",
+        "tailguard_requests_shadowed_total",
+        "Requests handled in shadow mode (decided, not enforced), by route template: the "
+        "enforced share is 1 - this / tailguard_requests_total.",
+        labels=("route",),
+    ),
+    MetricSpec(
+        "requests_would_shed",
+        "counter",
+        "tailguard_requests_would_shed_total",
+        "Shadow-mode requests admission control would have answered 503, by route template "
+        "and reason; they were served.",
+        labels=("route", "reason"),
+    ),
+    MetricSpec(
+        "requests_would_exceed_deadline",
+        "counter",
+        "tailguard_requests_would_exceed_deadline_total",
+        "Shadow-mode requests that outlived their deadline, by route template: enforced, "
+        "they would have been cut off (504 or aborted); they ran to the end.",
+        labels=("route",),
+    ),
+    MetricSpec(
+        "dependency_would_shed",
+        "counter",
+        "tailguard_dependency_calls_would_shed_total",
+        "Shadow-mode dependency calls a full bulkhead would have rejected, by dependency and "
+        "reason; they ran.",
+        labels=("dependency", "reason"),
+    ),
+    MetricSpec(
+        "enforcement_changes",
+        "counter",
+        "tailguard_enforcement_changes_total",
+        "Enforcement mode switches at run time, by target (guard, route, dependency) and the "
+        "mode switched to (on, shadow, fraction).",
+        labels=("target", "mode"),
+    ),
     MetricSpec(
         "budget_spent",
         "histogram",
@@ -471,6 +512,11 @@ class Catalog:
     requests_in_flight: Gauge
     requests_shed: Counter
     deadline_exceeded: Counter
+    requests_shadowed: Counter
+    requests_would_shed: Counter
+    requests_would_exceed_deadline: Counter
+    dependency_would_shed: Counter
+    enforcement_changes: Counter
     budget_spent: Histogram
     tenant_requests: Counter
     queue_wait: Histogram

@@ -356,6 +356,94 @@ def _service(objectives: Objectives) -> Dashboard:
                 ),
             ),
             Row(
+                "Rollout: shadow next to enforced",
+                (
+                    Panel(
+                        "Shadowed share by route",
+                        "Share of each route's requests handled in shadow mode (decided, not "
+                        "enforced): 1 in shadow, 0 when enforcing, the complement of the "
+                        "enforced fraction in between. See docs/rollout.md.",
+                        "percentunit",
+                        (
+                            Query(
+                                share(
+                                    rate("tailguard_requests_shadowed_total", "route"),
+                                    rate(requests, "route"),
+                                ),
+                                "{{route}}",
+                            ),
+                        ),
+                        width=6,
+                    ),
+                    Panel(
+                        "Shed and would-have-shed by route and reason",
+                        "503s admission control sent (enforced) beside those it would have "
+                        "sent to shadowed requests, which were served. Enforce a limit once "
+                        "its would-have-shed rate is one you accept.",
+                        "reqps",
+                        (
+                            Query(
+                                rate("tailguard_requests_shed_total", "route, reason"),
+                                "{{route}} {{reason}} shed",
+                            ),
+                            Query(
+                                rate("tailguard_requests_would_shed_total", "route, reason"),
+                                "{{route}} {{reason}} would shed",
+                            ),
+                        ),
+                        width=6,
+                    ),
+                    Panel(
+                        "Deadlines fired and would have fired",
+                        "Deadlines enforced (504 or aborted) beside shadowed requests that "
+                        "outlived their deadline and ran to the end.",
+                        "reqps",
+                        (
+                            Query(
+                                rate("tailguard_deadline_exceeded_total", "route"),
+                                "{{route}} fired",
+                            ),
+                            Query(
+                                rate("tailguard_requests_would_exceed_deadline_total", "route"),
+                                "{{route}} would fire",
+                            ),
+                        ),
+                        width=6,
+                    ),
+                    Panel(
+                        "Bulkhead rejections and would-have-rejections",
+                        "Dependency calls a full bulkhead rejected beside shadowed calls it "
+                        "would have rejected (they ran); bars: enforcement switches.",
+                        "reqps",
+                        (
+                            Query(
+                                rate(
+                                    "tailguard_dependency_calls_total",
+                                    "dependency",
+                                    'outcome="rejected"',
+                                ),
+                                "{{dependency}} rejected",
+                            ),
+                            Query(
+                                rate("tailguard_dependency_calls_would_shed_total", "dependency"),
+                                "{{dependency}} would reject",
+                            ),
+                        ),
+                        width=6,
+                        overlay=(
+                            Query(
+                                rate(
+                                    "tailguard_enforcement_changes_total",
+                                    "target, mode",
+                                    func="increase",
+                                ),
+                                "switched {{target}} to {{mode}}",
+                            ),
+                        ),
+                    ),
+                ),
+            ),
+            Row(
                 "Tenants",
                 (
                     Panel(

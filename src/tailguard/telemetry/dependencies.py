@@ -38,7 +38,14 @@ if TYPE_CHECKING:
     from tailguard.admission import Permit
     from tailguard.telemetry.catalog import Catalog
 
-__all__ = ["call_ended", "call_refused", "call_started", "failed_status", "outcome_of"]
+__all__ = [
+    "call_ended",
+    "call_refused",
+    "call_started",
+    "call_would_shed",
+    "failed_status",
+    "outcome_of",
+]
 
 
 def failed_status(status: int) -> bool:
@@ -99,6 +106,14 @@ def call_refused(
             catalog.queue_wait.labels(name, "dependency").observe(waited)
     _charge(name, waited)
     otel.end_dependency_span(span, outcome, slot_wait=waited, error=error)
+
+
+def call_would_shed(catalog: Catalog | None, name: str, reason: str, span: Span | None) -> None:
+    """Shadow mode: a full bulkhead would have rejected this call with ``reason``; it runs."""
+    if catalog is not None:
+        catalog.dependency_would_shed.labels(name, reason).inc()
+    if span is not None:
+        otel.record_would(span, "shed", {"tailguard.reason": reason, "tailguard.limiter": name})
 
 
 def call_ended(

@@ -59,6 +59,7 @@ __all__ = [
     "record_deadline_exceeded",
     "record_queue_wait",
     "record_shed",
+    "record_would",
     "recording_span",
     "start_dependency_span",
     "start_task_span",
@@ -278,6 +279,12 @@ def record_deadline_exceeded(span: Span, stage: str, budget: float | None = None
     if budget is not None:
         event["tailguard.deadline.budget_ms"] = budget * 1000.0
     span.add_event("tailguard.deadline_exceeded", event)
+
+
+def record_would(span: Span, what: str, attributes: Mapping[str, Any]) -> None:
+    """Shadow mode: tailguard would have acted; a ``tailguard.would_<what>`` event
+    (``shed``, ``exceed_deadline``) on ``span``, which went on as if it had not."""
+    span.add_event(f"tailguard.would_{what}", dict(attributes))
 
 
 def record_budget(

@@ -99,12 +99,14 @@ class _Batch:
         "handler",
         "queue",
         "results",
+        "shadowed",
         "shed",
         "whole",
     )
 
     def __init__(self, bounds: list[float]) -> None:
         self.flight = 0  # arrivals minus ends
+        self.shadowed = 0  # requests handled in shadow mode
         self.results: dict[tuple[int, str], int] = {}
         # Most requests neither queue nor call a dependency: their handler time
         # is their duration, observed once here and folded into both series.
@@ -192,6 +194,17 @@ class RouteMetrics:
         """The deadline fired; ``stage`` is ``before_response`` (504) or ``during_response``."""
         self._catalog.deadline_exceeded.labels(self._route, stage).inc()
 
+    def shadowed(self, *, would_shed: str | None, would_exceed_deadline: bool) -> None:
+        """A request handled in shadow mode ended: count it and what would have happened.
+
+        ``would_shed``: the reason admission control would have shed it, if it would.
+        """
+        self._batch.shadowed += 1
+        if would_shed is not None:
+            self._catalog.requests_would_shed.labels(self._route, would_shed).inc()
+        if would_exceed_deadline:
+            self._catalog.requests_would_exceed_deadline.labels(self._route).inc()
+
     def flush(self) -> None:
         """Fold what was recorded into the catalog's metrics."""
         if threading.get_ident() == self.owner:
@@ -214,6 +227,8 @@ class RouteMetrics:
         catalog, route, method = self._catalog, self._route, self._method
         if batch.flight:
             catalog.requests_in_flight.labels(route).inc(batch.flight)
+        if batch.shadowed:
+            catalog.requests_shadowed.labels(route).inc(batch.shadowed)
         for (hundreds, outcome), count in batch.results.items():
             labels = (route, method, status_class(hundreds * 100), outcome)
             catalog.requests.labels(*labels).inc(count)
