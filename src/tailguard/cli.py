@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_gameday(commands)
     _add_chaos(commands)
+    _add_enforce(commands)
     _add_dashboards(commands)
     return parser
 
@@ -281,24 +282,7 @@ def _add_chaos(commands: argparse._SubParsersAction[_Parser]) -> None:
             "0 done, 1 the service refused or could not be reached, 2 a usage error."
         ),
     )
-    common = _Parser(add_help=False)
-    common.add_argument(
-        "--url",
-        default=os.environ.get(URL_ENV, DEFAULT_URL),
-        help=f"the service's base URL (default: ${URL_ENV} or {DEFAULT_URL})",
-    )
-    common.add_argument("--token", help=f"the control token (default: ${TOKEN_ENV})")
-    common.add_argument(
-        "--prefix", default="/_tailguard", help="where the API is mounted (default: /_tailguard)"
-    )
-    common.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long to wait for the service (default: 10)",
-    )
-    common.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    common = _client_options()
     actions = chaos.add_subparsers(
         dest="action", metavar="ACTION", required=True, parser_class=_Parser
     )
@@ -337,6 +321,96 @@ def _add_chaos(commands: argparse._SubParsersAction[_Parser]) -> None:
     chaos.set_defaults(handler=_run_chaos)
 
 
+def _client_options() -> _Parser:
+    """``--url``, ``--token``, ``--prefix``, ``--timeout``, ``--json``: the control API's client."""
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV, DEFAULT_URL),
+        help=f"the service's base URL (default: ${URL_ENV} or {DEFAULT_URL})",
+    )
+    common.add_argument("--token", help=f"the control token (default: ${TOKEN_ENV})")
+    common.add_argument(
+        "--prefix", default="/_tailguard", help="where the API is mounted (default: /_tailguard)"
+    )
+    common.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the service (default: 10)",
+    )
+    common.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    return common
+
+
+def _control_token(args: argparse.Namespace) -> str:
+    token: str | None = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise CommandError(f"no control token: pass --token or set {TOKEN_ENV}")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise CommandError("the control token must be printable ASCII without spaces")
+    return token
+
+
+def _enforce_mode(text: str) -> object:
+    from tailguard.enforcement import parse_mode
+
+    try:
+        return parse_mode("MODE", text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_enforce(commands: argparse._SubParsersAction[_Parser]) -> None:
+    enforce = commands.add_parser(
+        "enforce",
+        parents=[_client_options()],
+        help="switch enforcement on a running service: on, shadow, or a fraction",
+        description=(
+            "Switch how a running service enforces its deadlines, admission limits and "
+            "bulkheads, through its control API: 'on' (enforce), 'shadow' (decide and record "
+            "what would have happened, act on nothing) or a fraction such as 0.25 (enforce "
+            "for that share of requests). The next request sees it. Without --route or "
+            "--dependency, everything switches: 'tailguard enforce on' rolls back at once. "
+            "The change is logged on the service (who, from what, to what) and counted. "
+            f"The token comes from --token or ${TOKEN_ENV}. Exit status: 0 done, 1 the "
+            "service refused or could not be reached, 2 a usage error."
+        ),
+    )
+    enforce.add_argument("mode", type=_enforce_mode, metavar="MODE", help="on, shadow or 0.0-1.0")
+    enforce.add_argument(
+        "--route", metavar="KEY", help="only this route key ('default': the default policy)"
+    )
+    enforce.add_argument("--dependency", metavar="NAME", help="only this dependency")
+    enforce.set_defaults(handler=_run_enforce)
+
+
+def _run_enforce(args: argparse.Namespace) -> int:
+    import getpass
+    import socket
+
+    from tailguard.chaos._client import ControlClient, ControlError
+
+    token = _control_token(args)
+    try:
+        who = f"{getpass.getuser()}@{socket.gethostname()} (tailguard enforce)"
+    except Exception:  # no user name in this environment
+        who = "tailguard enforce"
+    try:
+        with ControlClient(args.url, token, prefix=args.prefix, timeout=args.timeout) as client:
+            answer = client.enforce(args.mode, route=args.route, dependency=args.dependency, by=who)
+    except ControlError as exc:
+        print(f"tailguard enforce: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        for change in answer["changed"]:
+            print(f"{change['target']}: {change['from']} -> {change['to']}")
+    return 0
+
+
 def _run_chaos(args: argparse.Namespace) -> int:
     from tailguard.chaos._client import (
         ControlClient,
@@ -347,11 +421,7 @@ def _run_chaos(args: argparse.Namespace) -> int:
     )
     from tailguard.chaos.schema import ExperimentError, read_experiment_file
 
-    token = args.token or os.environ.get(TOKEN_ENV)
-    if not token:
-        raise CommandError(f"no control token: pass --token or set {TOKEN_ENV}")
-    if not token.isascii() or not token.isprintable() or " " in token:
-        raise CommandError("the control token must be printable ASCII without spaces")
+    token = _control_token(args)
     document = None
     if args.action in ("start", "validate"):
         try:

@@ -419,7 +419,11 @@ class Tailguard:
         if control_token is not None:
             path = _checked_path("control_path", control_path)
             control = ControlAPI(
-                self.chaos, token=control_token, snapshot=self.snapshot, prefix=path
+                self.chaos,
+                token=control_token,
+                snapshot=self.snapshot,
+                prefix=path,
+                enforcement=self.enforcements,
             )
             endpoints.append(("control_path", path, control))
         routes = app_routes(getattr(app, "routes", None))

@@ -489,6 +489,7 @@ async def test_openapi_describes_every_endpoint_and_embeds_the_schema(
         "/_tailguard/validate",
         "/_tailguard/halt",
         "/_tailguard/snapshot",
+        "/_tailguard/enforcement",
         "/_tailguard/openapi.json",
     }
     schemas = document["components"]["schemas"]

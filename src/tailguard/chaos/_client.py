@@ -125,6 +125,27 @@ class ControlClient:
         result: dict[str, Any] = self._call("DELETE", f"/experiments/{quote(name, safe='')}")
         return result
 
+    def enforcement(self) -> dict[str, Any]:
+        """Every enforcement mode of the service (``GET enforcement``)."""
+        result: dict[str, Any] = self._call("GET", "/enforcement")
+        return result
+
+    def enforce(
+        self,
+        mode: object,
+        *,
+        route: str | None = None,
+        dependency: str | None = None,
+        by: str | None = None,
+    ) -> dict[str, Any]:
+        """Switch enforcement to ``mode`` (``"on"``, ``"shadow"``, a fraction); what changed."""
+        body: dict[str, Any] = {"mode": mode}
+        for field, value in (("route", route), ("dependency", dependency), ("by", by)):
+            if value is not None:
+                body[field] = value
+        result: dict[str, Any] = self._call("POST", "/enforcement", body)
+        return result
+
     def halt(self) -> int:
         """Stop every experiment; how many were running."""
         halted: int = self._call("POST", "/halt")["halted"]

@@ -2,7 +2,7 @@
 
 >>> document = openapi_document("/_tailguard", version="0.1.0")
 >>> document["openapi"], sorted(document["paths"])[:2]
-('3.1.0', ['/_tailguard/experiments', '/_tailguard/experiments/{name}'])
+('3.1.0', ['/_tailguard/enforcement', '/_tailguard/experiments'])
 """
 
 from __future__ import annotations
@@ -80,6 +80,57 @@ _ALLOW_UNKNOWN: _Schema = {
 }
 
 
+_MODE: _Schema = {
+    "oneOf": [
+        {"type": "string", "enum": ["on", "shadow"]},
+        {"type": "number", "minimum": 0, "maximum": 1},
+    ],
+    "description": "'on' (enforce), 'shadow' (decide and record, act on nothing) or the "
+    "fraction of requests enforced; a string like '0.25' is accepted too.",
+}
+
+_MODES: _Schema = {
+    "type": "object",
+    "description": "The guard's default mode and each route key's ('default': the default "
+    "policy) and dependency's.",
+    "properties": {
+        "default": _MODE,
+        "routes": {"type": "object", "additionalProperties": _MODE},
+        "dependencies": {"type": "object", "additionalProperties": _MODE},
+    },
+    "required": ["default", "routes", "dependencies"],
+}
+
+_SWITCH: _Schema = {
+    "type": "object",
+    "properties": {
+        "mode": _MODE,
+        "route": {"type": "string", "description": "A route key (or 'default'); only it."},
+        "dependency": {"type": "string", "description": "A dependency's name; only it."},
+        "by": {"type": "string", "description": "Who switches, for the log."},
+    },
+    "required": ["mode"],
+    "additionalProperties": False,
+    "description": "Without route or dependency: the guard's default and every route and "
+    "dependency switch.",
+}
+
+_SWITCHED: _Schema = {
+    "type": "object",
+    "properties": {
+        "changed": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"target": {"type": "string"}, "from": _MODE, "to": _MODE},
+            },
+        },
+        "modes": {"$ref": "#/components/schemas/Enforcement"},
+    },
+    "required": ["changed", "modes"],
+}
+
+
 def _json(schema: _Schema) -> _Schema:
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -114,7 +165,7 @@ def openapi_document(prefix: str, *, version: str) -> dict[str, Any]:
             "title": "tailguard chaos control",
             "version": version,
             "description": "Start, list and stop chaos experiments in this worker process, "
-            "halt them all, and read a snapshot. Every call needs "
+            "halt them all, read a snapshot, and switch enforcement modes. Every call needs "
             "'Authorization: Bearer <token>'. State is per process: with several workers, "
             "each has its own.",
         },
@@ -211,6 +262,33 @@ def openapi_document(prefix: str, *, version: str) -> dict[str, Any]:
                     },
                 )
             },
+            f"{prefix}/enforcement": {
+                "get": _operation(
+                    "Enforcement modes (shadow mode, gradual enforcement)",
+                    {
+                        "200": {"description": "OK", **_json(_ref("Enforcement"))},
+                        "404": _error("Not mounted by a guard: no modes to show."),
+                    },
+                ),
+                "post": _operation(
+                    "Switch enforcement: on, shadow or a fraction; the next request sees it",
+                    {
+                        "200": {
+                            "description": "Switched (logged and counted); what changed.",
+                            **_json(_SWITCHED),
+                        },
+                        "400": _error("The body is not JSON."),
+                        "404": _error("Not mounted by a guard: no modes to switch."),
+                        "413": _error("The body is larger than the limit (64 KiB by default)."),
+                        "415": _error("The body is not application/json."),
+                        "422": _error(
+                            "A bad mode, an unknown field, or a route key or dependency the "
+                            "guard does not have; 'field' names it. Nothing changed."
+                        ),
+                    },
+                    requestBody={"required": True, **_json(_ref("EnforcementSwitch"))},
+                ),
+            },
             f"{prefix}/openapi.json": {
                 "get": _operation("This document", {"200": {"description": "OK"}})
             },
@@ -222,6 +300,8 @@ def openapi_document(prefix: str, *, version: str) -> dict[str, Any]:
                 "Running": _RUNNING,
                 "Status": _STATUS,
                 "Validation": _VALIDATION,
+                "Enforcement": _MODES,
+                "EnforcementSwitch": _SWITCH,
                 "Error": _ERROR,
             },
         },

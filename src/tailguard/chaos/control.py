@@ -46,6 +46,7 @@ from tailguard.chaos.engine import (
 )
 from tailguard.chaos.experiment import Experiment
 from tailguard.chaos.schema import experiment_from_dict
+from tailguard.enforcement import Enforcements, Mode, UnknownTarget, check_mode, parse_mode
 
 __all__ = ["DEFAULT_PREFIX", "MAX_BODY_SIZE", "MIN_TOKEN_LENGTH", "ControlAPI", "ControlMiddleware"]
 
@@ -104,6 +105,7 @@ class ControlAPI:
         snapshot: _Snapshot | None = None,
         prefix: str = DEFAULT_PREFIX,
         max_body_size: int = MAX_BODY_SIZE,
+        enforcement: Enforcements | None = None,
     ) -> None:
         if not isinstance(token, str) or not token:
             raise ValueError(
@@ -131,12 +133,14 @@ class ControlAPI:
         self.max_body_size = max_body_size
         self._token = token.encode("ascii")
         self._snapshot = snapshot
+        self._enforcement = enforcement
         self._routes: dict[str, dict[str, _Endpoint]] = {
             "/status": {"GET": self._status},
             "/experiments": {"GET": self._list, "POST": self._start},
             "/validate": {"POST": self._validate},
             "/halt": {"POST": self._halt},
             "/snapshot": {"GET": self._read_snapshot},
+            "/enforcement": {"GET": self._enforcement_modes, "POST": self._enforce},
             "/openapi.json": {"GET": self._openapi},
         }
 
@@ -297,6 +301,44 @@ class ControlAPI:
             logger.exception("chaos control: the snapshot failed")
             raise _Refusal(500, f"the snapshot failed: {type(exc).__name__}") from None
 
+    def _modes(self) -> Enforcements:
+        if self._enforcement is None:
+            raise _Refusal(404, "no enforcement modes are configured (mount through a guard)")
+        return self._enforcement
+
+    async def _enforcement_modes(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
+        return 200, self._modes().describe(), ()
+
+    async def _enforce(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
+        """Switch enforcement modes (shadow, on, a fraction); logged and counted."""
+        modes = self._modes()
+        _require_json(scope)
+        body = await _read_body(scope, receive, self.max_body_size)
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise _Refusal(400, "the body is not JSON", "") from None
+        if not isinstance(data, dict):
+            raise _Refusal(422, "the body must be a JSON object", "")
+        unknown = sorted(set(data) - {"mode", "route", "dependency", "by"})
+        if unknown:
+            raise _Refusal(422, f"unknown field {unknown[0]!r}", unknown[0])
+        if "mode" not in data:
+            raise _Refusal(422, "mode is required: 'on', 'shadow' or a fraction", "mode")
+        mode = _mode(data["mode"])
+        for field in ("route", "dependency", "by"):
+            value = data.get(field)
+            if value is not None and (not isinstance(value, str) or not value or len(value) > 200):
+                raise _Refusal(422, f"{field} must be a non-empty string", field)
+        who = f"{data['by']} ({actor})" if data.get("by") else actor
+        try:
+            changed = modes.switch(
+                mode, route=data.get("route"), dependency=data.get("dependency"), who=who
+            )
+        except UnknownTarget as missing:
+            raise _Refusal(422, str(missing), missing.field) from None
+        return 200, {"changed": changed, "modes": modes.describe()}, ()
+
     async def _openapi(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
         return 200, self.openapi(), ()
 
@@ -331,6 +373,15 @@ def _allow_unknown(scope: Scope) -> bool:
                 return False
             raise _Refusal(400, "allow_unknown must be true or false", "allow_unknown")
     return False
+
+
+def _mode(value: object) -> Mode:
+    try:
+        if isinstance(value, str):
+            return parse_mode("mode", value)
+        return check_mode("mode", value)
+    except ValueError as error:
+        raise _Refusal(422, str(error), "mode") from None
 
 
 def _experiment_dict(experiment: Experiment) -> dict[str, Any]:
