@@ -405,3 +405,31 @@ async def test_a_switch_takes_effect_for_the_next_request(caplog: pytest.LogCapt
     changes = "tailguard_enforcement_changes_total"
     assert sample(guard, changes, target="route", mode="shadow") == 1.0
     assert sample(guard, changes, target="guard", mode="on") == 1.0
+
+
+# -- chaos is independent of the mode ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["shadow", "on"])
+async def test_chaos_injects_the_same_fault_in_either_mode(mode: str) -> None:
+    from tailguard.chaos import Chaos, Experiment, Latency
+
+    chaos = Chaos(enabled=True)
+    app, guard, _ = build(mode, chaos=chaos, routes={"GET /calls": RoutePolicy(deadline=DEADLINE)})
+    chaos.start(Experiment("slow-inventory", faults=[Latency("inventory", delay=PAST_IT)], ttl=60))
+    try:
+        async with client(app) as http:
+            response = await http.get("/calls")
+    finally:
+        chaos.halt(actor="test")
+    injected = sample(
+        guard,
+        "tailguard_chaos_injections_total",
+        experiment="slow-inventory",
+        target="inventory",
+        fault="latency",
+    )
+    assert injected == 1.0
+    assert response.status_code == (200 if mode == "shadow" else 504)
+    would = sample(guard, "tailguard_requests_would_exceed_deadline_total", route="/calls")
+    assert would == (1.0 if mode == "shadow" else 0.0)

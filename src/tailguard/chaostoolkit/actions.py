@@ -17,8 +17,8 @@ chaos disabled in the service, a name already running. Where the service is
 and the token come from the experiment's ``configuration`` and ``secrets``
 (see ``tailguard.chaostoolkit``).
 
-Switching the enforcement mode (shadow, gradual) is not here yet: the
-service has no control endpoint for it.
+Switching the enforcement mode (shadow, gradual) is not an action yet: the
+control API's ``POST enforcement`` (or ``tailguard enforce``) switches it.
 """
 
 import os
