@@ -89,15 +89,21 @@ def bare() -> ASGIApp:
     return make_app()
 
 
-def tailguard_deadlines() -> ASGIApp:
+def tailguard_deadlines(enforce: str = "on") -> ASGIApp:
     from tailguard import RoutePolicy, Tailguard
 
     guard = Tailguard(
         default=RoutePolicy(deadline=1.0),
         routes={"GET /items/{item_id}": RoutePolicy(deadline=0.5)},
         metrics=False,
+        enforce=enforce,
     )
     return guard.install(make_app(), metrics_path=None, tracing=False)
+
+
+def tailguard_shadow() -> ASGIApp:
+    """``tailguard`` in shadow mode: the same deadlines decided, kept aside, not enforced."""
+    return tailguard_deadlines("shadow")
 
 
 def tailguard_metrics() -> ASGIApp:
@@ -110,7 +116,7 @@ def tailguard_metrics() -> ASGIApp:
     return guard.install(make_app(), tracing=False)
 
 
-def tailguard_full() -> ASGIApp:
+def tailguard_full(enforce: str = "on") -> ASGIApp:
     """Deadlines, admission, metrics and tracing (OTel's ASGI middleware, tailguard's spans)."""
     from prometheus_client import CollectorRegistry
 
@@ -122,8 +128,14 @@ def tailguard_full() -> ASGIApp:
             "GET /items/{item_id}": RoutePolicy(deadline=0.5, max_concurrency=64, max_queue=128)
         },
         registry=CollectorRegistry(),
+        enforce=enforce,
     )
     return guard.install(make_app(), tracer_provider=_discarding_tracer_provider())
+
+
+def tailguard_full_shadow() -> ASGIApp:
+    """``tailguard-full`` in shadow mode: every request counted as shadowed, its span marked."""
+    return tailguard_full("shadow")
 
 
 def passthrough() -> ASGIApp:
@@ -220,8 +232,10 @@ def basehttp() -> ASGIApp:
 ARMS: dict[str, Callable[[], ASGIApp]] = {
     "bare": bare,
     "tailguard": tailguard_deadlines,
+    "tailguard-shadow": tailguard_shadow,
     "tailguard-metrics": tailguard_metrics,
     "tailguard-full": tailguard_full,
+    "tailguard-full-shadow": tailguard_full_shadow,
     "passthrough": passthrough,
     "deadline-floor": deadline_floor,
     "otel-asgi": otel_asgi,

@@ -98,6 +98,14 @@ class Tailguard:
     closest route, and with ``strict=True`` startup fails instead
     (:class:`~tailguard.middleware.asgi.RouteKeyError`). :meth:`routes_report`
     lists the key each route resolved to.
+
+    ``enforce`` is the default enforcement mode of every route policy and
+    dependency that names none: ``"on"``, ``"shadow"`` (decide everything,
+    act on nothing, count what would have happened) or the fraction of
+    requests enforced (picked per request, reproducibly with
+    ``enforce_seed``). ``TAILGUARD_ENFORCE`` replaces it when set. Modes
+    switch at run time with :meth:`enforce`, the control API or
+    ``tailguard enforce`` (see docs/rollout.md).
     """
 
     def __init__(

@@ -74,3 +74,19 @@ async def test_an_order_is_paid_for_its_tenant() -> None:
 def test_every_simulated_dependency_is_a_bulkhead_chaos_can_target() -> None:
     assert set(shop.LATENCIES) <= set(shop.guard.dependencies)
     assert all(p50 < p99 for p50, p99 in shop.LATENCIES.values())
+
+
+@pytest.mark.anyio
+async def test_in_shadow_mode_the_shop_answers_without_a_budget() -> None:
+    """TAILGUARD_ENFORCE=shadow (the demo's second run): no deadline in force, no crash."""
+    shop.guard.enforce("shadow", who="test")
+    try:
+        stock = await get("/stock/1")
+        quote = await get("/quote/1")
+    finally:
+        shop.guard.enforce("on", who="test")
+    assert stock.status_code == 200
+    assert stock.json()["budget_left_ms"] is None
+    assert quote.status_code == 200
+    assert quote.json()["forward_headers"] == {}
+    assert (await get("/stock/1")).json()["budget_left_ms"] > 0

@@ -116,9 +116,11 @@ _latency = random.Random(7)  # seeded: the "random" search times repeat from run
 _MU = math.log(0.06)  # search times: log-normal with a 60 ms median and a long tail
 
 
-def _left_ms() -> int:
-    """Milliseconds left in this request's budget."""
-    return round(tailguard.remaining() * 1000)
+def _left_ms() -> int | None:
+    """Milliseconds left in this request's budget; ``None`` with no deadline in force
+    (shadow mode, ``TAILGUARD_ENFORCE=shadow``: the budget is decided, not enforced)."""
+    left = tailguard.remaining()
+    return round(left * 1000) if math.isfinite(left) else None
 
 
 def _work_ms(request: Request) -> float | None:
@@ -197,7 +199,8 @@ async def quote(request: Request) -> Response:
     if item_id not in PRICES:
         raise HTTPException(404, "no such item")
     await asyncio.sleep(0.02)  # local work: pricing rules
-    forward = {"x-request-timeout-ms": str(_left_ms())}
+    left = _left_ms()
+    forward = {"x-request-timeout-ms": str(left)} if left is not None else {}
     # e.g. await tax_client.get("/rates", headers=forward, timeout=tailguard.remaining())
     return JSONResponse({"item_id": item_id, "price": PRICES[item_id], "forward_headers": forward})
 
