@@ -72,3 +72,27 @@ async def test_force_acquire_goes_beyond_the_limit_and_gives_back() -> None:
     first.release()
     assert limiter.in_use == 0
     assert limiter.try_acquire(tenant="a") is not None
+
+
+def test_shadowed_requests_beyond_the_limit_stand_for_the_queue_they_would_form() -> None:
+    limiter = Limiter("api", max_concurrency=2, max_queue=2)
+    taken = [limiter.try_acquire(), limiter.try_acquire()]
+    assert limiter.would_shed() is None  # enforced, it would wait in the (empty) queue
+    forced = [limiter.force_acquire(), limiter.force_acquire()]  # the two it would queue
+    assert limiter.would_shed() == "queue_full"
+    for permit in [*taken, *forced]:
+        assert permit is not None
+        permit.release()
+
+
+def test_a_tenants_shadowed_excess_stands_for_its_queued_requests() -> None:
+    limiter = Limiter(
+        "api", max_concurrency=16, max_queue=32, tenant_concurrency=2, tenant_weights={"a": 1}
+    )
+    permits = [limiter.force_acquire("a") for _ in range(3)]
+    assert limiter.would_shed(tenant="a") is None  # one of its two queue places is left
+    permits.append(limiter.force_acquire("a"))
+    assert limiter.would_shed(tenant="a") == "tenant_limit"
+    assert limiter.would_shed(tenant="b") is None
+    for permit in permits:
+        permit.release()

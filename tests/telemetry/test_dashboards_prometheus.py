@@ -238,6 +238,40 @@ async def burst(base_url: str, token: str, requests: int = 60) -> int:
     return requests
 
 
+async def shadow_burst(base_url: str, token: str, requests: int = 40) -> int:
+    """The same kind of burst in shadow mode, so the rollout panels have their shadow half.
+
+    Inventory and payments hold their slots for 0.2 s while lookups (over the
+    inventory bulkhead), orders (over their tenant cap) and searches (past their
+    150 ms deadline) arrive: all are served, and what would have happened is counted.
+    """
+    headers = {"authorization": f"Bearer {token}"}
+    hold = {
+        "name": "hold-in-shadow",
+        "ttl": 30,
+        "faults": [
+            {"kind": "latency", "target": "inventory", "rate": 1.0, "delay": 0.2},
+            {"kind": "latency", "target": "payments", "rate": 1.0, "delay": 0.2},
+        ],
+    }
+    limits = httpx.Limits(max_connections=3 * requests)
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) as http:
+        started = await http.post("/_tailguard/experiments", json=hold, headers=headers)
+        assert started.status_code == 201, started.text
+        try:
+            answers = await asyncio.gather(
+                *(http.get("/stock/1") for _ in range(requests)),
+                *(http.post("/orders", json={"item": 1}) for _ in range(requests)),
+                *(http.get("/search?q=a&work_ms=300") for _ in range(requests // 4)),
+                return_exceptions=True,
+            )
+        finally:
+            await http.delete("/_tailguard/experiments/hold-in-shadow", headers=headers)
+    statuses = [answer.status_code for answer in answers if isinstance(answer, httpx.Response)]
+    assert 503 not in statuses, f"shadow mode shed: {statuses}"
+    return len(answers)
+
+
 def query(prometheus: Server, expr: str, since: float | None = None) -> dict[str, Any]:
     """An instant query, or a range query from ``since`` to now (as a Grafana panel asks)."""
     if since is None:
@@ -316,8 +350,19 @@ def game_day(
     try:
         sent = asyncio.run(load(shop.url, LOAD_SECONDS))
         sent += asyncio.run(burst(shop.url, token))
+        assert tailguard_cli(["enforce", "shadow", *common]) == 0
+        try:
+            sent += asyncio.run(shadow_burst(shop.url, token))
+        finally:
+            assert tailguard_cli(["enforce", "on", *common]) == 0
         assert sent > 100
         wait_for_series(prometheus, "tailguard_chaos_injections_total")
+        for name in (
+            "tailguard_requests_would_shed_total",
+            "tailguard_requests_would_exceed_deadline_total",
+            "tailguard_dependency_calls_would_shed_total",
+        ):
+            wait_for_series(prometheus, name)
     finally:
         assert tailguard_cli(["chaos", "stop", "slow-inventory", *common]) == 0
     # After the stop has been scraped and the recording rules have run on it:

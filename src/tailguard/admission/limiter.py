@@ -383,10 +383,15 @@ class Limiter:
         deadline_at: float | None,
         service_estimate: float | None,
         now: float,
+        backlog: int = 0,
+        tenant_backlog: int = 0,
     ) -> Reason | tuple[float, Reason, Waiter[Permit | Rejected] | None]:
         """What becomes of a newcomer no slot was free for: the reason it is shed, or
         the cap on its wait (with the reason it would be shed at the cap) and the
-        waiter it pushes out of a full queue, if any. Changes nothing."""
+        waiter it pushes out of a full queue, if any. Changes nothing.
+
+        ``backlog`` (``tenant_backlog``): requests (of this tenant) that would be
+        waiting but are not, being shadowed (see :meth:`would_shed`)."""
         queue = self._queue
         if self.max_queue == 0:
             # With a free slot, only the tenant's own cap kept this request out.
@@ -402,21 +407,25 @@ class Limiter:
             if budget < cap:
                 cap, reason = budget, "deadline"
         tenant_cap = self.tenant_concurrency
-        if tenant_cap is not None and queue.tenant_counts.get(tenant, 0) >= tenant_cap:
+        if (
+            tenant_cap is not None
+            and queue.tenant_counts.get(tenant, 0) + tenant_backlog >= tenant_cap
+        ):
             return "tenant_limit"
         lifo_since = now - self.codel_interval
         standing = queue.standing_since.get(tenant)
         if standing is not None and standing <= lifo_since and self.codel_target < cap:
             cap, reason = self.codel_target, "queue_timeout"
-        if self._mean_hold > 0.0 and _WAIT_MARGIN * self._expected_wait(priority, tenant) > cap:
+        expected = self._expected_wait(priority, tenant, backlog, tenant_backlog)
+        if self._mean_hold > 0.0 and _WAIT_MARGIN * expected > cap:
             # It would likely wait out its cap and be shed then: shed it now, while
             # a 503 is cheap for the client too. The margin absorbs hold times that
             # vary around their mean; without it the last waiters of a full queue
             # time out whenever service slows a little.
             return reason
         victim = None
-        if queue.count >= self.max_queue:
-            victim = queue.victim(priority, tenant, lifo_since=lifo_since)
+        if queue.count + backlog >= self.max_queue:
+            victim = queue.victim(priority, tenant, lifo_since=lifo_since) if queue.count else None
             if victim is None:
                 return "queue_full"
         return cap, reason, victim
@@ -440,8 +449,14 @@ class Limiter:
         """
         if self.in_use < self.limit and self._tenant_in_use is None:
             return None
+        tenant = self._tenant_key(tenant)
+        # Shadowed requests never wait: those admitted beyond the limit (or beyond
+        # their tenant's cap) stand for the queue they would have formed.
+        backlog = max(0, self.in_use - self.limit)
+        counts = self._tenant_in_use
+        tenant_backlog = max(0, counts.get(tenant, 0) - self._tenant_cap) if counts else 0
         verdict = self._verdict(
-            priority, self._tenant_key(tenant), deadline_at, service_estimate, self._clock()
+            priority, tenant, deadline_at, service_estimate, self._clock(), backlog, tenant_backlog
         )
         return verdict if isinstance(verdict, str) else None
 
@@ -463,14 +478,16 @@ class Limiter:
         self._admitted += 1
         return Permit(self, tenant, self._clock())
 
-    def _expected_wait(self, priority: int, tenant: Hashable) -> float:
+    def _expected_wait(
+        self, priority: int, tenant: Hashable, backlog: int = 0, tenant_backlog: int = 0
+    ) -> float:
         """Seconds a newcomer would likely wait: the work ahead of it, drained
         ``limit`` at a time (or through the tenant's own cap, when that is full)."""
         counts = self._tenant_in_use
         if counts is not None and counts.get(tenant, 0) >= self._tenant_cap:
-            own = self._queue.tenant_counts.get(tenant, 0)
+            own = self._queue.tenant_counts.get(tenant, 0) + tenant_backlog
             return (own + 1) * self._mean_hold / self._tenant_cap
-        ahead = self._queue.ahead(priority, tenant)
+        ahead = self._queue.ahead(priority, tenant) + backlog
         return (ahead + 1) * self._mean_hold / self.limit
 
     def _expire(self, waiter: Waiter[Permit | Rejected], reason: Reason) -> None:
