@@ -216,3 +216,45 @@ def halt_to_last_injection(
 
 def redis_server() -> str | None:
     return shutil.which("redis-server")
+
+
+class RedisServer:
+    """A redis-server of the test's own: a free port on 127.0.0.1, its data in ``directory``.
+
+    It persists every write (append-only file, fsync always), so a restart
+    comes back with what it held: what a restarted production Redis does.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--dir", str(self.directory), "--save", "", "--appendonly", "yes"]
+        command += ["--appendfsync", "always", "--daemonize", "no", "--protected-mode", "no"]
+        log = (self.directory / "redis.log").open("ab")
+        with log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        give_up = time.monotonic() + WAIT
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert time.monotonic() < give_up, "redis-server did not start"
+            assert self.process.poll() is None, (self.directory / "redis.log").read_text()
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=15)

@@ -212,9 +212,15 @@ def test_a_worker_that_cannot_read_the_store_for_a_lease_stops_injecting(
     assert status["store"]["following"] is False
     assert status["stopped"][0]["reason"] == "store-lost"
     assert catalog.registry.get_sample_value("tailguard_chaos_store_following") == 0.0
-    # Back: the experiment is still running in the store, so the worker takes it up again.
+    # Back: the experiment is still running in the store, so the worker takes it up again,
+    # once the others have had a lease to write what they ended meanwhile.
     store.down = False
+    eventually(lambda: worker.status()["store"]["following"])
+    time.sleep(0.2)
+    assert not worker.armed
+    clock.advance(worker.lease)
     eventually(lambda: worker.armed)
+    assert worker.experiments()[0].injections == 2  # it counts on from before
     assert catalog.registry.get_sample_value("tailguard_chaos_store_following") == 1.0
 
 
@@ -319,3 +325,21 @@ def test_experiments_the_schema_cannot_express_cannot_be_shared(
 
     with pytest.raises(ValueError, match="cannot be shared through the store"):
         fleet().start(experiment(Raise("db", exc=factory)))
+
+
+def test_a_halt_sent_while_this_worker_had_lost_the_store_still_reaches_it(
+    fleet: Callable[..., Chaos], path: str
+) -> None:
+    clock = FakeClock()
+    store = Switchable(SQLiteStore(path))
+    worker = fleet(store, clock=clock)
+    other = fleet()
+    worker.start(experiment(Raise("db", exc=ConnectionError), name="a"))
+    eventually(lambda: other.armed)
+    store.down = True
+    clock.advance(2 * worker.lease)
+    assert not hit(worker)  # suspended here: nothing of its own left to stop
+    assert worker.halt(actor="ops") == 0
+    store.down = False
+    eventually(lambda: not other.armed)  # the halt was written once the store was back
+    assert other.status()["stopped"][0]["reason"] == "halt"

@@ -54,7 +54,7 @@ class Follower:
         self._renew = renew
         self._lost = lost
         self._info = info
-        self._pending: deque[tuple[str, str, str, str | None]] = deque(maxlen=1024)
+        self._pending: deque[tuple[str | None, str, str, str | None]] = deque(maxlen=1024)
         self._closed = threading.Event()
         self._version: int | None = None
         self._failing = False
@@ -77,6 +77,10 @@ class Follower:
     def queue_end(self, key: str, reason: str, actor: str, detail: str | None) -> None:
         """Write that ``key`` ended (here) to the store, now or once it can be reached."""
         self._pending.append((key, reason, actor, detail))
+
+    def queue_halt(self, actor: str) -> None:
+        """Write a halt (of everything running) to the store once it can be reached."""
+        self._pending.append((None, "halt", actor, None))
 
     def refresh(self) -> None:
         """Read the store now and apply it (raises :class:`StoreUnavailable`)."""
@@ -121,7 +125,10 @@ class Follower:
     def _flush(self) -> None:
         while self._pending:
             key, reason, actor, detail = self._pending[0]
-            self.store.end([key], reason, actor, detail)
+            if key is None:
+                self.store.halt(actor)
+            else:
+                self.store.end([key], reason, actor, detail)
             self._pending.popleft()
 
     def _run(self) -> None:

@@ -77,8 +77,6 @@ MAX_EXPERIMENTS: Final = 32
 """The default cap on experiments running at once in one engine."""
 LEASE: Final = 2.0
 """Seconds a worker keeps injecting without reading its store; then it stops (fail safe)."""
-_POLL: Final = 0.05
-"""Seconds between a follower's polls of its store's version."""
 _COUNTED: Final = 64
 _ON: Final = frozenset({"1", "true", "yes", "on"})
 _OFF: Final = frozenset({"", "0", "false", "no", "off"})
@@ -220,6 +218,8 @@ class Chaos:
         self._lease_until = -math.inf
         self._following = False
         self._store_version = -1
+        self._resume_at = -math.inf
+        """After losing the store: when experiments may be taken up again (``-inf``: now)."""
         self._ended_keys: deque[str] = deque(maxlen=1024)
         self._counted: dict[str, Run] = {}
         self.store: Store | None = None
@@ -230,7 +230,7 @@ class Chaos:
             self._follower = Follower(
                 self.store,
                 self.worker,
-                interval=_POLL,
+                interval=self.store.interval,
                 clock=clock,
                 apply=self._follow,
                 renew=self._renew,
@@ -473,8 +473,10 @@ class Chaos:
             try:
                 names.update(self.store.halt(actor))
                 synced = True
-            except StoreUnavailable:  # the ends are queued for when it is back
+            except StoreUnavailable:  # written first thing once it is back
                 synced = False
+                if self._follower is not None:
+                    self._follower.queue_halt(actor)
         log_event("halt", actor=actor, level=logging.WARNING, stopped=len(names), fleet=synced)
         return len(names)
 
@@ -577,6 +579,9 @@ class Chaos:
                 return  # stale: never start (or keep) injecting on it
             self._store_version = snapshot.version
             self._lease_until = read_at + self.lease
+            if self._resume_at == math.inf:  # back: give the others a lease to write their ends
+                self._resume_at = read_at + self.lease
+            resuming = read_at >= self._resume_at
             if not self._following:
                 self._following = True
                 self._set_following(1)
@@ -596,8 +601,10 @@ class Chaos:
             made = (
                 self._run_of(entry, snapshot.now, read_at)
                 for key, entry in running.items()
-                if key not in have
+                if key not in have and resuming
             )
+            if resuming:
+                self._resume_at = -math.inf
             added = [run for run in made if run is not None]
             self._publish((*self._runs, *added))
 
@@ -639,7 +646,11 @@ class Chaos:
     def _renew(self, read_at: float) -> bool:
         """The store answered and nothing changed: keep injecting (False: read it all first)."""
         with self._lock:
-            if self._store_version < 0 or read_at + self.lease <= self.clock():
+            if (
+                self._store_version < 0
+                or self._resume_at > -math.inf
+                or read_at + self.lease <= self.clock()
+            ):
                 return False
             self._lease_until = read_at + self.lease
             expiries = (run.expires_at for run in self._runs)
@@ -661,6 +672,7 @@ class Chaos:
         up again, from a fresh read, once the store answers.
         """
         self._store_version = -1
+        self._resume_at = math.inf
         runs = self._runs
         if self._following or runs:
             self._following = False

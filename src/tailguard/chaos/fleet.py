@@ -50,5 +50,5 @@ def open_store(url: str, *, timeout: float = 0.5) -> Store:
     if parts.scheme in ("redis", "rediss", "unix"):
         from tailguard.chaos.redis_store import RedisStore
 
-        return RedisStore(url, service=service, timeout=timeout)  # type: ignore[abstract]
+        return RedisStore(url, service=service, timeout=timeout)
     raise ValueError(f"store URL {url!r}: expected memory, sqlite:///path or redis://host:port/db")

@@ -114,6 +114,8 @@ class Store(ABC):
     """Where the store is, without any password (for status and logs)."""
     service: str
     """The namespace: services sharing one store never see each other's experiments."""
+    interval: float = 0.05
+    """Seconds a follower waits between polls (at most, for stores that announce changes)."""
 
     @abstractmethod
     def poll(self) -> tuple[int, float]:
