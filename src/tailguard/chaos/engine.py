@@ -44,7 +44,7 @@ from tailguard.chaos._run import Run
 from tailguard.chaos._status import ExperimentStatus
 from tailguard.chaos._ticker import Ticker
 from tailguard.chaos.experiment import Experiment
-from tailguard.chaos.fleet import open_store
+from tailguard.chaos.fleet import fleet_counts, following, open_store
 from tailguard.chaos.schema import ExperimentError, experiment_from_dict, experiment_to_dict
 from tailguard.chaos.store import (
     STORE_ENV_VAR,
@@ -888,26 +888,6 @@ class Chaos:
             if reason is not None:
                 with self._lock:
                     self._end(run, "safeguard", "safeguard", reason)
-
-
-def following(worker: dict[str, Any], lease: float) -> bool:
-    """Whether a worker's heartbeat says it follows the store and is recent (within 2 leases)."""
-    age = worker.get("age")
-    return bool(worker.get("following")) and isinstance(age, int | float) and age <= 2 * lease
-
-
-def fleet_counts(key: str, workers: list[dict[str, Any]]) -> dict[str, Any]:
-    """Injection counts of the store's experiment ``key``, summed and per worker."""
-    total = {"injections": 0, "skipped": 0, "injection_errors": 0}
-    by_worker: dict[str, int] = {}
-    for worker in workers:
-        counts = (worker.get("counts") or {}).get(key)
-        if not counts:
-            continue
-        for name in total:
-            total[name] += int(counts.get(name, 0))
-        by_worker[str(worker.get("worker"))] = int(counts.get("injections", 0))
-    return {**total, "workers": by_worker}
 
 
 def _route_exists(key: RouteKey, templates: Sequence[tuple[str, frozenset[str] | None]]) -> bool:

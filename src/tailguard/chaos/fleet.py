@@ -14,11 +14,12 @@ ValueError: store URL 'mysql://db/chaos': expected memory, sqlite:///path or red
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tailguard.chaos.store import DEFAULT_SERVICE, SQLiteStore, Store
 
-__all__ = ["open_store"]
+__all__ = ["fleet_counts", "following", "open_store", "store_status"]
 
 
 def _service(url: str, query: str) -> str:
@@ -52,3 +53,71 @@ def open_store(url: str, *, timeout: float = 0.5) -> Store:
 
         return RedisStore(url, service=service, timeout=timeout)
     raise ValueError(f"store URL {url!r}: expected memory, sqlite:///path or redis://host:port/db")
+
+
+def following(worker: dict[str, Any], lease: float) -> bool:
+    """Whether a worker's heartbeat says it follows the store and is recent (within 2 leases)."""
+    age = worker.get("age")
+    return bool(worker.get("following")) and isinstance(age, int | float) and age <= 2 * lease
+
+
+def fleet_counts(key: str, workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Injection counts of the store's experiment ``key``, summed and per worker."""
+    total = {"injections": 0, "skipped": 0, "injection_errors": 0}
+    by_worker: dict[str, int] = {}
+    for worker in workers:
+        counts = (worker.get("counts") or {}).get(key)
+        if not counts:
+            continue
+        for name in total:
+            total[name] += int(counts.get(name, 0))
+        by_worker[str(worker.get("worker"))] = int(counts.get("injections", 0))
+    return {**total, "workers": by_worker}
+
+
+def store_status(store: Store, *, lease: float = 2.0) -> dict[str, Any]:
+    """The fleet as its store sees it, shaped like the control API's status (secrets redacted).
+
+    What ``tailguard chaos --store URL status`` shows: no worker is asked.
+    """
+    snapshot = store.read()
+    workers = store.workers()
+    experiments = []
+    for entry in snapshot.running:
+        counts = fleet_counts(entry["id"], workers)
+        experiment = dict(entry["experiment"])
+        if "secret" in experiment:
+            experiment["secret"] = "<redacted>"
+        experiments.append(
+            {
+                "experiment": experiment,
+                "started_at": entry["started_at"],
+                "expires_at": entry["ends_at"],
+                "injections": counts["injections"],
+                "skipped": counts["skipped"],
+                "injection_errors": counts["injection_errors"],
+                "actor": entry.get("actor"),
+                "fleet": counts,
+            }
+        )
+    shown = [
+        {
+            "worker": item.get("worker"),
+            "pid": item.get("pid"),
+            "host": item.get("host"),
+            "last_heartbeat": item.get("seen_at"),
+            "age": item.get("age"),
+            "following": bool(item.get("following")),
+        }
+        for item in workers
+    ]
+    return {
+        "store": {"url": store.url, "service": store.service},
+        "experiments": experiments,
+        "stopped": [
+            {"experiment": entry["name"], **entry["ended"], "injections": None}
+            for entry in snapshot.ended
+        ],
+        "workers": shown,
+        "not_following": [item["worker"] for item in shown if not following(item, lease)],
+    }
