@@ -11,7 +11,9 @@ heartbeats); changes are announced on the channel ``...:events`` so
 followers wake at once, and polled for in case a message is lost. Times
 come from Redis's ``TIME``: the store's clock, whatever the hosts' clocks say.
 
->>> RedisStore("redis://:hunter2@localhost:6379/0", service="shop").url  # doctest: +SKIP
+Status and logs show its URL without the password:
+
+>>> redacted("redis://:hunter2@localhost:6379/0")
 'redis://localhost:6379/0'
 """
 
