@@ -343,3 +343,50 @@ def test_a_halt_sent_while_this_worker_had_lost_the_store_still_reaches_it(
     store.down = False
     eventually(lambda: not other.armed)  # the halt was written once the store was back
     assert other.status()["stopped"][0]["reason"] == "halt"
+
+
+def test_the_follower_says_when_the_store_fails_and_when_it_is_back(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tailguard.chaos._follow import Follower
+
+    store = Switchable(SQLiteStore(path))
+    seen: list[str] = []
+    follower = Follower(
+        store,
+        "w",
+        interval=0.01,
+        clock=time.monotonic,
+        apply=lambda snapshot, read_at: seen.append("apply"),
+        renew=lambda read_at: seen.append("renew") is None,
+        lost=lambda: seen.append("lost"),
+        info=lambda: {"pid": 1, "following": True, "counts": {}},
+    )
+    follower.queue_end("nothing", "halt", "ops", None)
+    follower.queue_halt("ops")
+    with caplog.at_level(logging.INFO, logger="tailguard.chaos"):
+        store.down = True
+        follower.step()
+        follower.step()  # said once
+        store.down = False
+        follower.step()
+        follower.step()
+    events = [getattr(record, "event", None) for record in caplog.records]
+    assert events.count("store_error") == 1
+    assert events.count("store_back") == 1
+    assert seen == ["lost", "lost", "apply", "renew"]
+    assert [worker["worker"] for worker in follower.workers] == ["w"]
+    follower.start()
+    follower.close()
+    assert follower.thread is not None
+    follower.thread.join(WAIT)
+    assert not follower.thread.is_alive()
+
+
+def test_a_sqlite_store_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="unable to open"):
+        SQLiteStore(str(tmp_path / "missing" / "chaos.db"))
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"this is not a database" * 512)
+    with pytest.raises(StoreUnavailable, match="not a database"):
+        SQLiteStore(str(broken))

@@ -81,9 +81,10 @@ def test_two_processes_follow_one_redis(redis: RedisServer, tmp_path: Path) -> N
             late = running.spawn()
             with Traffic([late.url], threads=2) as late_traffic:
                 late_traffic.wait_for(lambda answers: any(a.injected for a in answers), 0)
+            # Heartbeats every half second: the late worker shows up in a moment.
+            eventually(lambda: len(via_first.get("/status").json()["workers"]) == 3)
             status = via_first.get("/status").json()
             assert {worker["pid"] for worker in status["workers"]} >= pids
-            assert len(status["workers"]) == 3
             assert status["store"]["url"] == redis.url
             assert status["store"]["service"] == "shop"
             assert via_first.post("/halt").json()["halted"] == 1

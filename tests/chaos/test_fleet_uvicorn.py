@@ -10,11 +10,12 @@ no wall-clock goal in a test).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from .fleet_support import EXPERIMENT, Traffic, fleet, halt_to_last_injection, injected_by
+from .fleet_support import EXPERIMENT, WAIT, Traffic, fleet, halt_to_last_injection, injected_by
 
 TRIALS = 2
 SETTLE = 3.0
@@ -50,9 +51,15 @@ def test_three_uvicorn_workers_follow_one_sqlite_store(tmp_path: Path) -> None:
                 }
             assert late_pid not in pids
 
+            def listed() -> set[int]:
+                return {worker["pid"] for worker in control.get("/status").json()["workers"]}
+
+            # Heartbeats every half second: the late worker shows up in a moment.
+            give_up = time.monotonic() + WAIT
+            while not listed() >= pids | {late_pid}:
+                assert time.monotonic() < give_up, listed()
+                time.sleep(0.05)
             status = control.get("/status").json()
-            listed = {worker["pid"] for worker in status["workers"]}
-            assert listed >= pids | {late_pid}
             assert status["not_following"] == []
             [experiment] = status["experiments"]
             fleet_counts = experiment["fleet"]
