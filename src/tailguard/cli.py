@@ -281,6 +281,12 @@ def _add_chaos(commands: argparse._SubParsersAction[_Parser]) -> None:
             "0 done, 1 the service refused or could not be reached, 2 a usage error."
         ),
     )
+    chaos.add_argument(
+        "--store",
+        dest="chaos_store",
+        metavar="URL",
+        help="act on the fleet's chaos store instead of a service (as ACTION --store URL)",
+    )
     common = _Parser(add_help=False)
     common.add_argument(
         "--url",
@@ -354,6 +360,7 @@ def _run_chaos(args: argparse.Namespace) -> int:
     )
     from tailguard.chaos.schema import ExperimentError, read_experiment_file
 
+    args.store = args.store or args.chaos_store
     if args.store is not None:
         return _run_chaos_store(args)
     token = args.token or os.environ.get(TOKEN_ENV)

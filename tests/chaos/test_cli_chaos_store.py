@@ -57,7 +57,7 @@ def test_start_status_stop_and_halt_through_the_store(
         assert "no running experiment" in capsys.readouterr().err
         assert cli.main(["chaos", "start", str(file), "--store", url]) == 0
         eventually(lambda: worker.armed)
-        assert cli.main(["chaos", "halt", "--store", url]) == 0
+        assert cli.main(["chaos", "--store", url, "halt"]) == 0  # either place
         assert "halted: 1 experiment stopped" in capsys.readouterr().out
         eventually(lambda: not worker.armed)
         assert worker.status()["stopped"][0]["reason"] == "halt"

@@ -390,3 +390,40 @@ def test_a_sqlite_store_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> 
     broken.write_bytes(b"this is not a database" * 512)
     with pytest.raises(StoreUnavailable, match="not a database"):
         SQLiteStore(str(broken))
+
+
+@pytest.mark.anyio
+async def test_the_control_api_answers_503_when_the_store_cannot_be_reached(
+    fleet: Callable[..., Chaos], path: str
+) -> None:
+    import httpx
+
+    from tailguard.chaos import ControlAPI
+
+    store = Switchable(SQLiteStore(path))
+    engine = fleet(store)
+    token = "s3cret-t0ken-0123456789"
+    api = ControlAPI(engine, token=token)
+    body = {
+        "name": "db-down",
+        "ttl": 60,
+        "faults": [{"kind": "raise", "target": "db", "exc": "builtins.ConnectionError"}],
+    }
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=api),
+        base_url="http://control",
+        headers={"authorization": f"Bearer {token}"},
+    ) as client:
+        assert (await client.post("/_tailguard/experiments", json=body)).status_code == 201
+        store.down = True
+        refused = await client.post("/_tailguard/experiments", json={**body, "name": "other"})
+        assert refused.status_code == 503
+        assert "cannot be reached" in refused.json()["detail"]
+        assert (await client.delete("/_tailguard/experiments/other")).status_code == 503
+        # The worker that got the halt stops at once; the store hears of it later.
+        halted = await client.post("/_tailguard/halt")
+        assert halted.status_code == 200
+        assert halted.json() == {"halted": 1}
+        assert not engine.armed
+        status = (await client.get("/_tailguard/status")).json()
+        assert status["store"]["url"] == store.url
