@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # apt-get needs root: sudo only when not root already (a CI container usually is).
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: test demo lint typecheck pytest promtool bench bench-overhead bench-overload bench-instructions bench-chaos bench-tail bench-tasks bench-scrape clean
+.PHONY: test demo lint typecheck pytest promtool redis-server bench bench-overhead bench-overload bench-instructions bench-chaos bench-tail bench-tasks bench-scrape clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tailguard needs Python >= 3.11")'
@@ -30,8 +30,13 @@ typecheck: $(STAMP)
 
 # The exposition test runs `promtool check metrics`, and the anyio test downloads the oldest
 # anyio allowed (pip download); under make either fails rather than skips.
-pytest: $(STAMP) promtool
-	TAILGUARD_REQUIRE_PROMTOOL=1 TAILGUARD_REQUIRE_OLDEST_ANYIO=1 $(BIN)/pytest --doctest-modules src tests --cov --cov-report=term-missing:skip-covered
+pytest: $(STAMP) promtool redis-server
+	TAILGUARD_REQUIRE_PROMTOOL=1 TAILGUARD_REQUIRE_REDIS=1 TAILGUARD_REQUIRE_OLDEST_ANYIO=1 $(BIN)/pytest --doctest-modules src tests --cov --cov-report=term-missing:skip-covered
+
+# The Redis chaos-store tests start their own redis-server (a free port on 127.0.0.1, a temp dir).
+redis-server:
+	@command -v redis-server >/dev/null || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server)
 
 # Debian's `prometheus` package ships promtool.
 promtool:

@@ -17,6 +17,8 @@ idle event loop.
    ``bare``). The cost of the check itself, ``Chaos.plan`` on an untargeted
    dependency, is also timed alone (``timeit``, best of 7), a noise-free
    floor for the end-to-end figure.
+   A fourth arm, ``store``, is an enabled engine that follows a fleet store
+   (SQLite) with nothing running: the request path must not notice the store.
 2. Accuracy. An experiment injects latency from a distribution into every
    call (``rate=1``); calls run one after another on an otherwise idle loop,
    each inside an OpenTelemetry span, so the injection's span event gives the
@@ -24,6 +26,15 @@ idle event loop.
    (what the timer adds); and the measured p50 is compared with the
    distribution's own p50 (what the draws plus the timer give). Both must be
    within 1 ms.
+
+3. Fleet halt. Real uvicorn on 127.0.0.1 serving ``tests/chaos/fleet_app.py``:
+   ``--workers 3`` over a SQLite store, and two separate uvicorn processes
+   over a redis-server of the benchmark's own (skipped if ``redis-server`` is
+   missing). Per trial: start an experiment through one worker's control API
+   (``Raise`` on every call), wait until every worker injects, ``halt``
+   through the control API while client threads call every worker on fresh
+   connections, and take the time from sending the halt to receiving the
+   last injected answer. Goal: the slowest of the trials at most 1 s.
 
 Results go to ``benchmarks/RESULTS.md`` under ``## chaos`` (other sections
 are kept). ``--quick`` runs a smoke version and only prints unless
@@ -35,14 +46,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import timeit
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -62,10 +76,22 @@ from tailguard.chaos import (
 from tailguard.dependency import Dependency
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests.chaos.fleet_support: the fleet the tests run
+
+from tests.chaos.fleet_support import (  # noqa: E402
+    EXPERIMENT,
+    RedisServer,
+    Traffic,
+    fleet,
+    halt_to_last_injection,
+    injected_by,
+)
+
 SECTION = "chaos"
 OVERHEAD_GOAL_NS = 1_000
 ACCURACY_GOAL = 0.001
-ARMS = ("bare", "disabled", "unrelated")
+HALT_GOAL = 1.0
+ARMS = ("bare", "disabled", "unrelated", "store")
 SEAMS = ("async with", "dep.call")
 
 
@@ -75,10 +101,11 @@ class Settings:
     calls: int
     warmup: int
     accuracy_calls: int
+    halt_trials: int
 
 
-DEFAULT = Settings(rounds=31, calls=4000, warmup=2000, accuracy_calls=600)
-QUICK = Settings(rounds=5, calls=1000, warmup=500, accuracy_calls=60)
+DEFAULT = Settings(rounds=31, calls=4000, warmup=2000, accuracy_calls=600, halt_trials=20)
+QUICK = Settings(rounds=5, calls=1000, warmup=500, accuracy_calls=60, halt_trials=3)
 
 
 # --------------------------------------------------------------------------- overhead
@@ -88,7 +115,7 @@ async def noop() -> None:
     pass
 
 
-def make_arms() -> tuple[dict[str, Dependency], Chaos]:
+def make_arms(store: str) -> tuple[dict[str, Dependency], Chaos]:
     engine = Chaos(enabled=True, seed=1)
     engine.start(
         Experiment(
@@ -105,6 +132,7 @@ def make_arms() -> tuple[dict[str, Dependency], Chaos]:
         "bare": Dependency("inventory", max_concurrency=8),
         "disabled": Dependency("inventory", max_concurrency=8, chaos=Chaos(enabled=False)),
         "unrelated": Dependency("inventory", max_concurrency=8, chaos=engine),
+        "store": Dependency("inventory", max_concurrency=8, chaos=Chaos(enabled=True, store=store)),
     }
     return arms, engine
 
@@ -135,8 +163,8 @@ class Overhead:
     """``Chaos.plan`` on an untargeted dependency, alone."""
 
 
-async def measure_overhead(settings: Settings) -> Overhead:
-    arms, engine = make_arms()
+async def measure_overhead(settings: Settings, store: str) -> Overhead:
+    arms, engine = make_arms(store)
     result = Overhead({(seam, arm): [] for seam in SEAMS for arm in ARMS})
     try:
         for seam in SEAMS:
@@ -157,6 +185,9 @@ async def measure_overhead(settings: Settings) -> Overhead:
         result.check_ns = (best - empty) / number * 1e9
     finally:
         engine.halt(actor="benchmark")
+        for dep in arms.values():
+            if dep.chaos is not None:
+                dep.chaos.close()
     return result
 
 
@@ -234,6 +265,56 @@ async def measure_accuracy(calls: int) -> list[Accuracy]:
     return results
 
 
+# --------------------------------------------------------------------------- fleet halt
+
+
+@dataclass
+class Halt:
+    store: str
+    layout: str
+    reaches: list[float] = field(default_factory=list)
+    """Seconds from sending the halt to the last injected answer, per trial."""
+
+
+def measure_halt(trials: int) -> list[Halt]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        sqlite = Halt("SQLite (WAL)", "uvicorn --workers 3")
+        with fleet(root, f"sqlite://{root / 'chaos.db'}") as running:
+            server = running.spawn(workers=3)
+            _trials(sqlite, trials, running.control(server), [server.url], 3)
+        results.append(sqlite)
+        if shutil.which("redis-server") is None:
+            log("redis-server is missing: the Redis halt is not measured")
+            return results
+        directory = root / "redis"
+        directory.mkdir()
+        redis = RedisServer(directory)
+        redis.start()
+        try:
+            measured = Halt("Redis", "2 uvicorn processes")
+            with fleet(root, redis.url) as running:
+                first, second = running.spawn(), running.spawn()
+                _trials(measured, trials, running.control(second), [first.url, second.url], 2)
+            results.append(measured)
+        finally:
+            redis.kill()
+    return results
+
+
+def _trials(halt: Halt, trials: int, control: Any, urls: list[str], workers: int) -> None:
+    log(f"fleet halt: {halt.store}, {halt.layout}, {trials} trials")
+    with control, Traffic(urls, threads=6) as traffic:
+        answers = traffic.wait_for(lambda a: len({x.pid for x in a}) >= workers, 0)
+        pids = {answer.pid for answer in answers}
+        for _ in range(trials):
+            started = time.monotonic()
+            assert control.post("/experiments", json=EXPERIMENT).status_code == 201
+            traffic.wait_for(lambda got: injected_by(got) >= pids, started)
+            halt.reaches.append(halt_to_last_injection(traffic, control, pids, settle=1.5))
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -247,12 +328,15 @@ def render(
     seconds: float,
     overhead: Overhead,
     accuracy: list[Accuracy],
+    halts: list[Halt],
     load_before: str,
     changed: bool,
 ) -> tuple[str, bool]:
     worst_overhead = max(
-        paired_overhead(overhead, seam, arm) for seam in SEAMS for arm in ("disabled", "unrelated")
+        paired_overhead(overhead, seam, arm) for seam in SEAMS for arm in ARMS if arm != "bare"
     )
+    slowest = max((max(h.reaches) for h in halts), default=0.0)
+    ok_halt = slowest <= HALT_GOAL
     worst_p50 = max(abs(a.p50_error) for a in accuracy)
     worst_distribution = max(abs(a.distribution_error) for a in accuracy)
     ok_overhead = worst_overhead <= OVERHEAD_GOAL_NS
@@ -273,10 +357,13 @@ def render(
     lines += [
         "| goal | target | result |",
         "|---|---|---|",
-        f"| overhead per dependency call, chaos disabled or an unrelated experiment running "
+        f"| overhead per dependency call, chaos disabled, an unrelated experiment running, "
+        f"or a fleet store followed with nothing running "
         f"| ≤ 1 µs | {_verdict(ok_overhead)} (worst {worst_overhead:+.0f} ns) |",
         f"| injected latency, p50 error on an idle loop | ≤ 1 ms | {_verdict(ok_accuracy)} "
         f"(timer {worst_p50 * 1e3:.3f} ms, vs distribution {worst_distribution * 1e3:.3f} ms) |",
+        f"| fleet halt: from `halt` to the last injection in any worker, slowest trial "
+        f"| ≤ 1 s | {_verdict(ok_halt)} (slowest {slowest * 1e3:.0f} ms) |",
         "",
         f"Overhead: {settings.rounds} rounds x {settings.calls} calls per (seam, arm), after "
         f"{settings.warmup} warm-up calls; CPU time of the calling thread; medians over rounds "
@@ -315,6 +402,21 @@ def render(
             f"| {a.measured_p50 * 1e3:.3f} ms | {a.p50_error * 1e3:+.3f} ms "
             f"| {p99 * 1e3:+.3f} ms | {a.distribution_error * 1e3:+.3f} ms |"
         )
+    lines += [
+        "",
+        f"Fleet halt: {settings.halt_trials} trials per store; the halt goes through one "
+        "worker's control API while 6 client threads call every worker on fresh connections; "
+        "reach = time from sending the halt to receiving the last injected answer (an upper "
+        "bound). Followers poll SQLite every 50 ms; Redis wakes them by pub/sub.",
+        "",
+        "| store | fleet | trials | median | slowest |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for halt in halts:
+        lines.append(
+            f"| {halt.store} | {halt.layout} | {len(halt.reaches)} "
+            f"| {statistics.median(halt.reaches) * 1e3:.0f} ms | {max(halt.reaches) * 1e3:.0f} ms |"
+        )
     skip = {*PEERS, "wrk", "uvicorn"}
     lines += [
         "",
@@ -324,7 +426,7 @@ def render(
         "|---|---|",
         *(f"| {key} | {value} |" for key, value in machine_info() if key not in skip),
     ]
-    return "\n".join(lines) + "\n", ok_overhead and ok_accuracy
+    return "\n".join(lines) + "\n", ok_overhead and ok_accuracy and ok_halt
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -340,9 +442,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def run(settings: Settings) -> tuple[Overhead, list[Accuracy]]:
-    log("overhead: bare / disabled / unrelated, interleaved")
-    overhead = await measure_overhead(settings)
+async def run(settings: Settings, store: str) -> tuple[Overhead, list[Accuracy]]:
+    log("overhead: bare / disabled / unrelated / store, interleaved")
+    overhead = await measure_overhead(settings, store)
     log("accuracy: injected latency against its distribution")
     accuracy = await measure_accuracy(settings.accuracy_calls)
     return overhead, accuracy
@@ -354,7 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = load_average()
     began = time.monotonic()
     digest = source_digest()
-    overhead, accuracy = asyncio.run(run(settings))
+    with tempfile.TemporaryDirectory() as tmp:
+        overhead, accuracy = asyncio.run(run(settings, f"sqlite://{tmp}/chaos.db"))
+    halts = measure_halt(settings.halt_trials)
     changed = source_digest() != digest
     section, ok = render(
         settings,
@@ -362,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         time.monotonic() - began,
         overhead,
         accuracy,
+        halts,
         load_before,
         changed,
     )

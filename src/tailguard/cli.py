@@ -282,7 +282,20 @@ def _add_chaos(commands: argparse._SubParsersAction[_Parser]) -> None:
             "0 done, 1 the service refused or could not be reached, 2 a usage error."
         ),
     )
+    chaos.add_argument(
+        "--store",
+        dest="chaos_store",
+        metavar="URL",
+        help="act on the fleet's chaos store instead of a service (as ACTION --store URL)",
+    )
     common = _client_options()
+    common.add_argument(
+        "--store",
+        metavar="URL",
+        help="act on the fleet's chaos store itself (sqlite:///path or redis://host:port/db, "
+        "?service=NAME) instead of a service: start, stop, halt and status reach every "
+        "worker that follows it (see docs/chaos-fleet.md)",
+    )
     actions = chaos.add_subparsers(
         dest="action", metavar="ACTION", required=True, parser_class=_Parser
     )
@@ -421,6 +434,9 @@ def _run_chaos(args: argparse.Namespace) -> int:
     )
     from tailguard.chaos.schema import ExperimentError, read_experiment_file
 
+    args.store = args.store or args.chaos_store
+    if args.store is not None:
+        return _run_chaos_store(args)
     token = _control_token(args)
     document = None
     if args.action in ("start", "validate"):
@@ -460,6 +476,70 @@ def _run_chaos(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(answer, indent=2) if args.json else text)
     return status_code
+
+
+def _run_chaos_store(args: argparse.Namespace) -> int:
+    """``tailguard chaos --store URL ...``: straight to the store, no service asked."""
+    import getpass
+    import socket
+
+    from tailguard.chaos._client import render_status
+    from tailguard.chaos.engine import MAX_EXPERIMENTS
+    from tailguard.chaos.fleet import open_store, store_status
+    from tailguard.chaos.schema import (
+        ExperimentError,
+        experiment_from_dict,
+        experiment_to_dict,
+        read_experiment_file,
+    )
+    from tailguard.chaos.store import StoreUnavailable, record
+
+    if args.action == "validate":
+        raise CommandError("validate asks a service what it has: use --url, not --store")
+    experiment = None
+    if args.action == "start":
+        try:
+            experiment = experiment_from_dict(read_experiment_file(args.file))
+        except (ExperimentError, OSError, ImportError) as exc:
+            raise CommandError(f"{args.file}: {exc}") from None
+    try:
+        store = open_store(args.store, timeout=min(args.timeout, 5.0))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"
+    answer: object
+    try:
+        if experiment is not None:
+            entry = record(experiment.name, experiment_to_dict(experiment), experiment.ttl, actor)
+            store.start(entry, MAX_EXPERIMENTS)
+            answer = {"started": experiment.name, "id": entry["id"]}
+            text = (
+                f"started {experiment.name} in {store.url} (service {store.service}): "
+                f"every worker following it applies it; stops by itself in {experiment.ttl:g} s"
+            )
+        elif args.action == "stop":
+            found = store.end_name(args.name, "stopped", actor)
+            if not found:
+                print(
+                    f"tailguard chaos stop: error: no running experiment named {args.name!r}",
+                    file=sys.stderr,
+                )
+                return 1
+            answer, text = {"stopped": args.name}, f"stopped {args.name}"
+        elif args.action == "halt":
+            halted = len(store.halt(actor))
+            answer = {"halted": halted}
+            text = f"halted: {halted} experiment{'s' if halted != 1 else ''} stopped"
+        else:
+            answer = status = store_status(store)
+            text = render_status(status, url=store.url)
+    except (StoreUnavailable, ValueError) as exc:  # ValueError: a name or cap conflict
+        print(f"tailguard chaos {args.action}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(json.dumps(answer, indent=2) if args.json else text)
+    return 0
 
 
 def _add_dashboards(commands: argparse._SubParsersAction[_Parser]) -> None:

@@ -190,6 +190,14 @@ def _running(entry: Mapping[str, Any], now: float) -> list[str]:
     lines = [
         f"  {experiment.get('name')}  expires in {left}  injections {entry.get('injections', 0)}"
     ]
+    fleet = entry.get("fleet")
+    if fleet:
+        by_worker = fleet.get("workers", {})
+        lines.append(
+            f"    fleet: {fleet.get('injections', 0)} injections over {len(by_worker)} "
+            f"worker{'s' if len(by_worker) != 1 else ''}"
+            + "".join(f"; {name} {count}" for name, count in sorted(by_worker.items()))
+        )
     lines.extend(f"    {describe_fault(fault)}" for fault in experiment.get("faults", []))
     scope = [
         f"{key} {', '.join(experiment[key])}"
@@ -208,15 +216,22 @@ def render_status(status: Mapping[str, Any], *, url: str, now: float | None = No
     now = time.time() if now is None else now
     state = "enabled" if status.get("enabled") else "disabled"
     seed = status.get("seed")
-    lines = [
-        f"chaos {state} at {url} (seed {'random' if seed is None else seed}; "
-        f"injections in flight {status.get('injections_in_flight', 0)}"
-        f"/{status.get('max_injections', '?')}, skipped {status.get('injections_skipped', 0)})"
-    ]
+    lines = (
+        [
+            f"chaos {state} at {url} (seed {'random' if seed is None else seed}; "
+            f"injections in flight {status.get('injections_in_flight', 0)}"
+            f"/{status.get('max_injections', '?')}, skipped {status.get('injections_skipped', 0)})"
+        ]
+        if "enabled" in status
+        else [f"chaos experiments in the store {url}"]  # straight from the store: no worker
+    )
     running = status.get("experiments", [])
     lines.append(f"running: {len(running)}" if running else "running: none")
     for entry in running:
         lines.extend(_running(entry, now))
+    store = status.get("store")
+    if store:
+        lines.extend(_fleet(status, store))
     stopped = status.get("stopped", [])
     if stopped:
         lines.append("recently stopped:")
@@ -228,6 +243,24 @@ def render_status(status: Mapping[str, Any], *, url: str, now: float | None = No
             f"  {record.get('experiment')}  {why} by {record.get('actor')} {ago} ago{detail}"
         )
     return "\n".join(lines)
+
+
+def _fleet(status: Mapping[str, Any], store: Mapping[str, Any]) -> list[str]:
+    """The fleet part of a status: the store, its workers, those not following."""
+    following = store.get("following")
+    said = "" if following is None else (" (following)" if following else " (NOT following)")
+    lines = [f"store {store.get('url')} service {store.get('service')}{said}"]
+    workers = status.get("workers", [])
+    lines.append(f"workers: {len(workers)}")
+    for worker in workers:
+        age = worker.get("age")
+        seen = f"{float(age):.1f} s ago" if isinstance(age, int | float) else "?"
+        state = "following" if worker.get("following") else "NOT following"
+        lines.append(f"  {worker.get('worker')}  pid {worker.get('pid')}  {state}, seen {seen}")
+    lagging = status.get("not_following", [])
+    if lagging:
+        lines.append(f"not following: {', '.join(str(name) for name in lagging)}")
+    return lines
 
 
 def render_validation(answer: Mapping[str, Any], *, file: str, url: str) -> str:

@@ -36,6 +36,23 @@ _STATUS: _Schema = {
         "enabled": {"type": "boolean"},
         "experiments": {"type": "array", "items": {"$ref": "#/components/schemas/Running"}},
         "stopped": {"type": "array", "items": {"type": "object"}},
+        "store": {
+            "type": "object",
+            "description": "With a fleet store only: its url and service, this worker's "
+            "name, whether it follows the store, and the lease.",
+        },
+        "workers": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "With a fleet store only: every worker seen in the last minute "
+            "(worker, pid, host, last_heartbeat, age, following).",
+        },
+        "not_following": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "With a fleet store only: workers whose heartbeat is late or "
+            "that lost the store.",
+        },
     },
     "required": ["enabled", "experiments"],
 }
@@ -44,7 +61,14 @@ _RUNNING: _Schema = {
     "type": "object",
     "description": "A running experiment (its secret redacted), when it started and expires "
     "(Unix time) and how many faults it injected.",
-    "properties": {"experiment": {"$ref": "#/components/schemas/Experiment"}},
+    "properties": {
+        "experiment": {"$ref": "#/components/schemas/Experiment"},
+        "fleet": {
+            "type": ["object", "null"],
+            "description": "In status, with a fleet store: injections summed over the "
+            "workers' latest heartbeats, and per worker.",
+        },
+    },
 }
 
 
@@ -146,8 +170,18 @@ def _error(description: str) -> _Schema:
 _UNAUTHORIZED = _error("No bearer token, or the wrong one. Nothing changed.")
 
 
+_STORE_DOWN = _error(
+    "With a fleet store: the store cannot be reached (a halt still answers 200: it stops "
+    "this worker at once and is written to the store once it is back)."
+)
+
+
 def _operation(summary: str, responses: dict[str, _Schema], **extra: Any) -> _Schema:
-    return {"summary": summary, "responses": {**responses, "401": _UNAUTHORIZED}, **extra}
+    return {
+        "summary": summary,
+        "responses": {**responses, "401": _UNAUTHORIZED, "503": _STORE_DOWN},
+        **extra,
+    }
 
 
 def openapi_document(prefix: str, *, version: str) -> dict[str, Any]:
@@ -164,10 +198,11 @@ def openapi_document(prefix: str, *, version: str) -> dict[str, Any]:
         "info": {
             "title": "tailguard chaos control",
             "version": version,
-            "description": "Start, list and stop chaos experiments in this worker process, "
-            "halt them all, read a snapshot, and switch enforcement modes. Every call needs "
-            "'Authorization: Bearer <token>'. State is per process: with several workers, "
-            "each has its own.",
+            "description": "Start, list and stop chaos experiments, halt them all, read "
+            "a snapshot, and switch enforcement modes. Every call needs 'Authorization: Bearer "
+            "<token>'. Without a fleet store, chaos state is per process (with several workers, "
+            "each has its own); with one (Chaos(store=...)), every chaos action reaches every "
+            "worker that follows it. Enforcement modes are per process.",
         },
         "security": [{"bearer": []}],
         "paths": {

@@ -31,6 +31,7 @@ class Run:
         "experiment",
         "expires_at",
         "injections",
+        "key",
         "last_error",
         "name",
         "reached",
@@ -56,6 +57,8 @@ class Run:
         self.expires_at = expires_at
         """When the TTL runs out, on the engine's (monotonic) clock."""
         self.scoped = experiment.scoped
+        self.key: str | None = None
+        """The experiment's id in the fleet's store (``None`` without a store)."""
         secret = experiment.secret
         self._secret = secret.encode() if secret is not None else b""
         self.stopped = False

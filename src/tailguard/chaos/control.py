@@ -20,6 +20,7 @@ engine's log says who did what. See ``docs/chaos-control.md``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -27,7 +28,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -46,6 +47,7 @@ from tailguard.chaos.engine import (
 )
 from tailguard.chaos.experiment import Experiment
 from tailguard.chaos.schema import experiment_from_dict
+from tailguard.chaos.store import StoreUnavailable
 from tailguard.enforcement import Enforcements, Mode, UnknownTarget, check_mode, parse_mode
 
 __all__ = ["DEFAULT_PREFIX", "MAX_BODY_SIZE", "MIN_TOKEN_LENGTH", "ControlAPI", "ControlMiddleware"]
@@ -59,6 +61,7 @@ MIN_TOKEN_LENGTH = 16
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 _PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)*")
 _JSON_TYPES = (b"application/json",)
+_T = TypeVar("_T")
 _Snapshot = Callable[[], Mapping[str, Any]]
 _Headers = tuple[tuple[bytes, bytes], ...]
 _Answer = tuple[int, Any, _Headers]
@@ -193,7 +196,7 @@ class ControlAPI:
         if name and name != endpoint:
             if scope["method"] != "DELETE":
                 raise _Refusal(405, "use DELETE", headers=((b"allow", b"DELETE"),))
-            return self._stop(name, actor)
+            return await self._stop(name, actor)
         methods = self._routes.get(endpoint)
         if methods is None:
             raise _Refusal(404, f"no such endpoint: {endpoint or '/'}")
@@ -225,8 +228,17 @@ class ControlAPI:
                 ),
             )
 
+    async def _engine(self, action: Callable[[], _T]) -> _T:
+        """Run an engine action: on a thread when it talks to the fleet's store (never the loop)."""
+        if self.chaos.store is None:
+            return action()
+        try:
+            return await asyncio.to_thread(action)
+        except StoreUnavailable as error:
+            raise _Refusal(503, f"the chaos store cannot be reached: {error}") from None
+
     async def _status(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
-        return 200, self.chaos.status(), ()
+        return 200, await self._engine(self.chaos.status), ()
 
     async def _list(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
         return 200, {"experiments": [status.to_dict() for status in self.chaos.experiments()]}, ()
@@ -249,7 +261,9 @@ class ControlAPI:
         experiment = await self._experiment(scope, receive)
         name = experiment.name
         try:
-            self.chaos.start(experiment, actor=actor, allow_unknown=allow_unknown)
+            await self._engine(
+                lambda: self.chaos.start(experiment, actor=actor, allow_unknown=allow_unknown)
+            )
         except ChaosDisabled as refused:  # the engine has logged the refusal
             raise _Refusal(409, str(refused), logged=True) from None
         except TooManyExperiments as refused:  # the engine's cap, not the body: no field
@@ -284,13 +298,13 @@ class ControlAPI:
         }
         return 200, answer, ()
 
-    def _stop(self, name: str, actor: str) -> _Answer:
-        if not self.chaos.stop(name, actor=actor):
+    async def _stop(self, name: str, actor: str) -> _Answer:
+        if not await self._engine(lambda: self.chaos.stop(name, actor=actor)):
             raise _Refusal(404, f"no running experiment named {name!r}")
         return 200, {"stopped": name}, ()
 
     async def _halt(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
-        return 200, {"halted": self.chaos.halt(actor=actor)}, ()
+        return 200, {"halted": await self._engine(lambda: self.chaos.halt(actor=actor))}, ()
 
     async def _read_snapshot(self, scope: Scope, receive: Receive, actor: str) -> _Answer:
         if self._snapshot is None:

@@ -21,6 +21,7 @@ chaos is disabled: enable it with Chaos(enabled=True) or TAILGUARD_CHAOS=1
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 from starlette.types import Send
 
 from tailguard._context import RequestView, current_request
+from tailguard.chaos._follow import Follower
 from tailguard.chaos._inject import Entry, Injection, InjectionSlots, Injector
 from tailguard.chaos._log import log_event
 from tailguard.chaos._match import RouteKey
@@ -42,6 +44,17 @@ from tailguard.chaos._run import Run
 from tailguard.chaos._status import ExperimentStatus
 from tailguard.chaos._ticker import Ticker
 from tailguard.chaos.experiment import Experiment
+from tailguard.chaos.fleet import fleet_counts, following, open_store
+from tailguard.chaos.schema import ExperimentError, experiment_from_dict, experiment_to_dict
+from tailguard.chaos.store import (
+    STORE_ENV_VAR,
+    Snapshot,
+    Store,
+    StoreConflict,
+    StoreUnavailable,
+    record,
+    worker_id,
+)
 from tailguard.telemetry.catalog import Catalog
 
 if TYPE_CHECKING:
@@ -49,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_VAR",
+    "LEASE",
     "MAX_EXPERIMENTS",
     "Chaos",
     "ChaosDisabled",
@@ -61,6 +75,9 @@ ENV_VAR: Final = "TAILGUARD_CHAOS"
 """The environment variable that enables chaos in an engine made with ``enabled=None``."""
 MAX_EXPERIMENTS: Final = 32
 """The default cap on experiments running at once in one engine."""
+LEASE: Final = 2.0
+"""Seconds a worker keeps injecting without reading its store; then it stops (fail safe)."""
+_COUNTED: Final = 64
 _ON: Final = frozenset({"1", "true", "yes", "on"})
 _OFF: Final = frozenset({"", "0", "false", "no", "off"})
 _RECENT_STOPS: Final = 20
@@ -124,9 +141,17 @@ class Chaos:
     * ``max_experiments``: at most this many experiments running at once
       (:data:`MAX_EXPERIMENTS` by default); :meth:`start` refuses more.
     * ``clock``: the monotonic clock TTLs and the safeguard's window run on.
+    * ``store``: where experiments live. ``None`` (default) reads
+      ``TAILGUARD_CHAOS_STORE``; ``"memory"`` (or unset) keeps them in this
+      process; ``"sqlite:///path"`` shares them between the workers of one
+      host, ``"redis://host:port/db"`` across hosts (``?service=name``
+      namespaces them); or a :class:`~tailguard.chaos.store.Store`. With a
+      store, a start, stop or halt on any worker reaches every worker, the
+      caps and safeguards act fleet-wide, and a worker that cannot read the
+      store for ``lease`` seconds stops injecting (docs/chaos-fleet.md).
 
-    Experiments are per process: with several workers, start them in each
-    (the control API answers for the worker that served it).
+    Without a store, experiments are per process: with several workers,
+    start them in each (the control API answers for the worker that served it).
     """
 
     def __init__(
@@ -137,6 +162,8 @@ class Chaos:
         max_injections: int = 100,
         max_experiments: int = MAX_EXPERIMENTS,
         clock: Callable[[], float] = time.monotonic,
+        store: str | Store | None = None,
+        lease: float = LEASE,
     ) -> None:
         if enabled is not None and not isinstance(enabled, bool):
             raise ValueError(f"enabled must be True, False or None, got {enabled!r}")
@@ -148,6 +175,17 @@ class Chaos:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field} must be an int >= 1, got {value!r}")
+        if (
+            isinstance(lease, bool)
+            or not isinstance(lease, int | float)
+            or not math.isfinite(lease)
+            or lease <= 0
+        ):
+            raise ValueError(f"lease must be a number of seconds > 0, got {lease!r}")
+        if store is None:
+            store = os.environ.get(STORE_ENV_VAR, "").strip() or "memory"
+        if not isinstance(store, str | Store):
+            raise ValueError(f"store must be a URL, 'memory' or a Store, got {store!r}")
         self._enabled = _enabled_from_env() if enabled is None else enabled
         self.seed: Final = seed
         self.rng: Final = random.Random(seed)
@@ -174,6 +212,33 @@ class Chaos:
         self._stopped: deque[dict[str, Any]] = deque(maxlen=_RECENT_STOPS)
         self._dependency_names: DependencyNames | None = None
         self._route_templates: RouteTemplates | None = None
+        self.lease: Final = float(lease)
+        self.worker: Final = worker_id()
+        """This process's name in the fleet (``host:pid``)."""
+        self._lease_until = -math.inf
+        self._following = False
+        self._store_version = -1
+        self._resume_at = -math.inf
+        """After losing the store: when experiments may be taken up again (``-inf``: now)."""
+        self._ended_keys: deque[str] = deque(maxlen=1024)
+        self._counted: dict[str, Run] = {}
+        self.store: Store | None = None
+        """The fleet's store, or ``None`` (experiments are this process's own)."""
+        self._follower: Follower | None = None
+        if store != "memory":
+            self.store = open_store(store) if isinstance(store, str) else store
+            self._follower = Follower(
+                self.store,
+                self.worker,
+                interval=self.store.interval,
+                clock=clock,
+                apply=self._follow,
+                renew=self._renew,
+                lost=self._store_failed,
+                info=self._heartbeat,
+            )
+            if self._enabled:  # a disabled engine injects nothing: nothing to follow
+                self._follower.start()
 
     def __repr__(self) -> str:
         state = "enabled" if self._enabled else "disabled"
@@ -312,6 +377,24 @@ class Chaos:
         if unknown and not (allow_unknown or experiment.allow_unknown):
             log_event("refused", actor=actor, experiment=name, reason="unknown targets")
             raise UnknownTargets(name, unknown)
+        if self.store is not None:
+            self._start_in_store(experiment, actor)
+        else:
+            self._start_here(experiment, actor)
+        log_event(
+            "start",
+            actor=actor,
+            experiment=name,
+            ttl=experiment.ttl,
+            faults=[
+                f"{fault.kind} {fault.target} rate={fault.rate:g}" for fault in experiment.faults
+            ],
+            unknown=[f"{item['field']}: {item['detail']}" for item in unknown] or None,
+            store=self.store.url if self.store is not None else None,
+        )
+
+    def _start_here(self, experiment: Experiment, actor: str) -> None:
+        name = experiment.name
         with self._lock:
             self.expire()
             if any(run.name == name for run in self._runs):
@@ -329,23 +412,48 @@ class Chaos:
             token = self._ticker.schedule(experiment.ttl)
             run = Run(experiment, time.time(), expires_at, token)
             self._publish((*self._runs, run))
-        log_event(
-            "start",
-            actor=actor,
-            experiment=name,
-            ttl=experiment.ttl,
-            faults=[
-                f"{fault.kind} {fault.target} rate={fault.rate:g}" for fault in experiment.faults
-            ],
-            unknown=[f"{item['field']}: {item['detail']}" for item in unknown] or None,
-        )
+
+    def _start_in_store(self, experiment: Experiment, actor: str) -> None:
+        """Add ``experiment`` to the fleet's store, then follow it here at once."""
+        store, follower = self.store, self._follower
+        assert store is not None
+        assert follower is not None
+        name = experiment.name
+        try:
+            data = experiment_to_dict(experiment)
+        except ExperimentError as error:
+            log_event("refused", actor=actor, experiment=name, reason="not shareable")
+            raise ValueError(
+                f"experiment {name!r} cannot be shared through the store: {error}"
+            ) from None
+        try:
+            store.start(record(name, data, experiment.ttl, actor), self.max_experiments)
+        except StoreConflict as refused:
+            reason = "already running" if refused.field == "name" else "too many experiments"
+            log_event("refused", actor=actor, experiment=name, reason=reason)
+            if refused.field is None:
+                raise TooManyExperiments(str(refused)) from None
+            raise ValueError(str(refused)) from None
+        except StoreUnavailable:
+            log_event("refused", actor=actor, experiment=name, reason="store unavailable")
+            raise
+        # Started; if the read fails, the follower picks it up when it can read again.
+        with contextlib.suppress(StoreUnavailable):
+            follower.refresh()
 
     def stop(self, name: str, *, actor: str = "code") -> bool:
         """Stop the experiment ``name``; False if no experiment of that name is running."""
+        found = False
+        if self.store is not None:
+            try:
+                found = self.store.end_name(name, "stopped", actor)
+            except StoreUnavailable:
+                if not any(run.name == name for run in self._runs):
+                    raise
         with self._lock:
             run = next((run for run in self._runs if run.name == name), None)
             if run is None:
-                return False
+                return found
             self._end(run, "stopped", actor)
         return True
 
@@ -358,8 +466,19 @@ class Chaos:
             runs = self._runs
             for run in runs:
                 self._end(run, "halt", actor)
-        log_event("halt", actor=actor, level=logging.WARNING, stopped=len(runs))
-        return len(runs)
+        names = {run.name for run in runs}
+        synced: bool | None = None
+        if self.store is not None:
+            # Stopped here first: a store that cannot be reached never delays the kill switch.
+            try:
+                names.update(self.store.halt(actor))
+                synced = True
+            except StoreUnavailable:  # written first thing once it is back
+                synced = False
+                if self._follower is not None:
+                    self._follower.queue_halt(actor)
+        log_event("halt", actor=actor, level=logging.WARNING, stopped=len(names), fleet=synced)
+        return len(names)
 
     def expire(self) -> None:
         """Stop the experiments whose TTL has run out (seams and a timer call this)."""
@@ -367,6 +486,8 @@ class Chaos:
             return
         with self._lock:
             now = self.clock()
+            if self.store is not None and now >= self._lease_until:
+                self._lose()
             for run in self._runs:
                 if run.expires_at <= now:
                     self._end(run, "expired", "ttl")
@@ -395,7 +516,7 @@ class Chaos:
         >>> Chaos(enabled=False, seed=3).status()["experiments"]
         []
         """
-        return {
+        out: dict[str, Any] = {
             "enabled": self._enabled,
             "seed": self.seed,
             "experiments": [status.to_dict() for status in self.experiments()],
@@ -405,12 +526,233 @@ class Chaos:
             "max_injections": self.max_injections,
             "max_experiments": self.max_experiments,
         }
+        if self.store is not None and self._follower is not None:
+            self._fleet_status(out, self._follower.workers)
+        return out
 
-    def _end(self, run: Run, reason: str, actor: str, detail: str | None = None) -> None:
-        """Stop ``run`` (the lock is held): publish, wake its sleepers, count, log."""
+    def _fleet_status(self, out: dict[str, Any], workers: list[dict[str, Any]]) -> None:
+        """Add the fleet's view to ``out``: the store, its workers, counts summed over them."""
+        store = self.store
+        assert store is not None
+        out["store"] = {
+            "url": store.url,
+            "service": store.service,
+            "worker": self.worker,
+            "following": self._following,
+            "lease": self.lease,
+        }
+        out["workers"] = [
+            {
+                "worker": item.get("worker"),
+                "pid": item.get("pid"),
+                "host": item.get("host"),
+                "last_heartbeat": item.get("seen_at"),
+                "age": item.get("age"),
+                "following": bool(item.get("following")),
+            }
+            for item in workers
+        ]
+        out["not_following"] = [
+            item["worker"] for item in out["workers"] if not following(item, self.lease)
+        ]
+        keys = {run.name: run.key for run in self._runs}
+        for experiment in out["experiments"]:
+            key = keys.get(experiment["experiment"]["name"])
+            experiment["fleet"] = fleet_counts(key, workers) if key is not None else None
+
+    # -- the fleet ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop following the store and close it (a no-op without one); for shutdown and tests."""
+        follower = self._follower
+        if follower is not None:
+            follower.close()
+            if follower.thread is not None:
+                follower.thread.join(10)
+        if self.store is not None:
+            self.store.close()
+
+    def _follow(self, snapshot: Snapshot, read_at: float) -> None:
+        """Apply the store's ``snapshot`` (read from ``read_at`` on our clock) to this worker."""
+        with self._lock:
+            if read_at + self.lease <= self.clock() or snapshot.version < self._store_version:
+                return  # stale: never start (or keep) injecting on it
+            self._store_version = snapshot.version
+            self._lease_until = read_at + self.lease
+            if self._resume_at == math.inf:  # back: give the others a lease to write their ends
+                self._resume_at = read_at + self.lease
+            resuming = read_at >= self._resume_at
+            if not self._following:
+                self._following = True
+                self._set_following(1)
+            ended_keys = set(self._ended_keys)
+            running = {
+                entry["id"]: entry for entry in snapshot.running if entry["id"] not in ended_keys
+            }
+            ended = {entry["id"]: entry["ended"] for entry in snapshot.ended}
+            for run in self._runs:
+                entry = running.get(run.key or "")
+                if entry is None:
+                    how = ended.get(run.key) or {"reason": "expired", "actor": "ttl"}
+                    self._end(run, how["reason"], how["actor"], how.get("detail"), from_store=True)
+                else:
+                    run.expires_at = read_at + (entry["ends_at"] - snapshot.now)
+            have = {run.key for run in self._runs}
+            made = (
+                self._run_of(entry, snapshot.now, read_at)
+                for key, entry in running.items()
+                if key not in have and resuming
+            )
+            if resuming:
+                self._resume_at = -math.inf
+            added = [run for run in made if run is not None]
+            self._publish((*self._runs, *added))
+
+    def _run_of(self, entry: dict[str, Any], now: float, read_at: float) -> Run | None:
+        """A :class:`Run` for the store's ``entry`` (None, logged, if it is not valid here)."""
+        key = entry["id"]
+        try:
+            experiment = experiment_from_dict(entry["experiment"])
+        except ExperimentError as error:
+            self._ended_keys.append(key)  # said once
+            log_event(
+                "refused",
+                actor="follower",
+                experiment=entry.get("name"),
+                reason=f"the store's experiment is not valid here: {error}",
+                level=logging.WARNING,
+            )
+            return None
+        remaining = entry["ends_at"] - now
+        token = self._ticker.schedule(remaining)
+        run = Run(experiment, entry["started_at"], read_at + remaining, token)
+        run.key = key
+        before = self._counted.get(key)
+        if before is not None:  # back after the store was lost: keep counting
+            run.injections, run.skipped = before.injections, before.skipped
+            run.errors = before.errors
+        self._counted[key] = run
+        while len(self._counted) > _COUNTED:
+            del self._counted[next(iter(self._counted))]
+        log_event(
+            "follow",
+            actor=str(entry.get("actor")),
+            experiment=run.name,
+            remaining=round(remaining, 3),
+            store=self.store.url if self.store is not None else None,
+        )
+        return run
+
+    def _renew(self, read_at: float) -> bool:
+        """The store answered and nothing changed: keep injecting (False: read it all first)."""
+        with self._lock:
+            if (
+                self._store_version < 0
+                or self._resume_at > -math.inf
+                or read_at + self.lease <= self.clock()
+            ):
+                return False
+            self._lease_until = read_at + self.lease
+            expiries = (run.expires_at for run in self._runs)
+            lease = self._lease_until if self._runs else math.inf
+            self._next_expiry = min(min(expiries, default=math.inf), lease)
+            return True
+
+    def _store_failed(self) -> None:
+        """A poll failed: once the lease has run out, stop injecting."""
+        if self.clock() >= self._lease_until:
+            with self._lock:
+                if self.clock() >= self._lease_until:
+                    self._lose()
+
+    def _lose(self) -> None:
+        """The store has not been read for a lease (the lock is held): stop injecting here.
+
+        The experiments are not ended in the store: this worker takes them
+        up again, from a fresh read, once the store answers.
+        """
+        self._store_version = -1
+        self._resume_at = math.inf
+        runs = self._runs
+        if self._following or runs:
+            self._following = False
+            self._set_following(0)
+            log_event(
+                "store_lost",
+                actor="follower",
+                reason=f"the store was not read for {self.lease:g} s: injections stopped here",
+                level=logging.WARNING,
+                store=self.store.url if self.store is not None else None,
+                suspended=[run.name for run in runs],
+            )
+        if not runs:
+            return
+        for run in runs:
+            run.stopped = True
+            self._ticker.cancel(run.ttl_token)
+            self._stopped.appendleft(
+                {
+                    "experiment": run.name,
+                    "reason": "store-lost",
+                    "detail": "the store could not be read: stopped here until it is back",
+                    "actor": "follower",
+                    "at": time.time(),
+                    "injections": run.injections,
+                    "injection_errors": run.errors,
+                }
+            )
+        self._publish(())
+        for run in runs:
+            run.wake_all()
+
+    def _set_following(self, value: int) -> None:
+        catalog = self._injector.catalog
+        if catalog is not None:
+            catalog.chaos_store_following.set(value)
+
+    def _heartbeat(self) -> dict[str, Any]:
+        """What this worker tells the fleet: who it is, whether it follows, what it injected."""
+        with self._lock:
+            counted = list(self._counted.items())
+        return {
+            "pid": os.getpid(),
+            "host": self.worker.rpartition(":")[0],
+            "worker": self.worker,
+            "following": self._following,
+            "counts": {
+                key: {
+                    "experiment": run.name,
+                    "injections": run.injections,
+                    "skipped": run.skipped,
+                    "injection_errors": run.errors,
+                }
+                for key, run in counted
+            },
+        }
+
+    def _end(
+        self,
+        run: Run,
+        reason: str,
+        actor: str,
+        detail: str | None = None,
+        *,
+        from_store: bool = False,
+    ) -> None:
+        """Stop ``run`` (the lock is held): publish, wake its sleepers, count, log.
+
+        An experiment of the fleet's store that ended here is written there
+        too (by the follower: never on the caller's thread), unless the
+        store is where the end came from.
+        """
         if run.stopped:
             return
         run.stopped = True
+        key = run.key
+        if key is not None:
+            self._ended_keys.append(key)
+            if not from_store and self._follower is not None:
+                self._follower.queue_end(key, reason, actor, detail)
         # Recorded before anyone is woken: a call whose injected wait this ends
         # (maybe on another thread) may read status() at once.
         self._stopped.appendleft(
@@ -452,7 +794,8 @@ class Chaos:
         self._inbound = bool(routes)
         self._watchers = tuple(run for run in runs if run.watcher is not None)
         self.watching = bool(self._watchers)
-        self._next_expiry = min((run.expires_at for run in runs), default=math.inf)
+        lease = self._lease_until if self.store is not None and runs else math.inf
+        self._next_expiry = min(min((run.expires_at for run in runs), default=math.inf), lease)
         self.armed = bool(runs)
         catalog = self._injector.catalog
         if catalog is not None:

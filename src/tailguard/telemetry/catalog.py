@@ -482,6 +482,14 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         labels=("experiment", "fault"),
     ),
     MetricSpec(
+        "chaos_store_following",
+        "gauge",
+        "tailguard_chaos_store_following",
+        "1 while this worker follows its chaos store (Chaos(store=...)); 0 once it could not "
+        "read it for a lease and stopped injecting. Absent without a store.",
+        multiprocess_mode="livemin",
+    ),
+    MetricSpec(
         "chaos_injection_errors",
         "counter",
         "tailguard_chaos_injection_errors_total",
@@ -544,6 +552,7 @@ class Catalog:
     chaos_experiments_ended: Counter
     chaos_skipped: Counter
     chaos_injection_errors: Counter
+    chaos_store_following: Gauge
 
     def __init__(
         self,

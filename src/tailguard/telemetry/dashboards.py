@@ -811,9 +811,17 @@ def _gameday(objectives: Objectives) -> Dashboard:
                     Panel(
                         "Experiments active",
                         "Chaos experiments running now. Nonzero outside a game-day: halt it "
-                        "(tailguard chaos halt).",
+                        "(tailguard chaos halt). With a fleet store (Chaos(store=...)), "
+                        "'store followed' is 0 when some worker could not read the store "
+                        "for a lease and stopped injecting (docs/chaos-fleet.md).",
                         "short",
-                        (Query(running, "experiments active"),),
+                        (
+                            Query(running, "experiments active"),
+                            Query(
+                                gauge("tailguard_chaos_store_following", "", how="min"),
+                                "store followed",
+                            ),
+                        ),
                         kind="stat",
                         width=4,
                     ),
