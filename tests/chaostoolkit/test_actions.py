@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from chaoslib.exceptions import ActivityFailed
@@ -142,3 +143,34 @@ def test_bad_arguments_are_named_before_the_service_is_asked(
 def test_stop_needs_a_name(name: str) -> None:
     with pytest.raises(ActivityFailed, match="name must be a non-empty string"):
         actions.stop_experiment(name, {}, SECRETS)
+
+
+def test_set_enforcement_switches_the_service_and_rolls_back() -> None:
+    with serve() as service:
+        config = service.configuration
+        changed = actions.set_enforcement("shadow", configuration=config, secrets=SECRETS)
+        assert changed
+        modes = service.guard.snapshot()["enforcement"]
+        assert "shadow" in json.dumps(modes)
+        actions.set_enforcement("on", route="GET /busy", configuration=config, secrets=SECRETS)
+        assert "on" in json.dumps(service.guard.snapshot()["enforcement"])
+        actions.set_enforcement("on", configuration=config, secrets=SECRETS)
+        assert "shadow" not in json.dumps(service.guard.snapshot()["enforcement"])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"mode": True}, r"^set_enforcement: mode must be"),
+        ({"mode": "shadow", "route": ""}, r"^set_enforcement: route must be"),
+        ({"mode": "sometimes"}, r"^set_enforcement: 422 "),
+        ({"mode": "shadow", "dependency": "nope"}, r"^set_enforcement: 4\d\d "),
+    ],
+)
+def test_set_enforcement_refusals_name_the_problem(
+    service: Service, arguments: dict[str, Any], message: str
+) -> None:
+    before = service.guard.snapshot()["enforcement"]
+    with pytest.raises(ActivityFailed, match=message):
+        actions.set_enforcement(**arguments, configuration=service.configuration, secrets=SECRETS)
+    assert service.guard.snapshot()["enforcement"] == before

@@ -20,6 +20,7 @@ EXPECTED = {
     ("action", "start_experiment"): ["path", "experiment", "configuration", "secrets"],
     ("action", "stop_experiment"): ["name", "configuration", "secrets"],
     ("action", "halt"): ["configuration", "secrets"],
+    ("action", "set_enforcement"): ["mode", "route", "dependency", "configuration", "secrets"],
     ("probe", "status"): ["configuration", "secrets"],
     ("probe", "experiment_running"): ["name", "configuration", "secrets"],
     ("probe", "route_latency"): ["route", "quantile", "window", "min_requests", "configuration"],

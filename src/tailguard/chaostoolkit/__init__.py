@@ -52,7 +52,7 @@ def discover(discover_system: bool = True) -> dict[str, Any]:
     >>> found["extension"]["name"], found["target"]
     ('tailguard', 'tailguard')
     >>> [a["name"] for a in found["activities"] if a["type"] == "action"]
-    ['halt', 'start_experiment', 'stop_experiment']
+    ['halt', 'set_enforcement', 'start_experiment', 'stop_experiment']
     """
     try:
         from chaoslib.discovery.discover import discover_activities, initialize_discovery_result

@@ -1,4 +1,4 @@
-"""Chaos Toolkit actions: start, stop and halt tailguard experiments through the control API.
+"""Chaos Toolkit actions: tailguard experiments and enforcement modes, through the control API.
 
 Name this module in an action's provider, with the secret scope that holds
 ``tailguard_token``::
@@ -17,8 +17,9 @@ chaos disabled in the service, a name already running. Where the service is
 and the token come from the experiment's ``configuration`` and ``secrets``
 (see ``tailguard.chaostoolkit``).
 
-Switching the enforcement mode (shadow, gradual) is not an action yet: the
-control API's ``POST enforcement`` (or ``tailguard enforce``) switches it.
+:func:`set_enforcement` switches deadlines, admission and bulkheads between
+enforcing, shadow and a fraction (docs/rollout.md): run the same faults with
+the protections off and on in one experiment, and roll back to ``"on"``.
 """
 
 import os
@@ -28,7 +29,7 @@ from typing import Any
 from tailguard.chaos.schema import ExperimentError, read_experiment_file
 from tailguard.chaostoolkit._service import ActivityFailed, Settings, control
 
-__all__ = ["halt", "start_experiment", "stop_experiment"]
+__all__ = ["halt", "set_enforcement", "start_experiment", "stop_experiment"]
 
 
 def start_experiment(
@@ -114,3 +115,41 @@ def halt(configuration: Settings = None, secrets: Settings = None) -> int:
                                     "func": "halt", "secrets": ["tailguard"]}}]
     """
     return control(configuration, secrets, "halt", lambda client: client.halt())
+
+
+def set_enforcement(
+    mode: str | float,
+    route: str | None = None,
+    dependency: str | None = None,
+    configuration: Settings = None,
+    secrets: Settings = None,
+) -> dict[str, Any]:
+    """Switch enforcement to ``mode`` (``"on"``, ``"shadow"`` or a fraction such as ``0.25``).
+
+    Without ``route`` or ``dependency`` every route and dependency switches (so
+    ``"on"`` in a rollback undoes any switch); with one, only that route key or
+    dependency does. Answers the control API's account of what changed; fails
+    with the service's message for a mode, route or dependency it refuses.
+
+    Example::
+
+        {"type": "action", "name": "protections-off",
+         "provider": {"type": "python", "module": "tailguard.chaostoolkit.actions",
+                      "func": "set_enforcement", "arguments": {"mode": "shadow"},
+                      "secrets": ["tailguard"]}}
+    """
+    if isinstance(mode, bool) or not isinstance(mode, str | int | float):
+        raise ActivityFailed(
+            f"set_enforcement: mode must be 'on', 'shadow' or a fraction, got {mode!r}"
+        )
+    for field, value in (("route", route), ("dependency", dependency)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ActivityFailed(
+                f"set_enforcement: {field} must be a non-empty string, got {value!r}"
+            )
+    return control(
+        configuration,
+        secrets,
+        "set_enforcement",
+        lambda client: client.enforce(mode, route=route, dependency=dependency, by="chaostoolkit"),
+    )
