@@ -126,6 +126,22 @@ def tailguard_full() -> ASGIApp:
     return guard.install(make_app(), tracer_provider=_discarding_tracer_provider())
 
 
+def tailguard_full_untraced() -> ASGIApp:
+    """The full stack with ``tracing=False``: what the tracing arms add tracing to."""
+    from prometheus_client import CollectorRegistry
+
+    from tailguard import RoutePolicy, Tailguard
+
+    guard = Tailguard(
+        default=RoutePolicy(deadline=1.0, max_concurrency=64, max_queue=128),
+        routes={
+            "GET /items/{item_id}": RoutePolicy(deadline=0.5, max_concurrency=64, max_queue=128)
+        },
+        registry=CollectorRegistry(),
+    )
+    return guard.install(make_app(), tracing=False)
+
+
 def passthrough() -> ASGIApp:
     app = make_app()
     app.add_middleware(Passthrough)
@@ -222,6 +238,7 @@ ARMS: dict[str, Callable[[], ASGIApp]] = {
     "tailguard": tailguard_deadlines,
     "tailguard-metrics": tailguard_metrics,
     "tailguard-full": tailguard_full,
+    "tailguard-full-untraced": tailguard_full_untraced,
     "passthrough": passthrough,
     "deadline-floor": deadline_floor,
     "otel-asgi": otel_asgi,
