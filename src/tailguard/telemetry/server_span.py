@@ -352,6 +352,10 @@ class ServerSpans:
             get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS) or []
         )
 
+    def attributes_for(self, scope: Mapping[str, Any], headers: _Headers) -> dict[str, Any]:
+        """The request attributes of ``scope`` (see :func:`request_attributes`)."""
+        return _request_attributes(scope, headers, self.old, self.new)
+
     def start(self, scope: Mapping[str, Any], send: Send) -> ServerSpan | None:
         """Start the span of an http ``scope`` and make it current; ``None``: not traced.
 
@@ -377,13 +381,9 @@ class ServerSpans:
         name = _span_name(scope)
         if self.lazy:
             span = self.tracer.start_span(name, parent, kind)
-            attributes = (
-                _request_attributes(scope, headers, self.old, self.new)
-                if span.is_recording()
-                else None
-            )
+            attributes = self.attributes_for(scope, headers) if span.is_recording() else None
         else:
-            attributes = _request_attributes(scope, headers, self.old, self.new)
+            attributes = self.attributes_for(scope, headers)
             span = self.tracer.start_span(name, parent, kind, attributes)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         if attributes is not None:
