@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
@@ -110,36 +111,41 @@ def tailguard_metrics() -> ASGIApp:
     return guard.install(make_app(), tracing=False)
 
 
-def tailguard_full() -> ASGIApp:
-    """Deadlines, admission, metrics and tracing (OTel's ASGI middleware, tailguard's spans)."""
+def _full_guard() -> Any:
     from prometheus_client import CollectorRegistry
 
     from tailguard import RoutePolicy, Tailguard
 
-    guard = Tailguard(
+    return Tailguard(
         default=RoutePolicy(deadline=1.0, max_concurrency=64, max_queue=128),
         routes={
             "GET /items/{item_id}": RoutePolicy(deadline=0.5, max_concurrency=64, max_queue=128)
         },
         registry=CollectorRegistry(),
     )
-    return guard.install(make_app(), tracer_provider=_discarding_tracer_provider())
+
+
+def tailguard_full() -> ASGIApp:
+    """Deadlines, admission, metrics and tracing: tailguard's own (lean) server span, every
+    request sampled."""
+    return _full_guard().install(make_app(), tracer_provider=_discarding_tracer_provider())
+
+
+def tailguard_full_otel() -> ASGIApp:
+    """The full stack with OTel's ASGI middleware making the server span (receive/send off)."""
+    return _full_guard().install(
+        make_app(), tracer_provider=_discarding_tracer_provider(), server_spans="otel"
+    )
+
+
+def tailguard_full_1pct() -> ASGIApp:
+    """The full stack, lean server span, 1 % of requests sampled (``ParentBased`` ratio)."""
+    return _full_guard().install(make_app(), tracer_provider=_discarding_tracer_provider(0.01))
 
 
 def tailguard_full_untraced() -> ASGIApp:
     """The full stack with ``tracing=False``: what the tracing arms add tracing to."""
-    from prometheus_client import CollectorRegistry
-
-    from tailguard import RoutePolicy, Tailguard
-
-    guard = Tailguard(
-        default=RoutePolicy(deadline=1.0, max_concurrency=64, max_queue=128),
-        routes={
-            "GET /items/{item_id}": RoutePolicy(deadline=0.5, max_concurrency=64, max_queue=128)
-        },
-        registry=CollectorRegistry(),
-    )
-    return guard.install(make_app(), tracing=False)
+    return _full_guard().install(make_app(), tracing=False)
 
 
 def passthrough() -> ASGIApp:
@@ -157,13 +163,16 @@ def deadline_floor() -> ASGIApp:
     return app
 
 
-def _discarding_tracer_provider() -> object:
+def _discarding_tracer_provider(ratio: float | None = None) -> Any:
+    """An SDK provider whose spans are built, ended and dropped; ``ratio``: sample that share
+    of traces (``ParentBased(TraceIdRatioBased(ratio))``), else all."""
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import (
         SimpleSpanProcessor,
         SpanExporter,
         SpanExportResult,
     )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     class DiscardingExporter(SpanExporter):
         """Receives every ended span and drops it."""
@@ -171,7 +180,10 @@ def _discarding_tracer_provider() -> object:
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
+    if ratio is None:
+        provider = TracerProvider()
+    else:
+        provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
     provider.add_span_processor(SimpleSpanProcessor(DiscardingExporter()))
     return provider
 
@@ -238,6 +250,8 @@ ARMS: dict[str, Callable[[], ASGIApp]] = {
     "tailguard": tailguard_deadlines,
     "tailguard-metrics": tailguard_metrics,
     "tailguard-full": tailguard_full,
+    "tailguard-full-otel": tailguard_full_otel,
+    "tailguard-full-1pct": tailguard_full_1pct,
     "tailguard-full-untraced": tailguard_full_untraced,
     "passthrough": passthrough,
     "deadline-floor": deadline_floor,

@@ -52,12 +52,14 @@ from __future__ import annotations
 
 import contextlib
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import Token
 from typing import Any, Final, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY, _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation._semconv import (
     _get_schema_url,
     _OpenTelemetrySemanticConventionStability,
@@ -68,18 +70,18 @@ from opentelemetry.instrumentation._semconv import (
 )
 from opentelemetry.instrumentation.asgi import asgi_setter, collect_custom_headers_attributes
 from opentelemetry.instrumentation.propagators import get_global_response_propagator
-from opentelemetry.instrumentation.utils import (
-    http_status_to_status_code,
-    is_http_instrumentation_enabled,
-)
+from opentelemetry.instrumentation.utils import http_status_to_status_code
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
     ParentBased,
     ParentBasedTraceIdRatio,
     StaticSampler,
     TraceIdRatioBased,
 )
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.http import (
     OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
     OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
@@ -90,7 +92,6 @@ from opentelemetry.util.http import (
     get_custom_headers,
     normalise_request_header_name,
     normalise_response_header_name,
-    normalize_user_agent,
     parse_excluded_urls,
     redact_url,
     sanitize_method,
@@ -107,6 +108,15 @@ _initialize: Callable[[], None] = _OpenTelemetrySemanticConventionStability._ini
 
 _NAME: Final = "tailguard"
 _EMPTY: Final[list[bytes]] = []
+_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
+)
+"""The methods ``sanitize_method`` keeps as they are (it reads an env variable for the others)."""
+_UNKNOWN: Final = object()
+_SUPPRESS_PLAIN: Final = "suppress_instrumentation"  # what OTel's utils also check, for old code
+_KNOWN_PROPAGATORS: Final = frozenset({TraceContextTextMapPropagator, W3CBaggagePropagator})
+_AGENTS: dict[str, str | None] = {}
+_AGENTS_KEPT: Final = 1024
 
 # The sampler types whose decisions never read the span's attributes (exact types:
 # a subclass may override should_sample). With one of these, an unsampled request
@@ -131,15 +141,20 @@ def _decode(value: bytes) -> str:
 
 
 class _Headers:
-    """A scope's request headers by decoded, lowercased name: built once, read many times."""
+    """A scope's request headers by lowercased name: indexed once, read many times.
+
+    ``ASGIGetter`` decodes every header name (UTF-8) and lowercases it on each
+    lookup; for ASCII names (every real HTTP header) ``bytes.lower()`` is the
+    same thing, done once. Other names take the decoding path.
+    """
 
     __slots__ = ("by_name", "raw")
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
-        by_name: dict[str, list[bytes]] = {}
+        by_name: dict[bytes, list[bytes]] = {}
         self.raw = raw = scope.get("headers") or ()
         for key, value in raw:
-            name = _decode(key).lower()
+            name = key.lower() if key.isascii() else _decode(key).lower().encode("utf-8")
             found = by_name.get(name)
             if found is None:
                 by_name[name] = [value]
@@ -147,7 +162,7 @@ class _Headers:
                 found.append(value)
         self.by_name = by_name
 
-    def get(self, name: str) -> list[str] | None:
+    def get(self, name: bytes) -> list[str] | None:
         """The decoded values of header ``name`` (lowercase), or ``None``, as ``ASGIGetter``."""
         values = self.by_name.get(name, _EMPTY)
         return [_decode(value) for value in values] if values else None
@@ -157,7 +172,7 @@ class _Getter(Getter[_Headers]):
     """The propagator's view of :class:`_Headers` (what ``ASGIGetter`` answers, indexed)."""
 
     def get(self, carrier: _Headers, key: str) -> list[str] | None:
-        return carrier.get(key.lower())
+        return carrier.get(key.lower().encode("utf-8"))
 
     def keys(self, carrier: _Headers) -> list[str]:
         return [_decode(key) for key, _ in carrier.raw]
@@ -171,14 +186,17 @@ def _host_port_url(scope: Mapping[str, Any], headers: _Headers) -> tuple[str, An
     server = scope.get("server") or ["0.0.0.0", 80]
     port = server[1]
     suffix = ":" + str(port) if str(port) != "80" else ""
-    host_header = headers.get("host")
+    host_header = headers.get(b"host")
     url_host = host_header[0] if host_header else server[0] + suffix
     url = scope.get("scheme", "http") + "://" + url_host + scope.get("path", "")
     return server[0] + suffix, port, url
 
 
 def _set_int(result: dict[str, Any], key: str, value: Any) -> None:
-    if value:
+    if type(value) is int:
+        if value:
+            result[key] = value
+    elif value:
         with contextlib.suppress(ValueError, TypeError):
             result[key] = int(value)
 
@@ -240,13 +258,18 @@ def _request_attributes(  # one branch per attribute, in the ASGI middleware's o
             if query:
                 result["url.query"] = query
     if url and old:
-        redacted = redact_url(url)
+        # Credentials need an "@" and redacted query values a "?": without
+        # either, redact_url() parses the URL twice to return it unchanged.
+        redacted = redact_url(url) if "@" in url or "?" in url else url
         if redacted:
             result["http.url"] = redacted
     method = scope.get("method", "")
     if method:
-        original = method.strip()
-        normalized = sanitize_method(method).strip()
+        if method in _METHODS:  # what sanitize_method() returns for them, whatever the env says
+            original = normalized = method
+        else:
+            original = method.strip()
+            normalized = sanitize_method(method).strip()
         if original != normalized and new and original:
             result["http.request.method_original"] = original
         if normalized:
@@ -254,18 +277,18 @@ def _request_attributes(  # one branch per attribute, in the ASGI middleware's o
                 result["http.method"] = normalized
             if new:
                 result["http.request.method"] = normalized
-    hosts = headers.get("host")
+    hosts = headers.get(b"host")
     if hosts and old:
         result["http.server_name"] = ",".join(hosts)
-    agents = headers.get("user-agent")
+    agents = headers.get(b"user-agent")
     if agents:
-        agent = normalize_user_agent(agents[0])
+        agent = agents[0]  # a str already: normalize_user_agent() would return it as it is
         if agent:
             if old:
                 result["http.user_agent"] = agent
             if new:
                 result["user_agent.original"] = agent
-        synthetic = detect_synthetic_user_agent(agent)
+        synthetic = _synthetic(agent)
         if synthetic:
             result["user_agent.synthetic.type"] = synthetic
     client = scope.get("client")
@@ -283,16 +306,62 @@ def _request_attributes(  # one branch per attribute, in the ASGI middleware's o
     return result
 
 
+def _synthetic(agent: str) -> str | None:
+    """``detect_synthetic_user_agent``, remembered for the first agents seen (they repeat)."""
+    found = _AGENTS.get(agent, _UNKNOWN)
+    if found is _UNKNOWN:
+        found = detect_synthetic_user_agent(agent)
+        if len(_AGENTS) < _AGENTS_KEPT:
+            _AGENTS[agent] = found
+    return found  # type: ignore[return-value]
+
+
 def _span_name(scope: Mapping[str, Any]) -> str:
     """The ASGI middleware's default span name: ``"{method} {path}"``."""
     path = scope.get("path", "").strip()
-    method = sanitize_method(scope.get("method", "").strip())
+    method = scope.get("method", "")
+    if method not in _METHODS:
+        method = sanitize_method(method.strip())
     if method == "_OTHER":
         method = "HTTP"
     if method and path:
         return f"{method} {path}"
     name: str = path or method
     return name
+
+
+def _always_on(sampler: object) -> tuple[bool, ...]:
+    """For each of :func:`_situation`'s parent situations, whether ``sampler`` leaves the
+    decision to ``ALWAYS_ON`` (an SDK ``ParentBased`` sampler's delegates, or the sampler)."""
+    if type(sampler) in _PARENT_BASED:
+        return tuple(getattr(sampler, name, None) is ALWAYS_ON for name in _DELEGATES)
+    return (sampler is ALWAYS_ON,) * len(_DELEGATES)
+
+
+def _situation(parent: otel_context.Context) -> int:
+    """Which delegate of ``ParentBased`` decides under ``parent`` (the order of _DELEGATES)."""
+    found = trace.get_current_span(parent).get_span_context()
+    if not found.is_valid:
+        return 0
+    sampled = found.trace_flags.sampled
+    if found.is_remote:
+        return 1 if sampled else 2
+    return 3 if sampled else 4
+
+
+def _known_fields(textmap: object) -> frozenset[bytes] | None:
+    """The header names of a propagator made of W3C trace context and baggage only, else None.
+
+    For those, a request with none of the headers extracts to the context given.
+    """
+    parts: list[Any] | None = (
+        getattr(textmap, "_propagators", None)
+        if type(textmap) is CompositePropagator
+        else [textmap]
+    )
+    if parts is None or any(type(part) not in _KNOWN_PROPAGATORS for part in parts):
+        return None
+    return frozenset(field.lower().encode("utf-8") for part in parts for field in part.fields)
 
 
 def _blind(sampler: object) -> bool:
@@ -339,7 +408,14 @@ class ServerSpans:
         )
         # SDK tracers carry their provider's sampler; a proxy (global provider not
         # set yet) does not, and gets its attributes up front, as OTel gives them.
-        self.lazy = _blind(getattr(self.tracer, "sampler", None))
+        sampler = getattr(self.tracer, "sampler", None)
+        self.lazy = _blind(sampler)
+        # Per parent situation (see _situation), whether the sampler that decides is
+        # ALWAYS_ON; None when none is.
+        sure = _always_on(sampler) if self.lazy else None
+        self.sure = sure if sure is not None and any(sure) else None
+        self._textmap: object = None
+        self._fields: frozenset[bytes] | None = None
         urls = excluded_urls_from_env() if excluded_urls is None else excluded_urls
         self.excluded: ExcludeList | None = parse_excluded_urls(urls) if urls else None
         self.capture_request = (
@@ -365,39 +441,72 @@ class ServerSpans:
         :attr:`ServerSpan.watches_messages`, and calls :meth:`ServerSpan.finish`
         once the request is over, in the same context.
         """
-        if not is_http_instrumentation_enabled():
+        current = otel_context.get_current()
+        # is_http_instrumentation_enabled(), reading the current context once.
+        if (
+            current.get(_SUPPRESS_INSTRUMENTATION_KEY)
+            or current.get(_SUPPRESS_PLAIN)
+            or current.get(_SUPPRESS_HTTP_INSTRUMENTATION_KEY)
+        ):
             return None
         headers = _Headers(scope)
         excluded = self.excluded
         if excluded is not None and excluded.url_disabled(_host_port_url(scope, headers)[2]):
             return None
-        current = otel_context.get_current()
+        root = False  # known to have no parent span
         if trace.get_current_span(current) is trace.INVALID_SPAN:
-            parent = propagate.extract(headers, current, getter=_GETTER)
             kind = SpanKind.SERVER
+            textmap = propagate.get_global_textmap()
+            if textmap is not self._textmap:
+                self._textmap, self._fields = textmap, _known_fields(textmap)
+            fields = self._fields
+            if fields is not None and fields.isdisjoint(headers.by_name):
+                # W3C trace context and baggage with none of their headers: the
+                # propagator would hand back the context it was given.
+                parent, root = current, True
+            else:
+                parent = textmap.extract(headers, current, getter=_GETTER)
         else:
             parent = current
             kind = SpanKind.INTERNAL
         name = _span_name(scope)
-        if self.lazy:
-            span = self.tracer.start_span(name, parent, kind)
-            attributes = self.attributes_for(scope, headers) if span.is_recording() else None
-        else:
+        sure = self.sure
+        if sure is not None and sure[0 if root else _situation(parent)]:
+            # The sampler that decides is ALWAYS_ON: the attributes go in at the start,
+            # as the ASGI middleware passes them, in one step.
             attributes = self.attributes_for(scope, headers)
             span = self.tracer.start_span(name, parent, kind, attributes)
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
-        if attributes is not None:
-            if kind is SpanKind.SERVER and self.capture_request:
-                attributes.update(
-                    collect_custom_headers_attributes(
-                        cast("dict[str, Any]", scope),
-                        self.sanitize,
-                        self.capture_request,
-                        normalise_request_header_name,
-                    )
-                )
+            extra = self._captured(scope) if kind is SpanKind.SERVER else None
+            if extra:
+                span.set_attributes(extra)
+        elif self.lazy:
+            span = self.tracer.start_span(name, parent, kind)
+            if span.is_recording():  # unsampled requests build no attributes at all
+                attributes = self.attributes_for(scope, headers)
+                if kind is SpanKind.SERVER:
+                    attributes.update(self._captured(scope) or {})
+                span.set_attributes(attributes)
+        else:
+            # A sampler that may read attributes gets them, as from the ASGI middleware,
+            # which then sets them again on the span (the sampler may have changed them).
+            attributes = self.attributes_for(scope, headers)
+            span = self.tracer.start_span(name, parent, kind, attributes)
+            if kind is SpanKind.SERVER:
+                attributes.update(self._captured(scope) or {})
             span.set_attributes(attributes)
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
         return ServerSpan(self, span, kind, token, send)
+
+    def _captured(self, scope: Mapping[str, Any]) -> dict[str, list[str]] | None:
+        """The request headers to capture (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_...``)."""
+        if not self.capture_request:
+            return None
+        return collect_custom_headers_attributes(
+            cast("dict[str, Any]", scope),
+            self.sanitize,
+            self.capture_request,
+            normalise_request_header_name,
+        )
 
 
 class ServerSpan:
@@ -429,13 +538,14 @@ class ServerSpan:
         """
         return self.span.is_recording() or _response_propagator() is not None
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
         """Send ``message`` to the server, as the ASGI middleware's wrapped ``send`` does.
 
         The response's start sets the status attributes and the span status
         (5xx is an error, 4xx is not, as for server spans), and captures the
         configured response headers; the last body message ends the span,
-        once the server has taken it.
+        once the server has taken it. A plain function returning the server's
+        awaitable (no coroutine per message) but for the last message.
         """
         span = self.span
         kind = message["type"]
@@ -448,9 +558,13 @@ class ServerSpan:
                 context=trace.set_span_in_context(span, otel_context.Context()),
                 setter=asgi_setter,
             )
-        await self._send(message)
         if kind == "http.response.body" and not message.get("more_body", False):
-            self.end()
+            return self._send_last(message)
+        return self._send(message)
+
+    async def _send_last(self, message: Message) -> None:
+        await self._send(message)
+        self.end()
 
     def _response_started(self, span: Span, message: Message) -> None:
         spans = self.spans
