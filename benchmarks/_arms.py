@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
@@ -116,13 +117,12 @@ def tailguard_metrics() -> ASGIApp:
     return guard.install(make_app(), tracing=False)
 
 
-def tailguard_full(enforce: str = "on") -> ASGIApp:
-    """Deadlines, admission, metrics and tracing (OTel's ASGI middleware, tailguard's spans)."""
+def _full_guard(enforce: str = "on") -> Any:
     from prometheus_client import CollectorRegistry
 
     from tailguard import RoutePolicy, Tailguard
 
-    guard = Tailguard(
+    return Tailguard(
         default=RoutePolicy(deadline=1.0, max_concurrency=64, max_queue=128),
         routes={
             "GET /items/{item_id}": RoutePolicy(deadline=0.5, max_concurrency=64, max_queue=128)
@@ -130,7 +130,29 @@ def tailguard_full(enforce: str = "on") -> ASGIApp:
         registry=CollectorRegistry(),
         enforce=enforce,
     )
-    return guard.install(make_app(), tracer_provider=_discarding_tracer_provider())
+
+
+def tailguard_full(enforce: str = "on") -> ASGIApp:
+    """Deadlines, admission, metrics and tracing: tailguard's own (lean) server span, every
+    request sampled."""
+    return _full_guard(enforce).install(make_app(), tracer_provider=_discarding_tracer_provider())
+
+
+def tailguard_full_otel() -> ASGIApp:
+    """The full stack with OTel's ASGI middleware making the server span (receive/send off)."""
+    return _full_guard().install(
+        make_app(), tracer_provider=_discarding_tracer_provider(), server_spans="otel"
+    )
+
+
+def tailguard_full_1pct() -> ASGIApp:
+    """The full stack, lean server span, 1 % of requests sampled (``ParentBased`` ratio)."""
+    return _full_guard().install(make_app(), tracer_provider=_discarding_tracer_provider(0.01))
+
+
+def tailguard_full_untraced() -> ASGIApp:
+    """The full stack with ``tracing=False``: what the tracing arms add tracing to."""
+    return _full_guard().install(make_app(), tracing=False)
 
 
 def tailguard_full_shadow() -> ASGIApp:
@@ -153,13 +175,16 @@ def deadline_floor() -> ASGIApp:
     return app
 
 
-def _discarding_tracer_provider() -> object:
+def _discarding_tracer_provider(ratio: float | None = None) -> Any:
+    """An SDK provider whose spans are built, ended and dropped; ``ratio``: sample that share
+    of traces (``ParentBased(TraceIdRatioBased(ratio))``), else all."""
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import (
         SimpleSpanProcessor,
         SpanExporter,
         SpanExportResult,
     )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     class DiscardingExporter(SpanExporter):
         """Receives every ended span and drops it."""
@@ -167,7 +192,10 @@ def _discarding_tracer_provider() -> object:
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
+    if ratio is None:
+        provider = TracerProvider()
+    else:
+        provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
     provider.add_span_processor(SimpleSpanProcessor(DiscardingExporter()))
     return provider
 
@@ -236,6 +264,9 @@ ARMS: dict[str, Callable[[], ASGIApp]] = {
     "tailguard-metrics": tailguard_metrics,
     "tailguard-full": tailguard_full,
     "tailguard-full-shadow": tailguard_full_shadow,
+    "tailguard-full-otel": tailguard_full_otel,
+    "tailguard-full-1pct": tailguard_full_1pct,
+    "tailguard-full-untraced": tailguard_full_untraced,
     "passthrough": passthrough,
     "deadline-floor": deadline_floor,
     "otel-asgi": otel_asgi,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -343,6 +342,7 @@ class Tailguard:
         *,
         metrics_path: str | None = "/metrics",
         tracing: bool = True,
+        server_spans: Literal["tailguard", "otel"] = "tailguard",
         instrument: bool = True,
         tracer_provider: TracerProvider | None = None,
         exclude_spans: Sequence[str] | None = ("receive", "send"),
@@ -369,15 +369,20 @@ class Tailguard:
           ``metrics_host`` (``127.0.0.1`` by default), started and stopped with
           the app's lifespan; give ``metrics_path=None`` with it to take them
           off the app's port. See docs/metrics.md for what a scrape exposes;
-        * with ``tracing``, OpenTelemetry's ASGI middleware outermost (unless the
-          app is instrumented already) with ``tracer_provider`` (default: the
-          global one), whose server span tailguard annotates; tailguard's own
-          spans come from the same provider. ``exclude_spans`` is passed on:
-          by default the per-message ``receive``/``send`` spans are left out,
-          and so are scrapes and control-API requests (``excluded_urls``;
-          ``trace_endpoints=True`` traces them).
-          ``instrument=False`` keeps tailguard's annotations and spans but adds
-          no middleware (for an app wrapped in OTel from outside);
+        * with ``tracing``, a server span per request from ``tracer_provider``
+          (default: the global one), annotated by tailguard; tailguard's own
+          spans come from the same provider. ``server_spans="tailguard"`` (the
+          default) makes the span in tailguard's middleware, with the name,
+          kind, status and attributes OpenTelemetry's ASGI middleware gives it,
+          for a fraction of the cost (docs/tracing.md); ``server_spans="otel"``
+          adds OpenTelemetry's ASGI middleware outermost instead, for its hooks,
+          its OTel HTTP metrics or websocket spans, and passes ``exclude_spans``
+          on (by default its per-message ``receive``/``send`` spans are left
+          out; the lean path never makes them). Either way an app that is
+          instrumented already keeps its own server span, and scrapes and
+          control-API requests make no span (``trace_endpoints=True`` traces
+          them). ``instrument=False`` keeps tailguard's annotations and spans
+          but makes no server span (for an app wrapped in OTel from outside);
           ``tracing=False`` turns tailguard's tracing off altogether;
         * with a ``control_token``, the chaos control API under ``control_path``
           (see docs/chaos-control.md); without one, no control API is mounted.
@@ -403,8 +408,16 @@ class Tailguard:
                     "middleware would count and limit every request twice. Call install() "
                     "once per app; to change its options, build the app again"
                 )
+        if server_spans not in ("tailguard", "otel"):
+            raise ValueError(f"server_spans must be 'tailguard' or 'otel', got {server_spans!r}")
         if tracing:
-            otel.check_options(exclude_spans)
+            excluded = otel.check_options(exclude_spans)
+            lean_spans = set(otel.DEFAULT_EXCLUDE_SPANS)
+            if server_spans == "tailguard" and set(excluded or ()) != lean_spans:
+                raise ValueError(
+                    f"exclude_spans={exclude_spans!r} keeps OpenTelemetry's per-message "
+                    "receive/send spans, which only server_spans='otel' makes"
+                )
         if not isinstance(trace_endpoints, bool):
             raise TypeError(f"trace_endpoints must be True or False, got {trace_endpoints!r}")
         through = _response_middleware(registered, responses_through)
@@ -446,18 +459,32 @@ class Tailguard:
         self.runtime.serve(tuple((path, endpoint) for _, path, endpoint in endpoints))
         self.runtime.responses = Responses(through)
         self.runtime.metrics_server = server
+        lean = None
+        if tracing and instrument and server_spans == "tailguard" and not otel.is_instrumented(app):
+            from tailguard.telemetry.server_span import ServerSpans
+
+            lean = ServerSpans(tracer_provider)
         self.runtime.tracing = tracing
+        self.runtime.server_spans = lean
+        self.runtime.trace_endpoints = trace_endpoints
         self._app = app
         add_middleware(TailguardMiddleware, guard=self)
         self._app_routes = getattr(app, "routes", None)
-        if tracing and instrument:
+        if tracing and instrument and server_spans == "otel":
             # Added last, so outermost: the server span is current inside tailguard.
             options: dict[str, Any] = {}
-            if endpoints and not trace_endpoints:
-                options["excluded_urls"] = _excluded_urls(path for _, path, _ in endpoints)
+            excluded_urls = _excluded_urls(
+                path for _, path, _ in (endpoints if not trace_endpoints else ())
+            )
+            if excluded_urls:
+                options["excluded_urls"] = excluded_urls
             otel.instrument(app, tracer_provider, exclude_spans=exclude_spans, **options)
         elif tracing:
             use_tracer_provider(tracer_provider)
+            if lean is not None:
+                # tailguard's middleware makes the server span: a later
+                # FastAPIInstrumentor.instrument_app must not add a second one.
+                otel.mark_instrumented(app)
         return app
 
 
@@ -487,9 +514,7 @@ def _excluded_urls(paths: Iterable[str]) -> str:
     ours = [
         "^[a-z]+://[^/]*" + re.escape(path).replace(",", "\\x2c") + "(?:/.*)?$" for path in paths
     ]
-    env = os.environ.get("OTEL_PYTHON_ASGI_EXCLUDED_URLS") or os.environ.get(
-        "OTEL_PYTHON_EXCLUDED_URLS", ""
-    )
+    env = otel.excluded_urls_from_env()
     return ",".join([*ours, *(url.strip() for url in env.split(",") if url.strip())])
 
 

@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from tailguard import RoutePolicy, Tailguard
+from tailguard import RoutePolicy, Tailguard, TailguardMiddleware
 from tailguard.telemetry import tracing
+from tailguard.telemetry.otel import is_instrumented
 
 pytestmark = pytest.mark.anyio
 
@@ -84,12 +85,30 @@ async def test_opentelemetry_is_outermost_and_uses_the_given_provider() -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     guard = Tailguard(registry=CollectorRegistry())
-    app = guard.install(make_app(), tracer_provider=provider)
+    app = guard.install(make_app(), tracer_provider=provider, server_spans="otel")
     assert app.user_middleware[0].cls is OpenTelemetryMiddleware
     async with client(app) as http:
         assert (await http.get("/items/3")).status_code == 200
     (server,) = exporter.get_finished_spans()
     assert server.kind.name == "SERVER"
+    assert server.instrumentation_scope is not None
+    assert server.instrumentation_scope.name == "opentelemetry.instrumentation.asgi"
+
+
+async def test_by_default_tailguard_makes_the_server_span_itself() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    guard = Tailguard(registry=CollectorRegistry())
+    app = guard.install(make_app(), tracer_provider=provider)
+    assert [m.cls for m in app.user_middleware] == [TailguardMiddleware]
+    assert is_instrumented(app)  # a later FastAPIInstrumentor leaves it alone
+    async with client(app) as http:
+        assert (await http.get("/items/3")).status_code == 200
+    (server,) = exporter.get_finished_spans()
+    assert (server.name, server.kind.name) == ("GET /items/{item_id}", "SERVER")
+    assert server.instrumentation_scope is not None
+    assert server.instrumentation_scope.name == "tailguard"
 
 
 def test_an_instrumented_app_is_not_instrumented_twice() -> None:

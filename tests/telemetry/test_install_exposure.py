@@ -144,8 +144,9 @@ def test_bad_metrics_address_is_refused(host: str, port: int, field: str) -> Non
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("trace_endpoints", [False, True])
+@pytest.mark.parametrize("server_spans", ["tailguard", "otel"])
 async def test_scrapes_and_control_requests_are_not_traced_by_default(
-    trace_endpoints: bool,
+    trace_endpoints: bool, server_spans: str
 ) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -156,6 +157,7 @@ async def test_scrapes_and_control_requests_are_not_traced_by_default(
         tracer_provider=provider,
         control_token=TOKEN,
         trace_endpoints=trace_endpoints,
+        server_spans=server_spans,  # type: ignore[arg-type]
     )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:

@@ -28,13 +28,21 @@ def exporter() -> InMemorySpanExporter:
     tracing.use_tracer_provider(None)
 
 
+@pytest.fixture(params=["tailguard", "otel"])
+def server_spans(request: pytest.FixtureRequest) -> str:
+    """Both ways of making the server span: tailguard's own (lean) and OTel's middleware."""
+    return str(request.param)
+
+
 def provider_for(exporter: InMemorySpanExporter) -> TracerProvider:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider
 
 
-def build(exporter: InMemorySpanExporter, **options: object) -> tuple[Starlette, Tailguard]:
+def build(
+    exporter: InMemorySpanExporter, server_spans: str, **options: object
+) -> tuple[Starlette, Tailguard]:
     release = asyncio.Event()
     started = asyncio.Event()
 
@@ -78,7 +86,7 @@ def build(exporter: InMemorySpanExporter, **options: object) -> tuple[Starlette,
         registry=CollectorRegistry(),
         **options,  # type: ignore[arg-type]
     )
-    guard.install(app, tracer_provider=provider_for(exporter))
+    guard.install(app, tracer_provider=provider_for(exporter), server_spans=server_spans)  # type: ignore[arg-type]
     return app, guard
 
 
@@ -93,8 +101,9 @@ def server_span(spans: tuple[ReadableSpan, ...]) -> ReadableSpan:
 
 async def test_server_span_is_annotated_and_spawned_tasks_are_its_children(
     exporter: InMemorySpanExporter,
+    server_spans: str,
 ) -> None:
-    app, _ = build(exporter)
+    app, _ = build(exporter, server_spans)
     async with client(app) as http:
         assert (await http.get("/items/42")).text == "42:7"
     spans = exporter.get_finished_spans()
@@ -122,8 +131,9 @@ async def test_server_span_is_annotated_and_spawned_tasks_are_its_children(
 
 async def test_a_callers_budget_is_on_the_server_span_with_its_header(
     exporter: InMemorySpanExporter,
+    server_spans: str,
 ) -> None:
-    app, _ = build(exporter)
+    app, _ = build(exporter, server_spans)
     async with client(app) as http:
         response = await http.get("/items/42", headers={"x-request-timeout-ms": "20000"})
         assert response.text == "42:7"
@@ -134,8 +144,9 @@ async def test_a_callers_budget_is_on_the_server_span_with_its_header(
 
 async def test_deadline_expiry_is_an_event_on_the_server_span(
     exporter: InMemorySpanExporter,
+    server_spans: str,
 ) -> None:
-    app, _ = build(exporter)
+    app, _ = build(exporter, server_spans)
     async with client(app) as http:
         assert (await http.get("/slow")).status_code == 504
     server = server_span(exporter.get_finished_spans())
@@ -145,9 +156,9 @@ async def test_deadline_expiry_is_an_event_on_the_server_span(
 
 @pytest.mark.parametrize("policy", ["leave", "cancel"])
 async def test_an_orphan_is_counted_and_cancelled_by_policy(
-    exporter: InMemorySpanExporter, policy: str
+    exporter: InMemorySpanExporter, server_spans: str, policy: str
 ) -> None:
-    app, guard = build(exporter, orphans=policy)
+    app, guard = build(exporter, server_spans, orphans=policy)
     async with client(app) as http:
         assert (await http.get("/leaky")).text == "leaked"
     orphan: asyncio.Task[None] = app.state.orphan
@@ -172,8 +183,10 @@ def test_orphan_policy_is_validated() -> None:
         Tailguard(orphans="drop")  # type: ignore[arg-type]
 
 
-async def test_snapshot_lists_requests_in_flight(exporter: InMemorySpanExporter) -> None:
-    app, guard = build(exporter)
+async def test_snapshot_lists_requests_in_flight(
+    exporter: InMemorySpanExporter, server_spans: str
+) -> None:
+    app, guard = build(exporter, server_spans)
     async with client(app) as http:
         pending = asyncio.create_task(http.get("/wait"))
         while not guard.live:

@@ -31,8 +31,14 @@ def exporter() -> Iterator[InMemorySpanExporter]:
     tracing.use_tracer_provider(None)
 
 
+@pytest.fixture(params=["tailguard", "otel"])
+def server_spans(request: pytest.FixtureRequest) -> str:
+    """Both ways of making the server span: tailguard's own (lean) and OTel's middleware."""
+    return str(request.param)
+
+
 class Story:
-    def __init__(self, exporter: InMemorySpanExporter) -> None:
+    def __init__(self, exporter: InMemorySpanExporter, server_spans: str) -> None:
         self.gate = asyncio.Event()
         self.inside = asyncio.Event()
         self.registry = CollectorRegistry()
@@ -47,7 +53,7 @@ class Story:
         app = Starlette(routes=[Route("/held", self.held), Route("/orders", self.orders)])
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        self.app = self.guard.install(app, tracer_provider=provider)
+        self.app = self.guard.install(app, tracer_provider=provider, server_spans=server_spans)  # type: ignore[arg-type]
         self.exporter = exporter
 
     async def held(self, request: Request) -> Response:
@@ -74,8 +80,9 @@ class Story:
 
 async def test_a_queued_request_gets_a_queue_wait_span_and_the_next_is_shed(
     exporter: InMemorySpanExporter,
+    server_spans: str,
 ) -> None:
-    story = Story(exporter)
+    story = Story(exporter, server_spans)
     limiter = story.guard.limiters["/held"]
     async with story.client() as http:
         first = asyncio.create_task(http.get("/held"))
@@ -99,8 +106,9 @@ async def test_a_queued_request_gets_a_queue_wait_span_and_the_next_is_shed(
 
 async def test_dependency_time_is_charged_to_the_request_and_traced(
     exporter: InMemorySpanExporter,
+    server_spans: str,
 ) -> None:
-    story = Story(exporter)
+    story = Story(exporter, server_spans)
     async with story.client() as http:
         assert (await http.get("/orders")).text == "rows"
     assert (
@@ -120,8 +128,10 @@ async def test_dependency_time_is_charged_to_the_request_and_traced(
     assert all(c.parent is not None and c.parent.span_id == server.context.span_id for c in calls)
 
 
-async def test_header_scoped_chaos_needs_the_secret(exporter: InMemorySpanExporter) -> None:
-    story = Story(exporter)
+async def test_header_scoped_chaos_needs_the_secret(
+    exporter: InMemorySpanExporter, server_spans: str
+) -> None:
+    story = Story(exporter, server_spans)
     story.engine.start(
         chaos.Experiment(
             "orders-503",
@@ -140,8 +150,9 @@ async def test_header_scoped_chaos_needs_the_secret(exporter: InMemorySpanExport
 
 async def test_a_dependency_hedges_through_its_own_bulkhead(
     exporter: InMemorySpanExporter,
+    server_spans: str,
 ) -> None:
-    story = Story(exporter)
+    story = Story(exporter, server_spans)
     seen: list[int] = []
 
     async def fetch() -> str:
@@ -153,8 +164,10 @@ async def test_a_dependency_hedges_through_its_own_bulkhead(
     assert story.db.limiter.in_use == 0
 
 
-async def test_dep_hedge_uses_the_dependencys_own_estimate(exporter: InMemorySpanExporter) -> None:
-    story = Story(exporter)
+async def test_dep_hedge_uses_the_dependencys_own_estimate(
+    exporter: InMemorySpanExporter, server_spans: str
+) -> None:
+    story = Story(exporter, server_spans)
     db = story.db
     for _ in range(250):  # plain calls through two seams feed the estimate
         await db.call(asyncio.sleep, 0)

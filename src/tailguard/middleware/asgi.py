@@ -6,7 +6,7 @@ import asyncio
 import logging
 from asyncio import current_task
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,6 +20,9 @@ from tailguard.routing.report import RouteReport, app_routes, check_routes
 from tailguard.telemetry import tasks as task_registry
 from tailguard.telemetry.exposition import retire_worker
 from tailguard.telemetry.pools import instrument_threads
+
+if TYPE_CHECKING:
+    from tailguard.telemetry.server_span import ServerSpans
 
 __all__ = ["RouteKeyError", "TailguardMiddleware"]
 
@@ -86,7 +89,10 @@ class TailguardMiddleware:
         if pattern is not None and pattern.search(scope["path"]):  # rules out most at once
             endpoint = runtime.endpoint_for(route_path(scope))  # behind a proxy prefix too
             if endpoint is not None:
-                await endpoint(scope, receive, send)
+                if runtime.trace_endpoints and runtime.server_spans is not None:
+                    await _traced_endpoint(runtime.server_spans, endpoint, scope, receive, send)
+                else:
+                    await endpoint(scope, receive, send)
                 return
         matcher = self._matcher
         if matcher is not None and scope.get("app") is matcher.app:
@@ -99,8 +105,12 @@ class TailguardMiddleware:
         if sweeper is None or sweeper.loop is not task.get_loop():
             sweeper = self._sweeper = _new_sweeper(runtime, task.get_loop())
             await _start_metrics_server(runtime)
-        exchange = Exchange(task, send, receive, scope, resolved, runtime)
-        await exchange.run(self.app, sweeper)
+        spans = runtime.server_spans
+        if spans is None:
+            exchange = Exchange(task, send, receive, scope, resolved, runtime)
+            await exchange.run(self.app, sweeper)
+        else:
+            await _traced(spans, self.app, sweeper, task, scope, receive, send, resolved, runtime)
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Lifespan and websocket scopes pass through; lifespan also starts telemetry."""
@@ -187,6 +197,50 @@ class TailguardMiddleware:
                 return matcher.resolve(scope, self.runtime.routes)
             self._uncompilable = app
         return self.runtime.routes.lookup(scope["method"], route_template(scope))
+
+
+async def _traced(
+    spans: ServerSpans,
+    app: ASGIApp,
+    sweeper: Sweeper,
+    task: asyncio.Task[Any],
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    resolved: ResolvedRoute,
+    runtime: Runtime,
+) -> None:
+    """A request on the lean tracing path: inside its own server span (see server_span.py)."""
+    request = spans.start(scope, send)
+    if request is None:  # excluded URL, or instrumentation suppressed
+        await Exchange(task, send, receive, scope, resolved, runtime).run(app, sweeper)
+        return
+    if request.watches_messages:
+        send = request.send
+    try:
+        await Exchange(task, send, receive, scope, resolved, runtime).run(app, sweeper)
+    except Exception as exc:
+        request.fail(exc)
+        raise
+    finally:
+        request.finish()
+
+
+async def _traced_endpoint(
+    spans: ServerSpans, endpoint: ASGIApp, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """``install(trace_endpoints=True)`` on the lean path: a scrape or control call's span."""
+    request = spans.start(scope, send)
+    if request is None:
+        await endpoint(scope, receive, send)
+        return
+    try:
+        await endpoint(scope, receive, request.send if request.watches_messages else send)
+    except Exception as exc:
+        request.fail(exc)
+        raise
+    finally:
+        request.finish()
 
 
 def _new_sweeper(runtime: Runtime, loop: asyncio.AbstractEventLoop) -> Sweeper:

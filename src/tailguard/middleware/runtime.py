@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from tailguard.telemetry.live import LiveRequests
     from tailguard.telemetry.loop import LoopMonitor
     from tailguard.telemetry.requests import RequestRecorder
+    from tailguard.telemetry.server_span import ServerSpans
 
 __all__ = ["Runtime", "RuntimeOwner"]
 
@@ -70,6 +71,11 @@ class Runtime:
     """Cancel tasks still pending when their request finishes."""
     tracing: bool = True
     """Annotate the server span and trace spawned tasks."""
+    server_spans: ServerSpans | None = None
+    """Makes each request's server span (``install(server_spans="tailguard")``); ``None``:
+    tailguard makes none (OpenTelemetry's middleware does, or tracing is off)."""
+    trace_endpoints: bool = False
+    """:attr:`server_spans` also traces requests to :attr:`endpoints` (scrapes, control API)."""
     endpoints: tuple[tuple[str, ASGIApp], ...] = ()
     """Paths tailguard answers itself (``/metrics``, the control API), by prefix."""
     endpoint_pattern: re.Pattern[str] | None = field(default=None, init=False)

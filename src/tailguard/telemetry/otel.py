@@ -1,8 +1,10 @@
-"""OpenTelemetry: server spans from ``opentelemetry-instrumentation-asgi``, annotated by tailguard.
+"""OpenTelemetry: the request's server span, annotated by tailguard, and tailguard's child spans.
 
-tailguard never starts a server span. :func:`instrument` puts OpenTelemetry's
-own ASGI middleware outermost on the app (unless the app is instrumented
-already); tailguard's middleware, inside it, finds the server span current and
+The server span comes from one of two places. By default tailguard makes it
+itself (:mod:`tailguard.telemetry.server_span`, the lean path); with
+``install(server_spans="otel")``, :func:`instrument` puts OpenTelemetry's own
+ASGI middleware outermost on the app (unless the app is instrumented already).
+Either way tailguard's middleware finds the server span current and
 annotates it through the helpers here: the route template, the deadline, the
 admission decision, how the budget was spent, events for shedding and deadline
 expiry, and child spans for what is worth seeing (queue waits, dependency
@@ -35,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -52,9 +55,11 @@ __all__ = [
     "check_options",
     "end_dependency_span",
     "end_task_span",
+    "excluded_urls_from_env",
     "http_client_attributes",
     "instrument",
     "is_instrumented",
+    "mark_instrumented",
     "record_budget",
     "record_deadline_exceeded",
     "record_queue_wait",
@@ -75,6 +80,17 @@ and tailguard's own events say why a request was slow or cut off.
 
 _SPAN_KINDS: Final = frozenset(DEFAULT_EXCLUDE_SPANS)
 _INSTRUMENTED: Final = "_is_instrumented_by_opentelemetry"  # contrib instrumentors' marker
+
+
+def excluded_urls_from_env() -> str:
+    """``OTEL_PYTHON_ASGI_EXCLUDED_URLS``, or else ``OTEL_PYTHON_EXCLUDED_URLS``, or ``""``.
+
+    >>> isinstance(excluded_urls_from_env(), str)
+    True
+    """
+    return os.environ.get("OTEL_PYTHON_ASGI_EXCLUDED_URLS") or os.environ.get(
+        "OTEL_PYTHON_EXCLUDED_URLS", ""
+    )
 
 
 # -- installing OpenTelemetry's middleware ----------------------------------------------
@@ -99,6 +115,21 @@ def is_instrumented(app: object) -> bool:
         if isinstance(cls, type) and issubclass(cls, OpenTelemetryMiddleware):
             return True
     return False
+
+
+def mark_instrumented(app: object) -> None:
+    """Mark ``app`` as getting server spans, as OpenTelemetry's instrumentors do.
+
+    ``FastAPIInstrumentor.instrument_app`` and its kin check the mark and
+    leave a marked app alone, so a later call does not add a second server span.
+
+    >>> from starlette.applications import Starlette
+    >>> app = Starlette()
+    >>> mark_instrumented(app)
+    >>> is_instrumented(app)
+    True
+    """
+    setattr(app, _INSTRUMENTED, True)
 
 
 def instrument(
@@ -140,9 +171,7 @@ def instrument(
     add_middleware(
         OpenTelemetryMiddleware, tracer_provider=tracer_provider, exclude_spans=excluded, **options
     )
-    # Instrumentors check this marker, so a later FastAPIInstrumentor.instrument_app
-    # does not add a second server span.
-    setattr(app, _INSTRUMENTED, True)
+    mark_instrumented(app)
     return True
 
 
