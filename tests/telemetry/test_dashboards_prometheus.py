@@ -241,27 +241,33 @@ async def burst(base_url: str, token: str, requests: int = 60) -> int:
 async def shadow_burst(base_url: str, token: str, requests: int = 40) -> int:
     """The same kind of burst in shadow mode, so the rollout panels have their shadow half.
 
-    Inventory and payments hold their slots for 0.2 s while lookups (over the
-    inventory bulkhead), orders (over their tenant cap) and searches (past their
-    150 ms deadline) arrive: all are served, and what would have happened is counted.
+    Inventory and payments hold their slots for 1 s while lookups (over the
+    inventory bulkhead: 4 slots, 8 waiting), one tenant's orders (twice what the
+    route admits and queues: 16 + 32) and searches (past their 150 ms deadline)
+    arrive: all are served, and what would have happened is counted. The hold is
+    long on purpose: on a loaded machine the requests take a while to all arrive.
     """
     headers = {"authorization": f"Bearer {token}"}
     hold = {
         "name": "hold-in-shadow",
         "ttl": 30,
         "faults": [
-            {"kind": "latency", "target": "inventory", "rate": 1.0, "delay": 0.2},
-            {"kind": "latency", "target": "payments", "rate": 1.0, "delay": 0.2},
+            {"kind": "latency", "target": "inventory", "rate": 1.0, "delay": 1.0},
+            {"kind": "latency", "target": "payments", "rate": 1.0, "delay": 1.0},
         ],
     }
-    limits = httpx.Limits(max_connections=3 * requests)
-    async with httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) as http:
+    orders = 96
+    limits = httpx.Limits(max_connections=2 * requests + orders)
+    async with httpx.AsyncClient(base_url=base_url, timeout=20, limits=limits) as http:
         started = await http.post("/_tailguard/experiments", json=hold, headers=headers)
         assert started.status_code == 201, started.text
         try:
             answers = await asyncio.gather(
                 *(http.get("/stock/1") for _ in range(requests)),
-                *(http.post("/orders", json={"item": 1}) for _ in range(requests)),
+                *(
+                    http.post("/orders", json={"item": 1}, headers={"x-tenant-id": "acme"})
+                    for _ in range(orders)
+                ),
                 *(http.get("/search?q=a&work_ms=300") for _ in range(requests // 4)),
                 return_exceptions=True,
             )
