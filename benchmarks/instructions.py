@@ -189,7 +189,8 @@ def telemetry_view(results: dict[str, float]) -> list[str]:
     if "tailguard-full-otel" in results:
         lines[-1] += (
             f' With OTel\'s middleware making the span (`server_spans="otel"`) the full '
-            f"stack costs {over['tailguard-full-otel'] / otel:.2f}x OTel alone."
+            f"stack costs {(results['tailguard-full-otel'] - results['bare']) / otel:.2f}x "
+            "OTel alone."
         )
     return lines
 
