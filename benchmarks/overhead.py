@@ -1038,7 +1038,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_http and shutil.which("wrk") is None:
         log("wrk not found: install it (apt-get install -y wrk) or pass --no-http")
         return 2
-    build(SUBJECT)  # imports tailguard's modules, for source_digest()
+    for name in names:  # imports tailguard's modules (some lazily, by option), for source_digest()
+        if name.startswith(SUBJECT):
+            build(name)
     digest_before = source_digest()
     with contextlib.ExitStack() as stack:
         # Servers start first, so that both phases load tailguard's source as it
