@@ -160,6 +160,56 @@ def tailguard_full_shadow() -> ASGIApp:
     return tailguard_full("shadow")
 
 
+class SpanFloor:
+    """The least any middleware emitting the lean path's span through the SDK must pay.
+
+    One SDK span per request with the 13 attributes the ``tailguard-full`` arm's
+    server span carries (precomputed, set at the start), ended after the app:
+    no propagation, no context, no status logic, no attribute building. A
+    yardstick for what the SDK itself costs, not a usable middleware.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        from opentelemetry.trace import SpanKind
+
+        self.app = app
+        self.kind = SpanKind.SERVER
+        self.tracer = _discarding_tracer_provider().get_tracer("floor")
+        self.attributes = {
+            "http.scheme": "http",
+            "http.host": "127.0.0.1:8000",
+            "net.host.port": 8000,
+            "http.flavor": "1.1",
+            "http.target": "/items/42",
+            "http.url": "http://127.0.0.1:8000/items/42",
+            "http.method": "GET",
+            "http.server_name": "127.0.0.1:8000",
+            "http.user_agent": "tailguard-overhead-bench",
+            "net.peer.ip": "127.0.0.1",
+            "net.peer.port": 50000,
+            "http.status_code": 200,
+            "http.route": "/items/{item_id}",
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        span = self.tracer.start_span(
+            "GET /items/{item_id}", kind=self.kind, attributes=self.attributes
+        )
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            span.end()
+
+
+def span_floor() -> ASGIApp:
+    app = make_app()
+    app.add_middleware(SpanFloor)
+    return app
+
+
 def passthrough() -> ASGIApp:
     app = make_app()
     app.add_middleware(Passthrough)
@@ -269,6 +319,7 @@ ARMS: dict[str, Callable[[], ASGIApp]] = {
     "tailguard-full-untraced": tailguard_full_untraced,
     "passthrough": passthrough,
     "deadline-floor": deadline_floor,
+    "sdk-span-floor": span_floor,
     "otel-asgi": otel_asgi,
     "otel-asgi-noreceive-send": otel_asgi_noreceive_send,
     "prometheus-fastapi-instrumentator": prometheus_fastapi_instrumentator,

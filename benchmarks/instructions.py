@@ -186,10 +186,20 @@ def telemetry_view(results: dict[str, float]) -> list[str]:
         f"{sampled:+,.0f} instructions over metrics only (about {sampled / per_us:+.1f} µs at "
         f"OTel's own instructions per µs, taking OTel at {OTEL_NRS_US:g} µs; goal ≤ +5 µs).",
     ]
+    if "sdk-span-floor" in results and "tailguard-full-untraced" in results:
+        floor = results["sdk-span-floor"] - results["bare"]
+        untraced = results["tailguard-full-untraced"] - results["bare"]
+        lines[-1] += (
+            f" One SDK span with the same 13 attributes and nothing else (`sdk-span-floor`) "
+            f"costs {floor:+,.0f} ({floor / otel:.2f}x OTel); with the untraced full stack "
+            f"({untraced:+,.0f}) that is {(floor + untraced) / otel:.2f}x before tailguard does "
+            "anything for the span."
+        )
     if "tailguard-full-otel" in results:
         lines[-1] += (
             f' With OTel\'s middleware making the span (`server_spans="otel"`) the full '
-            f"stack costs {over['tailguard-full-otel'] / otel:.2f}x OTel alone."
+            f"stack costs {(results['tailguard-full-otel'] - results['bare']) / otel:.2f}x "
+            "OTel alone."
         )
     return lines
 

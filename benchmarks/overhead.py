@@ -21,6 +21,8 @@ Arms (built in ``_arms.py`` from one Starlette app whose measured route is
 middleware makes the span); ``tailguard-full-1pct`` (the lean span, 1 % of
 traces sampled); ``tailguard-full-untraced`` (``tracing=False``);
 ``passthrough``, a no-op pure-ASGI middleware (calibration, about 1.5 µs);
+``sdk-span-floor``, a middleware that only starts and ends one SDK span with the
+lean span's attributes precomputed (what the SDK itself costs: a yardstick);
 ``otel-asgi`` and ``otel-asgi-noreceive-send`` (OpenTelemetry's ASGI
 middleware with a real SDK tracer provider whose spans are dropped at export);
 ``prometheus-fastapi-instrumentator``;
@@ -867,6 +869,23 @@ def judge(results: dict[str, ArmResult], http: HttpInfo | None) -> Verdicts:
             f"Floor: `{FLOOR}` (benchmarks/_floor.py: route regex, ContextVar, send wrapper, "
             f"registration; no timer, no header, no 504) adds {floor:.1f} µs in the same run."
         )
+    needed = ("sdk-span-floor", "tailguard-full-untraced", "otel-asgi-noreceive-send")
+    if all(results.get(name, ArmResult()).us for name in needed):
+        span_floor = paired(results, "sdk-span-floor", "us", _minus)
+        share = per_round(
+            results,
+            lambda o: (
+                (o["sdk-span-floor"] + o["tailguard-full-untraced"]) / o["otel-asgi-noreceive-send"]
+            ),
+            *needed,
+        )
+        if span_floor is not None and share is not None:
+            notes.append(
+                f"Span floor: `sdk-span-floor` (one SDK span with the lean span's 13 attributes, "
+                f"precomputed; nothing else) adds {span_floor:.1f} µs in the same run; with the "
+                f"untraced full stack that is {share:.2f}x OTel ASGI alone before tailguard does "
+                "anything for the span."
+            )
     subject, base = results[SUBJECT].us, results[BASELINE].us
     return Verdicts(
         in_process_valid,
@@ -1038,7 +1057,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_http and shutil.which("wrk") is None:
         log("wrk not found: install it (apt-get install -y wrk) or pass --no-http")
         return 2
-    build(SUBJECT)  # imports tailguard's modules, for source_digest()
+    for name in names:  # imports tailguard's modules (some lazily, by option), for source_digest()
+        if name.startswith(SUBJECT):
+            build(name)
     digest_before = source_digest()
     with contextlib.ExitStack() as stack:
         # Servers start first, so that both phases load tailguard's source as it
