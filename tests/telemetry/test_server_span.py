@@ -9,13 +9,14 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.asgi import (
     OpenTelemetryMiddleware,
     collect_request_attributes,
     set_status_code,
 )
 from opentelemetry.instrumentation.utils import suppress_http_instrumentation
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -29,6 +30,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -38,7 +40,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from tailguard import Tailguard
-from tailguard.telemetry.server_span import ServerSpans
+from tailguard.telemetry.server_span import ServerSpans, request_attributes
 
 pytestmark = pytest.mark.anyio
 
@@ -302,3 +304,133 @@ async def test_status_rules_are_the_asgi_middlewares(status: Any) -> None:
         reference.status.status_code,
         reference.status.description,
     )
+
+
+SCOPES: list[dict[str, Any]] = [
+    {"type": "http", "method": "GET", "path": "/a", "headers": []},
+    {
+        "type": "http",
+        "method": "get",  # sanitised to GET, original kept in the new conventions
+        "path": "/a b",
+        "scheme": "https",
+        "http_version": "2",
+        "server": ["::1", "8443"],  # a string port, as some servers give
+        "client": None,
+        "query_string": b"x=%C3%A9&Signature=s",
+        "headers": [
+            (b"Host", b"user:pw@h.example"),  # capitals, credentials
+            (b"host", b"second"),
+            (b"User-Agent", b"AlwaysOn-probe \xff"),  # not UTF-8; a synthetic test agent
+        ],
+    },
+    {
+        "type": "http",
+        "method": "PROPFIND",
+        "path": "",
+        "server": ("/tmp/sock", None),  # a unix socket
+        "client": ("", 0),
+        "query_string": b"",
+        "headers": [(b"user-agent", b""), (b"x-\xc3\xa9", b"v")],
+    },
+]
+
+
+@pytest.mark.parametrize("mode", ["default", "http", "http/dup"])
+@pytest.mark.parametrize("index", range(len(SCOPES)))
+def test_request_attributes_are_the_asgi_middlewares(mode: str, index: int) -> None:
+    from opentelemetry.instrumentation._semconv import _StabilityMode
+
+    stability = _StabilityMode(mode)
+    scope = SCOPES[index]
+    assert request_attributes(scope, stability) == collect_request_attributes(scope, stability)
+
+
+def test_the_methods_kept_as_they_are_are_the_ones_otel_keeps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.util.http import sanitize_method
+
+    monkeypatch.delenv("OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS", raising=False)
+    for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"):
+        assert sanitize_method(method) == method
+    assert request_attributes({"method": "QUERY", "path": "/q"})["http.method"] == sanitize_method(
+        "QUERY"
+    )
+
+
+@pytest.mark.parametrize("with_parent", [True, False], ids=["parent", "root"])
+@pytest.mark.parametrize(
+    "sampler",
+    [ParentBased(TraceIdRatioBased(1.0)), ALWAYS_ON, Peeking()],
+    ids=["ratio", "always-on", "peeking"],
+)
+async def test_every_way_of_starting_gives_the_asgi_middlewares_span(
+    sampler: Sampler, with_parent: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "x-custom")
+    found = {}
+    for name in ("otel", "tailguard"):
+        exporter = InMemorySpanExporter()
+        app = Tailguard(registry=CollectorRegistry()).install(
+            make_app(Seen()),
+            tracer_provider=provider_for(exporter, sampler),
+            server_spans=name,  # type: ignore[arg-type]
+        )
+        async with client(app) as http:
+            response = await http.get(
+                "/items/1",
+                headers={"x-custom": "yes"}
+                | ({"traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-01"} if with_parent else {}),
+            )
+            assert response.status_code == 200
+        (server,) = servers(exporter)
+        found[name] = (server.name, server.kind, dict(server.attributes or {}))
+    assert found["tailguard"] == found["otel"]
+    assert found["otel"][2]["http.request.header.x_custom"] == ("yes",)
+
+
+class OwnTraceContext(TraceContextTextMapPropagator):
+    """A propagator tailguard does not know: it must always be asked."""
+
+
+async def test_an_unknown_propagator_is_always_asked() -> None:
+    before = propagate.get_global_textmap()
+    propagate.set_global_textmap(CompositePropagator([OwnTraceContext()]))
+    try:
+        exporter = InMemorySpanExporter()
+        seen = Seen()
+        app = Tailguard(registry=CollectorRegistry()).install(
+            make_app(seen), tracer_provider=provider_for(exporter)
+        )
+        async with client(app) as http:
+            parent = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+            assert (await http.get("/items/1", headers={"traceparent": parent})).text == "1"
+    finally:
+        propagate.set_global_textmap(before)
+    (server,) = servers(exporter)
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+
+
+async def test_a_traced_endpoint_can_be_excluded_or_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "/metrics")
+    exporter = InMemorySpanExporter()
+    guard = Tailguard(registry=CollectorRegistry())
+    app = guard.install(
+        make_app(Seen()), tracer_provider=provider_for(exporter), trace_endpoints=True
+    )
+    async with client(app) as http:
+        assert (await http.get("/metrics")).status_code == 200
+    assert exporter.get_finished_spans() == ()  # excluded by the environment
+
+    spans = guard.runtime.server_spans
+    assert spans is not None
+
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("endpoint broke")
+
+    guard.runtime.serve((("/broken", broken),))
+    with pytest.raises(RuntimeError, match="endpoint broke"):
+        async with client(app) as http:
+            await http.get("/broken")
+    (server,) = servers(exporter)
+    assert server.status.description == "RuntimeError: endpoint broke"
