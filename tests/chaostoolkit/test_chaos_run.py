@@ -15,7 +15,6 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pytest
 
 from tailguard.chaos._client import ControlClient
 from tests.chaostoolkit.support import closed_port
+from tests.processes import stop, wait_until_up
 
 pytestmark = pytest.mark.e2e
 
@@ -38,30 +38,6 @@ def chaos_command() -> Path:
     if not CHAOS.exists():
         pytest.fail(f"{CHAOS} is missing: pip install 'tailguard[chaostoolkit]' (make test does)")
     return CHAOS
-
-
-def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    give_up = time.monotonic() + 30
-    while time.monotonic() < give_up:
-        if process.poll() is not None:
-            pytest.fail(f"the shop exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"{url} did not answer within 30 s:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
