@@ -6,7 +6,9 @@ which repeat exactly for the same code and input whatever else the machine is
 doing. For each arm this drives ``GET /items/42`` in-process (one task per
 request, as in ``overhead.py``) twice, with ``SMALL`` and ``LARGE`` requests
 after the same warm-up, and reports ``(large - small) / (LARGE - SMALL)``:
-start-up and import cost cancel out.
+start-up and import cost cancel out. The children run with ``PYTHONHASHSEED=0``:
+with salted string hashes, the same child's count moved by ~1.2k
+instructions per request from run to run; fixed, by under 30.
 
 Instructions are not time: code that allocates and touches new memory costs
 more per instruction than a tight loop. Read this next to ``overhead.py``'s
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
 import subprocess
@@ -96,6 +99,9 @@ def count(arm: str, requests: int) -> int:
         capture_output=True,
         text=True,
         check=True,
+        # String hashing is salted per process: dict and set layouts, and with them a
+        # few thousand instructions per request, would change from run to run.
+        env={**os.environ, "PYTHONHASHSEED": "0"},
     )
     found = re.search(r"Collected : (\d+)", run.stderr)
     if found is None:

@@ -131,8 +131,11 @@ class Enforcement:
         self.always = self.fraction >= 1.0
 
     def enforce(self) -> bool:
-        """Whether to enforce for this request: always, never, or with probability ``fraction``."""
-        return self.always or self._draw() < self.fraction
+        """Whether to enforce for this request: always, never, or with probability ``fraction``.
+
+        Shadow mode draws nothing (a draw could never be under 0).
+        """
+        return self.always or (self.fraction > 0.0 and self._draw() < self.fraction)
 
 
 class UnknownTarget(LookupError):

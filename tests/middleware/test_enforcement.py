@@ -389,6 +389,42 @@ async def test_the_server_span_says_shadow_and_what_would_have_happened() -> Non
     assert events == ["tailguard.would_exceed_deadline", "tailguard.would_shed"]
 
 
+@pytest.mark.parametrize("server_spans", ["tailguard", "otel"])
+async def test_under_a_fraction_only_the_shadowed_requests_spans_say_shadow(
+    server_spans: str,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(PAST_IT)
+        return PlainTextResponse("done")
+
+    app = Starlette(routes=[Route("/slow", slow)])
+    guard = Tailguard(
+        routes={"GET /slow": RoutePolicy(deadline=DEADLINE)},
+        registry=CollectorRegistry(),
+        enforce=0.5,
+        enforce_seed=4,
+    )
+    guard.install(app, tracer_provider=provider, server_spans=server_spans)  # type: ignore[arg-type]
+    try:
+        async with client(app) as http:
+            responses = await asyncio.gather(*(http.get("/slow") for _ in range(40)))
+    finally:
+        tracing.use_tracer_provider(None)
+    statuses = sorted(r.status_code for r in responses)
+    assert 0 < statuses.count(504) < 40  # both kinds ran
+    servers = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
+    marks = sorted(
+        ((s.attributes or {})["http.status_code"], (s.attributes or {}).get("tailguard.enforce"))
+        for s in servers
+    )
+    # An enforced request ran out of time (504) and is unmarked; a shadowed one ran on.
+    assert marks == sorted((code, "shadow" if code == 200 else None) for code in statuses)
+
+
 # -- live switch ---------------------------------------------------------------------------
 
 

@@ -434,3 +434,67 @@ async def test_a_traced_endpoint_can_be_excluded_or_fail(monkeypatch: pytest.Mon
             await http.get("/broken")
     (server,) = servers(exporter)
     assert server.status.description == "RuntimeError: endpoint broke"
+
+
+@pytest.mark.parametrize("name", [b"TraceParent", b"traceparent"])
+async def test_a_trace_header_is_found_whatever_its_case(name: bytes) -> None:
+    exporter = InMemorySpanExporter()
+    spans = ServerSpans(provider_for(exporter))
+    parent = f"00-{TRACE_ID}-b7ad6b7169203331-01".encode()
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/items/1",
+        "headers": [(b"host", b"t"), (b"x-traceparent-copy", b"junk"), (name, parent)],
+    }
+
+    async def send(message: Any) -> None: ...
+
+    request = spans.start(scope, send)
+    assert request is not None
+    request.finish()
+    (server,) = servers(exporter)
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+    assert server.parent is not None
+    assert server.parent.is_remote
+
+
+class StartNames(SimpleSpanProcessor):
+    """Records each span's name as span processors see it when it starts."""
+
+    def __init__(self) -> None:
+        super().__init__(InMemorySpanExporter())
+        self.names: list[str] = []
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.names.append(span.name)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "started_as"),
+    [
+        (ALWAYS_ON, "GET /items/{item_id}"),
+        (ParentBased(TraceIdRatioBased(1.0)), "GET /items/{item_id}"),
+        (Peeking(), "GET /items/1"),
+    ],
+    ids=["always-on", "ratio", "attribute-reading"],
+)
+async def test_the_span_starts_with_its_route_unless_the_sampler_reads_the_start(
+    sampler: Sampler, started_as: str
+) -> None:
+    # The exported span is the same either way (the differential test); a sampler that may
+    # read the name and attributes sees what OTel's middleware gives it.
+    processor = StartNames()
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(processor)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = Tailguard(registry=CollectorRegistry()).install(
+        make_app(Seen()), tracer_provider=provider
+    )
+    async with client(app) as http:
+        assert (await http.get("/items/1")).status_code == 200
+    assert processor.names == [started_as]
+    (server,) = servers(exporter)
+    assert server.name == "GET /items/{item_id}"
+    assert (server.attributes or {})["http.route"] == "/items/{item_id}"

@@ -211,14 +211,19 @@ async def _traced(
     runtime: Runtime,
 ) -> None:
     """A request on the lean tracing path: inside its own server span (see server_span.py)."""
-    request = spans.start(scope, send)
+    # Enforce or shadow is decided first, so that the span starts with its mark.
+    enforcement = resolved.enforcement
+    enforced = enforcement.always or enforcement.enforce()
+    request = spans.start(scope, send, routed=True, route=resolved.template, shadow=not enforced)
     if request is None:  # excluded URL, or instrumentation suppressed
-        await Exchange(task, send, receive, scope, resolved, runtime).run(app, sweeper)
+        exchange = Exchange(task, send, receive, scope, resolved, runtime, enforced)
+        await exchange.run(app, sweeper)
         return
     if request.watches_messages:
         send = request.send
     try:
-        await Exchange(task, send, receive, scope, resolved, runtime).run(app, sweeper)
+        exchange = Exchange(task, send, receive, scope, resolved, runtime, enforced)
+        await exchange.run(app, sweeper, request)
     except Exception as exc:
         request.fail(exc)
         raise

@@ -26,6 +26,7 @@ from tailguard.telemetry.tasks import RequestTasks
 
 if TYPE_CHECKING:
     from tailguard.telemetry.catalog import Catalog
+    from tailguard.telemetry.server_span import ServerSpan
 
 __all__ = ["CHAIN_LIMIT", "DISCONNECT_GRACE", "Exchange", "chained_tailguard_error"]
 
@@ -122,6 +123,7 @@ class Exchange(CancelScope, RequestTasks):
     disconnect: Message | None = None
     budget_annotated = False
     span_attributes: dict[str, Any] | None = None  # pending, for the server span
+    span_routed = False  # the server span started with its route (and shadow mark)
     _tenant: str | bool | None = False  # False: not looked up yet
     shadow: Deadline | None = None  # shadow mode: the deadline decided but not in force
     would_shed: str | None = None  # shadow mode: why admission would have shed it
@@ -134,6 +136,7 @@ class Exchange(CancelScope, RequestTasks):
         scope: Scope,
         resolved: ResolvedRoute,
         runtime: Runtime,
+        enforced: bool | None = None,
     ) -> None:
         now = monotonic()
         budget = resolved.policy.deadline
@@ -148,8 +151,10 @@ class Exchange(CancelScope, RequestTasks):
         else:
             # tuple.__new__ skips NamedTuple's Python-level __new__: this runs per request.
             deadline = tuple.__new__(Deadline, (now + budget, budget, source))
-        enforcement = resolved.enforcement
-        self.enforced = enforced = enforcement.always or enforcement.enforce()
+        if enforced is None:  # else decided by the caller (see middleware.asgi._traced)
+            enforcement = resolved.enforcement
+            enforced = enforcement.always or enforcement.enforce()
+        self.enforced = enforced
         if not enforced:  # shadow: decide everything, act on nothing (docs/rollout.md)
             self._shadow(deadline, resolved)
             deadline = None
@@ -180,8 +185,14 @@ class Exchange(CancelScope, RequestTasks):
         self.span = None
         self.spawned = 0
 
-    async def run(self, app: ASGIApp, sweeper: Sweeper) -> None:
-        """Handle the request: admit it, run ``app`` within its budget, settle and report it."""
+    async def run(
+        self, app: ASGIApp, sweeper: Sweeper, server_span: ServerSpan | None = None
+    ) -> None:
+        """Handle the request: admit it, run ``app`` within its budget, settle and report it.
+
+        ``server_span``: the request's span when tailguard made it (the lean path);
+        otherwise the current span, if recording, is the request's.
+        """
         runtime = self._runtime
         resolved = self.resolved
         scope = self.scope
@@ -195,7 +206,7 @@ class Exchange(CancelScope, RequestTasks):
         live[self] = self.arrived
         metrics = None
         if runtime.tracing or runtime.recorder is not None:
-            metrics = self._observe()
+            metrics = self._observe(server_span)
         limiter = resolved.limiter
         permit: Permit | None = None
         error: DeadlineExceeded | Rejected | None = None
@@ -268,11 +279,16 @@ class Exchange(CancelScope, RequestTasks):
         elif chaos.watching:
             self.close(None)
 
-    def _observe(self) -> RouteMetrics | None:
+    def _observe(self, server_span: ServerSpan | None) -> RouteMetrics | None:
         """Start the request's metrics and, when sampled, annotate its server span."""
         runtime = self._runtime
         scope = self.scope
-        span = otel.recording_span() if runtime.tracing else None
+        routed = False
+        if server_span is not None:
+            span = server_span.span if server_span.recording else None
+            routed = self.span_routed = server_span.routed
+        else:
+            span = otel.recording_span() if runtime.tracing else None
         if span is not None:  # sampled: annotate the server span; spawned tasks get spans
             deadline = self.deadline
             self.span = span
@@ -285,6 +301,7 @@ class Exchange(CancelScope, RequestTasks):
                 None if deadline is None else deadline.budget,
                 "route" if deadline is None else deadline.source,
                 self.span_attributes,
+                routed=routed,
             )
         recorder = runtime.recorder
         if recorder is None:
@@ -513,7 +530,8 @@ class Exchange(CancelScope, RequestTasks):
         self.budget_annotated = True
         attributes = self.span_attributes if self.span_attributes is not None else {}
         if not self.enforced:
-            attributes["tailguard.enforce"] = "shadow"
+            if not self.span_routed:
+                attributes["tailguard.enforce"] = "shadow"
             if self._would_exceed_deadline() and self.shadow is not None:
                 otel.record_would(
                     span,

@@ -229,6 +229,8 @@ def annotate_request(
     budget: float | None,
     source: str,
     into: dict[str, Any] | None = None,
+    *,
+    routed: bool = False,
 ) -> None:
     """Set the route template and the deadline on a request's server span.
 
@@ -240,14 +242,17 @@ def annotate_request(
     and its source are set only for a header (attributes cost ~0.5 µs each
     on the SDK's spans, and a route's budget is its configuration). With
     ``into``, the attributes are added to that dict (to be set in one call
-    later, which is cheaper) instead of to the span.
+    later, which is cheaper) instead of to the span. ``routed``: the span
+    already has its name and ``http.route`` (tailguard's own server span
+    starts with them); only the deadline is left.
     """
     attributes: dict[str, Any] = {} if into is None else into
-    if getattr(span, "name", None) == f"{method} {path}":
-        # No route (a 404): just the method, so raw paths never become span names.
-        span.update_name(f"{method} {route}" if route else method)
-    if route:
-        attributes["http.route"] = route
+    if not routed:
+        if getattr(span, "name", None) == f"{method} {path}":
+            # No route (a 404): just the method, so raw paths never become span names.
+            span.update_name(f"{method} {route}" if route else method)
+        if route:
+            attributes["http.route"] = route
     if budget is not None and source != "route":
         # A route's own budget is configuration, the same on every span of the
         # route: only a caller's (header) budget is news. A deadline that fires

@@ -20,8 +20,12 @@ the same span for less:
   (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST`` /
   ``..._RESPONSE`` / ``..._SANITIZE_FIELDS``);
 * an unsampled request does no attribute work at all when the sampler is
-  one of the SDK's own (they never read attributes): it pays for the
-  context extraction and the SDK's sampling decision, and nothing else.
+  one of the SDK's own (they never read attributes); and when the SDK's
+  ratio sampler (or ``ALWAYS_OFF``) decides a root request, tailguard draws
+  the trace id from the provider's id generator and applies the sampler's
+  bound itself, so a dropped request never enters ``start_span`` (a third of
+  the cost of a 1 %-sampled service) and a kept one starts with the same id
+  (see :class:`RootSampling`).
 
 No per-message ``receive``/``send`` spans (the ASGI middleware's are off by
 default in ``install()`` too), no hooks, no OTel HTTP metrics: tailguard's own
@@ -51,6 +55,7 @@ differences.
 from __future__ import annotations
 
 import contextlib
+import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import Token
@@ -73,14 +78,25 @@ from opentelemetry.instrumentation.propagators import get_global_response_propag
 from opentelemetry.instrumentation.utils import http_status_to_status_code
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
     ALWAYS_ON,
     ParentBased,
     ParentBasedTraceIdRatio,
     StaticSampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.http import (
     OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
@@ -101,7 +117,7 @@ from starlette.types import Message, Send
 from tailguard._version import __version__
 from tailguard.telemetry.otel import excluded_urls_from_env
 
-__all__ = ["ServerSpan", "ServerSpans", "request_attributes"]
+__all__ = ["RootSampling", "ServerSpan", "ServerSpans", "request_attributes"]
 
 _response_propagator: Callable[[], Any] = get_global_response_propagator
 _initialize: Callable[[], None] = _OpenTelemetrySemanticConventionStability._initialize
@@ -141,26 +157,45 @@ def _decode(value: bytes) -> str:
 
 
 class _Headers:
-    """A scope's request headers by lowercased name: indexed once, read many times.
+    """A scope's request headers by lowercased name: indexed once, on first use.
 
     ``ASGIGetter`` decodes every header name (UTF-8) and lowercases it on each
     lookup; for ASCII names (every real HTTP header) ``bytes.lower()`` is the
-    same thing, done once. Other names take the decoding path.
+    same thing, done once. Other names take the decoding path. An unsampled
+    request with no trace headers never builds the index.
     """
 
-    __slots__ = ("by_name", "raw")
+    __slots__ = ("_by_name", "raw")
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
-        by_name: dict[bytes, list[bytes]] = {}
-        self.raw = raw = scope.get("headers") or ()
-        for key, value in raw:
-            name = key.lower() if key.isascii() else _decode(key).lower().encode("utf-8")
-            found = by_name.get(name)
-            if found is None:
-                by_name[name] = [value]
-            else:
-                found.append(value)
-        self.by_name = by_name
+        self.raw = scope.get("headers") or ()
+        self._by_name: dict[bytes, list[bytes]] | None = None
+
+    @property
+    def by_name(self) -> dict[bytes, list[bytes]]:
+        """Each header's raw values, by lowercased name."""
+        by_name = self._by_name
+        if by_name is None:
+            by_name = self._by_name = {}
+            for key, value in self.raw:
+                name = key.lower() if key.isascii() else _decode(key).lower().encode("utf-8")
+                found = by_name.get(name)
+                if found is None:
+                    by_name[name] = [value]
+                else:
+                    found.append(value)
+        return by_name
+
+    def has_any(self, names: frozenset[bytes]) -> bool:
+        """Whether a header is one of ``names`` (lowercase ASCII), without the index.
+
+        ASCII lowercasing is enough: the only non-ASCII letter whose lowercase
+        is ASCII is the Kelvin sign (to ``k``), which no trace header name has.
+        """
+        for key, _ in self.raw:
+            if key in names or (not key.islower() and key.lower() in names):
+                return True
+        return False
 
     def get(self, name: bytes) -> list[str] | None:
         """The decoded values of header ``name`` (lowercase), or ``None``, as ``ASGIGetter``."""
@@ -330,6 +365,26 @@ def _span_name(scope: Mapping[str, Any]) -> str:
     return name
 
 
+def _routed_name(scope: Mapping[str, Any], name: str, route: str | None) -> str:
+    """The name that ``annotate_request`` gives a span named ``name``.
+
+    A span named ``"{method} {path}"`` (OTel's default) is renamed after the route
+    template, or to the method alone with no route; other names stay.
+    """
+    method = scope["method"]
+    if name == f"{method} {scope['path']}":
+        return f"{method} {route}" if route else method
+    return name
+
+
+def _add_routed(attributes: dict[str, Any], route: str | None, shadow: bool) -> None:
+    """What tailguard's annotation would set later, set at the start instead."""
+    if route:
+        attributes["http.route"] = route
+    if shadow:
+        attributes["tailguard.enforce"] = "shadow"
+
+
 def _always_on(sampler: object) -> tuple[bool, ...]:
     """For each of :func:`_situation`'s parent situations, whether ``sampler`` leaves the
     decision to ``ALWAYS_ON`` (an SDK ``ParentBased`` sampler's delegates, or the sampler)."""
@@ -347,6 +402,113 @@ def _situation(parent: otel_context.Context) -> int:
     if found.is_remote:
         return 1 if sampled else 2
     return 3 if sampled else 4
+
+
+class _NextTraceId(IdGenerator):
+    """A tracer's id generator that can hand the SDK a trace id drawn just before.
+
+    :class:`RootSampling` draws a root request's trace id itself; when the
+    request is sampled, the SDK's ``start_span`` must start the span with that
+    id, and asks its tracer's generator for one: this answers it, once, in the
+    thread that drew it. Every other call goes to the provider's generator.
+    """
+
+    def __init__(self, inner: IdGenerator) -> None:
+        self.inner = inner
+        self.drawn = threading.local()
+
+    def generate_trace_id(self) -> int:
+        drawn = self.drawn
+        trace_id: int | None = getattr(drawn, "trace_id", None)
+        if trace_id is None:
+            return self.inner.generate_trace_id()
+        drawn.trace_id = None
+        return trace_id
+
+    def generate_span_id(self) -> int:
+        return self.inner.generate_span_id()
+
+    def is_trace_id_random(self) -> bool:
+        return self.inner.is_trace_id_random()
+
+
+_TRACE_ID_LIMIT: Final = TraceIdRatioBased.TRACE_ID_LIMIT
+_RANDOM_FLAG: Final[int] = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)  # SDK >= 1.39
+
+
+class RootSampling:
+    """The sampling decision of a root request, made before the SDK is asked.
+
+    For a span with no parent, the SDK draws a trace id from its provider's
+    generator and asks the sampler; the SDK's ``TraceIdRatioBased`` (alone or
+    as a ``ParentBased`` root) keeps the span when the id's low 64 bits are
+    under its ``bound``, and ``ALWAYS_OFF`` never does. :meth:`start` does the
+    same draw and test: a dropped request gets the ``NonRecordingSpan`` the
+    SDK would have made (same ids, flags and empty trace state) without
+    ``start_span``; a kept one goes through ``start_span``, handed the drawn
+    trace id, so the sampler decides the same and span processors see it as
+    usual. Only for a tracer whose SDK self-metrics are off (they count dropped
+    spans too); :meth:`for_tracer` says ``None`` otherwise.
+
+    >>> from opentelemetry.sdk.trace import TracerProvider
+    >>> provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    >>> sampling = RootSampling.for_tracer(provider.get_tracer("doc"))
+    >>> sampling.drop().is_recording()
+    False
+    """
+
+    __slots__ = ("bound", "enabled", "flags", "ids", "tracer")
+
+    def __init__(self, tracer: SdkTracer, ids: _NextTraceId, bound: int) -> None:
+        self.tracer = tracer
+        self.ids = ids
+        self.bound = bound
+        # A tracer a configurator disables makes invalid spans without drawing ids.
+        self.enabled: Callable[[], bool] | None = getattr(tracer, "_is_enabled", None)
+        random_ids = ids.is_trace_id_random() if _RANDOM_FLAG else False
+        self.flags = TraceFlags(TraceFlags.DEFAULT | (_RANDOM_FLAG if random_ids else 0))
+
+    @classmethod
+    def for_tracer(cls, tracer: object) -> RootSampling | None:
+        """The root decision for an SDK ``tracer`` whose root sampler is the SDK's ratio
+        sampler or ``ALWAYS_OFF``; ``None`` for any other tracer or sampler."""
+        if type(tracer) is not SdkTracer:
+            return None
+        sampler = tracer.sampler
+        root = getattr(sampler, "_root", None) if type(sampler) in _PARENT_BASED else sampler
+        if type(root) is TraceIdRatioBased:
+            bound = root.bound
+        elif root is ALWAYS_OFF:
+            bound = 0
+        else:
+            return None
+        metrics = getattr(tracer, "_tracer_metrics", None)
+        if metrics is not None and type(metrics).__name__ != "NoOpTracerMetrics":
+            return None
+        ids = tracer.id_generator
+        if not isinstance(ids, _NextTraceId):
+            # The tracer is the provider's, shared by every get_tracer("tailguard"):
+            # wrapped once, and the wrapper passes every other call through.
+            ids = tracer.id_generator = _NextTraceId(ids)
+        return cls(tracer, ids, bound)
+
+    def drop(self) -> NonRecordingSpan | None:
+        """The span of a root request the sampler drops, or ``None``: ask ``start_span``.
+
+        ``None`` when the request is kept (the SDK's next trace id is then the
+        one drawn here) or when the tracer is disabled.
+        """
+        enabled = self.enabled
+        if enabled is not None and not enabled():
+            return None
+        ids = self.ids
+        trace_id = ids.inner.generate_trace_id()
+        if trace_id & _TRACE_ID_LIMIT < self.bound:
+            ids.drawn.trace_id = trace_id
+            return None
+        return NonRecordingSpan(
+            SpanContext(trace_id, ids.inner.generate_span_id(), False, self.flags)
+        )
 
 
 def _known_fields(textmap: object) -> frozenset[bytes] | None:
@@ -414,6 +576,7 @@ class ServerSpans:
         # ALWAYS_ON; None when none is.
         sure = _always_on(sampler) if self.lazy else None
         self.sure = sure if sure is not None and any(sure) else None
+        self.roots = RootSampling.for_tracer(self.tracer) if self.lazy else None
         self._textmap: object = None
         self._fields: frozenset[bytes] | None = None
         urls = excluded_urls_from_env() if excluded_urls is None else excluded_urls
@@ -432,7 +595,15 @@ class ServerSpans:
         """The request attributes of ``scope`` (see :func:`request_attributes`)."""
         return _request_attributes(scope, headers, self.old, self.new)
 
-    def start(self, scope: Mapping[str, Any], send: Send) -> ServerSpan | None:
+    def start(
+        self,
+        scope: Mapping[str, Any],
+        send: Send,
+        *,
+        routed: bool = False,
+        route: str | None = None,
+        shadow: bool = False,
+    ) -> ServerSpan | None:
         """Start the span of an http ``scope`` and make it current; ``None``: not traced.
 
         Not traced: instrumentation is suppressed in the current context, or
@@ -440,6 +611,14 @@ class ServerSpans:
         :meth:`ServerSpan.send` (``send`` is the server's) when
         :attr:`ServerSpan.watches_messages`, and calls :meth:`ServerSpan.finish`
         once the request is over, in the same context.
+
+        ``routed``: the request's route template is known (``route``, ``None``
+        for no route). When the sampler reads no attributes, the span then
+        starts with the name and ``http.route`` that tailguard's annotation
+        would give it later (:func:`tailguard.telemetry.otel.annotate_request`),
+        one rename and one attribute call fewer, and :attr:`ServerSpan.routed` says so;
+        ``shadow`` (a request in shadow mode) then adds ``tailguard.enforce="shadow"``
+        in the same call.
         """
         current = otel_context.get_current()
         # is_http_instrumentation_enabled(), reading the current context once.
@@ -460,7 +639,7 @@ class ServerSpans:
             if textmap is not self._textmap:
                 self._textmap, self._fields = textmap, _known_fields(textmap)
             fields = self._fields
-            if fields is not None and fields.isdisjoint(headers.by_name):
+            if fields is not None and not headers.has_any(fields):
                 # W3C trace context and baggage with none of their headers: the
                 # propagator would hand back the context it was given.
                 parent, root = current, True
@@ -469,33 +648,51 @@ class ServerSpans:
         else:
             parent = current
             kind = SpanKind.INTERNAL
-        name = _span_name(scope)
         sure = self.sure
-        if sure is not None and sure[0 if root else _situation(parent)]:
+        situation = 0 if root or (sure is None and self.roots is None) else _situation(parent)
+        routed = routed and self.lazy  # a sampler that reads them sees OTel's name and attributes
+        if sure is not None and sure[situation]:
             # The sampler that decides is ALWAYS_ON: the attributes go in at the start,
             # as the ASGI middleware passes them, in one step.
             attributes = self.attributes_for(scope, headers)
+            name = _span_name(scope)
+            if routed:
+                name = _routed_name(scope, name, route)
+                _add_routed(attributes, route, shadow)
             span = self.tracer.start_span(name, parent, kind, attributes)
+            recording = span.is_recording()
             extra = self._captured(scope) if kind is SpanKind.SERVER else None
             if extra:
                 span.set_attributes(extra)
         elif self.lazy:
-            span = self.tracer.start_span(name, parent, kind)
-            if span.is_recording():  # unsampled requests build no attributes at all
-                attributes = self.attributes_for(scope, headers)
-                if kind is SpanKind.SERVER:
-                    attributes.update(self._captured(scope) or {})
-                span.set_attributes(attributes)
+            roots = self.roots
+            dropped = roots.drop() if roots is not None and situation == 0 else None
+            if dropped is not None:
+                span, recording = dropped, False
+            else:
+                name = _span_name(scope)
+                if routed:
+                    name = _routed_name(scope, name, route)
+                span = self.tracer.start_span(name, parent, kind)
+                recording = span.is_recording()
+                if recording:  # unsampled requests build no attributes at all
+                    attributes = self.attributes_for(scope, headers)
+                    if routed:
+                        _add_routed(attributes, route, shadow)
+                    if kind is SpanKind.SERVER:
+                        attributes.update(self._captured(scope) or {})
+                    span.set_attributes(attributes)
         else:
             # A sampler that may read attributes gets them, as from the ASGI middleware,
             # which then sets them again on the span (the sampler may have changed them).
             attributes = self.attributes_for(scope, headers)
-            span = self.tracer.start_span(name, parent, kind, attributes)
+            span = self.tracer.start_span(_span_name(scope), parent, kind, attributes)
+            recording = span.is_recording()
             if kind is SpanKind.SERVER:
                 attributes.update(self._captured(scope) or {})
             span.set_attributes(attributes)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
-        return ServerSpan(self, span, kind, token, send)
+        return ServerSpan(self, span, kind, token, send, routed, recording)
 
     def _captured(self, scope: Mapping[str, Any]) -> dict[str, list[str]] | None:
         """The request headers to capture (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_...``)."""
@@ -512,7 +709,7 @@ class ServerSpans:
 class ServerSpan:
     """One request's server span, from :meth:`ServerSpans.start` to :meth:`finish`."""
 
-    __slots__ = ("_send", "ended", "kind", "span", "spans", "token")
+    __slots__ = ("_send", "ended", "kind", "recording", "routed", "span", "spans", "token")
 
     def __init__(
         self,
@@ -521,6 +718,8 @@ class ServerSpan:
         kind: SpanKind,
         token: Token[otel_context.Context],
         send: Send,
+        routed: bool = False,
+        recording: bool | None = None,
     ) -> None:
         self.spans = spans
         self.span = span
@@ -528,6 +727,10 @@ class ServerSpan:
         self.token = token
         self._send = send
         self.ended = False
+        self.routed = routed
+        """Whether the span started with its route's name and ``http.route`` (see ``start``)."""
+        self.recording = span.is_recording() if recording is None else recording
+        """Whether the span recorded when it started (the request is sampled)."""
 
     @property
     def watches_messages(self) -> bool:
@@ -536,7 +739,7 @@ class ServerSpan:
         A recording span takes the status from them; any span injects a
         response propagator's headers (``traceresponse``) if one is set.
         """
-        return self.span.is_recording() or _response_propagator() is not None
+        return self.recording or _response_propagator() is not None
 
     def send(self, message: Message) -> Awaitable[None]:
         """Send ``message`` to the server, as the ASGI middleware's wrapped ``send`` does.
