@@ -213,7 +213,7 @@ async def _traced(
     """A request on the lean tracing path: inside its own server span (see server_span.py)."""
     # Enforce or shadow is decided first, so that the span starts with its mark.
     enforcement = resolved.enforcement
-    enforced = enforcement.always or enforcement.enforce()
+    enforced = enforcement.always or (enforcement.fraction > 0.0 and enforcement.enforce())
     request = spans.start(scope, send, routed=True, route=resolved.template, shadow=not enforced)
     if request is None:  # excluded URL, or instrumentation suppressed
         exchange = Exchange(task, send, receive, scope, resolved, runtime, enforced)

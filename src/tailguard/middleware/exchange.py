@@ -153,10 +153,16 @@ class Exchange(CancelScope, RequestTasks):
             deadline = tuple.__new__(Deadline, (now + budget, budget, source))
         if enforced is None:  # else decided by the caller (see middleware.asgi._traced)
             enforcement = resolved.enforcement
-            enforced = enforcement.always or enforcement.enforce()
+            # No call in "on" or "shadow" mode: they draw nothing.
+            enforced = enforcement.always or (enforcement.fraction > 0.0 and enforcement.enforce())
         self.enforced = enforced
         if not enforced:  # shadow: decide everything, act on nothing (docs/rollout.md)
-            self._shadow(deadline, resolved)
+            self.shadow = deadline  # kept aside (no timer, none in force) and judged at the end
+            if deadline is not None and deadline.source != "route":
+                try:
+                    _shed_if_too_late(deadline.budget, resolved)
+                except Rejected as would:
+                    self.would_shed = would.reason
             deadline = None
         # CancelScope's fields, set here rather than through CancelScope.__init__:
         # this runs for every request, and the call costs ~900 instructions (callgrind).
@@ -434,15 +440,6 @@ class Exchange(CancelScope, RequestTasks):
                 otel.record_queue_wait(
                     self.span, limiter.name, self.arrived, self.admitted_at, outcome
                 )
-
-    def _shadow(self, deadline: Deadline | None, resolved: ResolvedRoute) -> None:
-        """Shadow mode: keep the deadline aside (no timer, none in force) and judge it."""
-        self.shadow = deadline
-        if deadline is not None and deadline.source != "route":
-            try:
-                _shed_if_too_late(deadline.budget, resolved)
-            except Rejected as would:
-                self.would_shed = would.reason
 
     def shadow_admit(self, limiter: Limiter, resolved: ResolvedRoute, tenant: str | None) -> Permit:
         """Shadow mode, no free slot: note whether it would be shed, and admit it anyway."""
