@@ -103,6 +103,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
@@ -127,6 +128,8 @@ with the same span settings (one span: receive/send off)."""
 GOAL_FULL_SHARE = 0.25
 """Issue 18: the full stack costs ≤ 0.25x OTel (default spans) + starlette-exporter."""
 GOAL_SAMPLED_US = 5.0
+GOAL_SHADOW_US = 1.0
+"""Shadow mode's cost over enforcing, per request (issue 15)."""
 """Issue 18: the full stack at 1 % sampling costs ≤ metrics-only + 5 µs."""
 PEERS = (
     "opentelemetry-instrumentation-asgi",
@@ -765,6 +768,27 @@ def telemetry_goals(results: dict[str, ArmResult], valid: bool | None) -> list[s
     return rows
 
 
+def _difference(first: str, second: str, overheads: dict[str, float]) -> float:
+    return overheads[second] - overheads[first]
+
+
+def shadow_goals(results: dict[str, ArmResult], valid: bool | None) -> list[str]:
+    """Shadow mode beside enforcing (issue 15), paired per round, for deadlines only and full."""
+    rows: list[str] = []
+    for on, shadow, what in (
+        ("tailguard", "tailguard-shadow", "deadlines only"),
+        ("tailguard-full", "tailguard-full-shadow", "full stack, every request sampled"),
+    ):
+        if not {on, shadow} <= results.keys():
+            continue
+        extra = per_round(results, partial(_difference, on, shadow), on, shadow)
+        rows.append(
+            f"| shadow mode over enforcing, {what} | ≤ +{GOAL_SHADOW_US:g} µs/request "
+            f"| {_verdict(valid, extra, lambda v: v <= GOAL_SHADOW_US, '+.2f', ' µs')} |"
+        )
+    return rows
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -926,6 +950,7 @@ def render(
         f"| tailguard (deadlines only) over HTTP | ≥ {GOAL_RATIO:g}x bare req/s "
         f"| {verdicts.throughput()} |",
         *telemetry_goals(results, verdicts.in_process_valid),
+        *shadow_goals(results, verdicts.in_process_valid),
         "",
         "| arm | in-process µs/request | overhead vs bare (µs) | HTTP req/s | ratio vs bare "
         "| server CPU µs/request | server overhead (µs) |",

@@ -59,10 +59,20 @@ class SeededIds(IdGenerator):
         return True
 
 
-def run(sampler: Sampler, server_spans: str) -> tuple[list[trace.SpanContext], list[Any]]:
-    """Each request's span context as the app saw it, and the ids of the spans exported."""
+def run(
+    sampler: Sampler, server_spans: str, ids: str = "seeded"
+) -> tuple[list[trace.SpanContext], list[Any]]:
+    """Each request's span context as the app saw it, and the ids of the spans exported.
+
+    ``ids``: ``"seeded"`` (a generator of its own) or ``"sdk"`` (the SDK's default
+    generator, which draws from the ``random`` module, seeded here).
+    """
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=sampler, id_generator=SeededIds(7))
+    if ids == "seeded":
+        provider = TracerProvider(sampler=sampler, id_generator=SeededIds(7))
+    else:
+        provider = TracerProvider(sampler=sampler)
+        random.seed(7)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     seen: list[trace.SpanContext] = []
 
@@ -94,14 +104,17 @@ def run(sampler: Sampler, server_spans: str) -> tuple[list[trace.SpanContext], l
     return seen, exported
 
 
+@pytest.mark.parametrize("ids", ["seeded", "sdk"])
 @pytest.mark.parametrize(
     "sampler",
     [ParentBased(TraceIdRatioBased(0.25)), TraceIdRatioBased(0.25), ParentBasedTraceIdRatio(0.5)],
     ids=["parent-based-ratio", "ratio", "parent-based-ratio-class"],
 )
-def test_every_request_gets_the_ids_and_decision_the_sdk_gives_it(sampler: Sampler) -> None:
-    otel_seen, otel_exported = run(sampler, "otel")
-    lean_seen, lean_exported = run(sampler, "tailguard")
+def test_every_request_gets_the_ids_and_decision_the_sdk_gives_it(
+    sampler: Sampler, ids: str
+) -> None:
+    otel_seen, otel_exported = run(sampler, "otel", ids)
+    lean_seen, lean_exported = run(sampler, "tailguard", ids)
     assert lean_seen == otel_seen  # trace id, span id, flags, trace state, remote: all of it
     assert lean_exported == otel_exported
     sampled = sum(context.trace_flags.sampled for context in lean_seen)

@@ -487,9 +487,9 @@ class Exchange(CancelScope, RequestTasks):
             if runtime.tenant is not None and runtime.tenant_labels is not None:
                 metrics.tenant(runtime.tenant_labels(self.tenant), outcome)
             if not self.enforced:
-                metrics.shadowed(
-                    would_shed=self.would_shed, would_exceed_deadline=self._would_exceed_deadline()
-                )
+                shadow = self.shadow
+                late = shadow is not None and (self.ended or monotonic()) > shadow.at
+                metrics.shadowed(self.would_shed, late)
         if self.span is not None:
             self._annotate_budget()
         runtime = self._runtime

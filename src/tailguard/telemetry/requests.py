@@ -194,7 +194,7 @@ class RouteMetrics:
         """The deadline fired; ``stage`` is ``before_response`` (504) or ``during_response``."""
         self._catalog.deadline_exceeded.labels(self._route, stage).inc()
 
-    def shadowed(self, *, would_shed: str | None, would_exceed_deadline: bool) -> None:
+    def shadowed(self, would_shed: str | None, would_exceed_deadline: bool) -> None:
         """A request handled in shadow mode ended: count it and what would have happened.
 
         ``would_shed``: the reason admission control would have shed it, if it would.

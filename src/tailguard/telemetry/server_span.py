@@ -55,6 +55,7 @@ differences.
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
@@ -79,7 +80,7 @@ from opentelemetry.instrumentation.utils import http_status_to_status_code
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace import Tracer as SdkTracer
-from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -89,6 +90,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.trace import (
+    INVALID_SPAN,
     NonRecordingSpan,
     Span,
     SpanContext,
@@ -97,6 +99,7 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.http import (
     OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
@@ -433,6 +436,7 @@ class _NextTraceId(IdGenerator):
 
 
 _TRACE_ID_LIMIT: Final = TraceIdRatioBased.TRACE_ID_LIMIT
+_getrandbits: Final = random.getrandbits
 _RANDOM_FLAG: Final[int] = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)  # SDK >= 1.39
 
 
@@ -457,12 +461,14 @@ class RootSampling:
     False
     """
 
-    __slots__ = ("bound", "enabled", "flags", "ids", "tracer")
+    __slots__ = ("bound", "enabled", "flags", "ids", "plain", "tracer")
 
     def __init__(self, tracer: SdkTracer, ids: _NextTraceId, bound: int) -> None:
         self.tracer = tracer
         self.ids = ids
         self.bound = bound
+        # The SDK's default generator: random.getrandbits, drawn again on a zero (invalid) id.
+        self.plain = type(ids.inner) is RandomIdGenerator
         # A tracer a configurator disables makes invalid spans without drawing ids.
         self.enabled: Callable[[], bool] | None = getattr(tracer, "_is_enabled", None)
         random_ids = ids.is_trace_id_random() if _RANDOM_FLAG else False
@@ -502,13 +508,15 @@ class RootSampling:
         if enabled is not None and not enabled():
             return None
         ids = self.ids
-        trace_id = ids.inner.generate_trace_id()
+        if self.plain:  # RandomIdGenerator's draws, without its two calls
+            trace_id = _getrandbits(128) or ids.inner.generate_trace_id()
+        else:
+            trace_id = ids.inner.generate_trace_id()
         if trace_id & _TRACE_ID_LIMIT < self.bound:
             ids.drawn.trace_id = trace_id
             return None
-        return NonRecordingSpan(
-            SpanContext(trace_id, ids.inner.generate_span_id(), False, self.flags)
-        )
+        span_id = (_getrandbits(64) if self.plain else 0) or ids.inner.generate_span_id()
+        return NonRecordingSpan(SpanContext(trace_id, span_id, False, self.flags))
 
 
 def _known_fields(textmap: object) -> frozenset[bytes] | None:
@@ -633,7 +641,8 @@ class ServerSpans:
         if excluded is not None and excluded.url_disabled(_host_port_url(scope, headers)[2]):
             return None
         root = False  # known to have no parent span
-        if trace.get_current_span(current) is trace.INVALID_SPAN:
+        # get_current_span(), without its call when no span is set at all (most requests).
+        if current.get(_SPAN_KEY) is None or trace.get_current_span(current) is INVALID_SPAN:
             kind = SpanKind.SERVER
             textmap = propagate.get_global_textmap()
             if textmap is not self._textmap:
@@ -827,5 +836,6 @@ class ServerSpan:
 
     def finish(self) -> None:
         """The request is over: end the span if the response did not, and restore the context."""
-        self.end()
+        if self.recording and not self.ended:  # a span that never recorded has nothing to end
+            self.end()
         otel_context.detach(self.token)
