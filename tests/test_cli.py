@@ -214,3 +214,12 @@ def test_python_dash_m_runs_the_command(capsys: pytest.CaptureFixture[str]) -> N
         sys.argv = argv
     assert info.value.code == 0
     assert "tailguard" in capsys.readouterr().out
+
+
+def test_a_token_that_starts_with_a_dash_is_taken_as_the_token(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # secrets.token_urlsafe(), which the docs suggest, starts one token in 64 with "-".
+    status = cli.main(["chaos", "status", "--url", "http://127.0.0.1:9", "--token", "-" + "x" * 31])
+    assert "expected one argument" not in capsys.readouterr().err
+    assert status != 2  # not a usage error: the connection to port 9 fails instead

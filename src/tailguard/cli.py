@@ -73,11 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _glue_tokens(argv: Sequence[str]) -> list[str]:
+    """``--token -abc`` as ``--token=-abc``: argparse takes a value that starts with a dash
+    for an option, and ``secrets.token_urlsafe()`` (what the docs suggest) starts one in 64
+    tokens with one.
+
+    >>> _glue_tokens(["chaos", "status", "--token", "-abc", "--json"])
+    ['chaos', 'status', '--token=-abc', '--json']
+    """
+    glued: list[str] = []
+    pending = False
+    for item in argv:
+        if pending and item.startswith("-") and item != "--":
+            glued[-1] = f"--token={item}"
+        else:
+            glued.append(item)
+        pending = item == "--token"
+    return glued
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tailguard`` with ``argv`` (default: ``sys.argv[1:]``) and return its exit status."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_glue_tokens(sys.argv[1:] if argv is None else argv))
     except _Exit as stop:  # --help, --version, or a usage error argparse has already printed
         return stop.status
     handler: _Handler = args.handler
