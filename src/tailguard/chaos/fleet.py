@@ -100,6 +100,17 @@ def injection_share(cap: int, worker: str, workers: Iterable[str]) -> int:
     return each + (names.index(worker) < extra)
 
 
+def _caps(workers: list[dict[str, Any]]) -> list[int]:
+    """The ``max_injections`` the heartbeats say (an older version's say nothing)."""
+    return [
+        cap
+        for item in workers
+        if isinstance(cap := item.get("max_injections"), int)
+        and not isinstance(cap, bool)
+        and cap >= 1
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Share:
     """A worker's part of the fleet's ``max_injections``, as its latest read of the store says."""
@@ -126,14 +137,7 @@ def share_of(cap: int, worker: str, workers: list[dict[str, Any]], lease: float)
     Share(cap=3, workers=2, places=2)
     """
     live = [item for item in workers if recent(item, lease) and item.get("worker") is not None]
-    caps = [
-        given
-        for item in live
-        if isinstance(given := item.get("max_injections"), int)
-        and not isinstance(given, bool)
-        and given >= 1
-    ]
-    fleet_cap = min([cap, *caps])
+    fleet_cap = min([cap, *_caps(live)])
     names = {str(item["worker"]) for item in live} | {worker}
     return Share(fleet_cap, len(names), injection_share(fleet_cap, worker, names))
 
@@ -185,9 +189,8 @@ def fleet_injections(workers: list[dict[str, Any]], lease: float) -> dict[str, A
     def total(name: str) -> int:
         return sum(int(item.get(name) or 0) for item in live)
 
-    caps = [item["max_injections"] for item in live if item.get("max_injections")]
     return {
-        "max_injections": min(caps, default=None),
+        "max_injections": min(_caps(live), default=None),
         "workers": len(live),
         "in_flight": total("injections_in_flight"),
         "skipped": total("injections_skipped"),
