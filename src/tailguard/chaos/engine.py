@@ -160,8 +160,8 @@ class Chaos:
       namespaces them); or a :class:`~tailguard.chaos.store.Store`. With a
       store, a start, stop or halt on any worker reaches every worker, the
       caps (``max_experiments`` and ``max_injections``) and safeguards act
-      fleet-wide, and a worker that cannot read the
-      store for ``lease`` seconds stops injecting (docs/chaos-fleet.md).
+      fleet-wide, and a worker that cannot read the store for ``lease``
+      seconds stops injecting (docs/chaos-fleet.md).
 
     Without a store, experiments are per process: with several workers,
     start them in each (the control API answers for the worker that served it).
