@@ -4,7 +4,8 @@ A :class:`Fleet` serves ``tests/chaos/fleet_app.py`` with ``uvicorn
 --workers N`` (or as one more process), all following one chaos store;
 :class:`Traffic` calls ``/call`` from a few threads on fresh connections
 (so every worker gets some) and records who answered and whether a fault
-was injected.
+was injected; :func:`check_fleet_cap` shows ``max_injections`` holding
+across the fleet with :class:`Holders`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tailguard.chaos.fleet import injection_share
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 30.0
@@ -58,11 +61,12 @@ class Fleet:
     tmp: Path
     servers: list[Server] = field(default_factory=list)
 
-    def spawn(self, workers: int = 1) -> Server:
+    def spawn(self, workers: int = 1, max_injections: int | None = None) -> Server:
         port = free_port()
         log = self.tmp / f"uvicorn-{port}.log"
         env = {
             **os.environ,
+            **({"FLEET_MAX_INJECTIONS": str(max_injections)} if max_injections else {}),
             "TAILGUARD_CHAOS": "1",
             "TAILGUARD_CHAOS_STORE": self.store,
             "TAILGUARD_TOKEN": self.token,
@@ -212,6 +216,167 @@ def halt_to_last_injection(
         "workers still injected calls sent a while after the halt"
     )
     return max(late, default=0.0)
+
+
+HOLD: dict[str, Any] = {
+    "name": "hold-db",
+    "ttl": 300,
+    "faults": [{"kind": "hang", "target": "db", "rate": 1.0}],
+}
+"""Every call to ``db`` hangs until the experiment ends, unless no place is free."""
+
+
+class Holders:
+    """Threads calling ``/places`` on fresh connections until :meth:`stop`.
+
+    Under :data:`HOLD`, a call injected into keeps its thread (its request
+    outstanding) until the experiment ends, and a call left alone comes back
+    at once: once those have come back, :attr:`outstanding` is how many calls
+    the fleet has under injection, counted by the client.
+    """
+
+    def __init__(self, urls: list[str], threads: int) -> None:
+        self.answers: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self.outstanding = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(urls[n % len(urls)],), daemon=True)
+            for n in range(threads)
+        ]
+
+    def __enter__(self) -> Holders:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        for thread in self._threads:
+            thread.join(WAIT)
+
+    def stop(self) -> None:
+        """No new calls; the calls under way finish (held ones when the experiment ends)."""
+        self._stop.set()
+
+    def alive(self) -> int:
+        return sum(thread.is_alive() for thread in self._threads)
+
+    def seen(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.answers)
+
+    def _run(self, url: str) -> None:
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(timeout=2 * WAIT, limits=limits) as client:
+            while not self._stop.is_set():
+                with self._lock:
+                    self.outstanding += 1
+                try:
+                    body = client.get(f"{url}/places").json()
+                except httpx.HTTPError as error:
+                    with self._lock:
+                        self.errors.append(repr(error))
+                    continue
+                finally:
+                    with self._lock:
+                        self.outstanding -= 1
+                with self._lock:
+                    self.answers.append(body)
+
+
+def check_fleet_cap(control: httpx.Client, urls: list[str], workers: int, cap: int) -> None:
+    """Show that the ``workers`` processes behind ``urls`` never inject more than ``cap`` at once.
+
+    They must have been started with ``max_injections=cap`` (and ``cap >=
+    workers``). Calls that hang until the experiment ends pile up on every
+    worker until each is full; then the calls still held, counted by the
+    client, must be the cap, and agree with the workers' own counts (their
+    heartbeats). Every worker skipped calls, and said so.
+    """
+    split = _split(control, workers, cap)
+    assert control.post("/experiments", json=HOLD).status_code == 201
+    with Holders(urls, threads=4 * cap) as holders:
+        try:
+            _fill(holders, set(split))
+            body, counted = _held(control, holders)
+            assert counted["client"] == cap, counted
+            assert all(
+                item["injections_in_flight"] == item["injection_share"] for item in body["workers"]
+            ), body["workers"]
+            over = [a for a in holders.seen() if a["injections_in_flight"] > split[a["pid"]]]
+            assert over == [], over[:3]
+            assert body["experiments"][0]["fleet"]["skipped"] >= workers
+        finally:  # the held calls end with the experiment, even if the check failed
+            halted = control.post("/halt").json()["halted"]
+    assert halted == 1
+    assert holders.alive() == 0
+    assert holders.errors == []
+    assert holders.outstanding == 0
+
+
+def _status(control: httpx.Client) -> dict[str, Any]:
+    answer = control.get("/status")
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def _split(control: httpx.Client, workers: int, cap: int) -> dict[int, int]:
+    """Each worker's share by pid, once every worker has seen every other."""
+    give_up = time.monotonic() + WAIT
+    while True:
+        fleet = _status(control)["workers"]
+        names = [item["worker"] for item in fleet]
+        if len(names) == workers and all(
+            item["injection_share"] == injection_share(cap, item["worker"], names) for item in fleet
+        ):
+            split = {item["pid"]: item["injection_share"] for item in fleet}
+            assert sum(split.values()) == cap
+            return split
+        assert time.monotonic() < give_up, fleet
+        time.sleep(0.05)
+
+
+def _fill(holders: Holders, pids: set[int]) -> None:
+    """Call until each worker answered a call it left alone because its places were all held."""
+
+    def full() -> set[int]:
+        return {
+            answer["pid"]
+            for answer in holders.seen()
+            if answer["injections_in_flight"] >= answer["injection_share"]
+        }
+
+    give_up = time.monotonic() + WAIT
+    while full() != pids:
+        assert time.monotonic() < give_up, (full(), pids)
+        time.sleep(0.02)
+    holders.stop()
+
+
+def _held(control: httpx.Client, holders: Holders) -> tuple[dict[str, Any], dict[str, int]]:
+    """Once the calls left alone came back: status, and the held calls as each side counts them.
+
+    The client counts at least the held calls, the heartbeats at most them
+    (they are half a second behind): wait until they agree, and until every
+    worker's skips reached its heartbeat.
+    """
+    give_up = time.monotonic() + WAIT
+    while True:
+        body = _status(control)
+        [experiment] = body["experiments"]
+        counted = {
+            "client": holders.outstanding,
+            "heartbeats": body["fleet_injections"]["in_flight"],
+            "injections": experiment["fleet"]["injections"],
+        }
+        skipped = [item["injections_skipped"] for item in body["workers"]]
+        if len(set(counted.values())) == 1 and min(skipped) >= 1:
+            return body, counted
+        assert time.monotonic() < give_up, counted
+        time.sleep(0.05)
 
 
 def redis_server() -> str | None:

@@ -361,6 +361,7 @@ def test_the_follower_says_when_the_store_fails_and_when_it_is_back(
         renew=lambda read_at: seen.append("renew") is None,
         lost=lambda: seen.append("lost"),
         info=lambda: {"pid": 1, "following": True, "counts": {}},
+        seen=lambda workers: seen.append("seen"),
     )
     follower.queue_end("nothing", "halt", "ops", None)
     follower.queue_halt("ops")
@@ -374,7 +375,8 @@ def test_the_follower_says_when_the_store_fails_and_when_it_is_back(
     events = [getattr(record, "event", None) for record in caplog.records]
     assert events.count("store_error") == 1
     assert events.count("store_back") == 1
-    assert seen == ["lost", "lost", "apply", "renew"]
+    # The fleet is read before the first snapshot is applied, and with every heartbeat.
+    assert seen == ["lost", "lost", "seen", "apply", "seen", "renew"]
     assert [worker["worker"] for worker in follower.workers] == ["w"]
     follower.start()
     follower.close()

@@ -4,7 +4,7 @@ The test starts its own ``redis-server`` (Debian's; ``make test`` installs
 it) on a free port with its data in a temp dir, and kills and restarts it
 to show the fail-safe: no worker injects for longer than a lease without
 the store, and a restarted store does not bring back what was halted or
-expired meanwhile.
+expired meanwhile. ``max_injections`` caps the processes together.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .fleet_support import (
     WAIT,
     RedisServer,
     Traffic,
+    check_fleet_cap,
     fleet,
     halt_to_last_injection,
     injected_by,
@@ -88,6 +89,14 @@ def test_two_processes_follow_one_redis(redis: RedisServer, tmp_path: Path) -> N
             assert status["store"]["url"] == redis.url
             assert status["store"]["service"] == "shop"
             assert via_first.post("/halt").json()["halted"] == 1
+
+
+def test_max_injections_caps_two_processes_together(redis: RedisServer, tmp_path: Path) -> None:
+    pytest.importorskip("uvicorn")
+    with fleet(tmp_path, redis.url) as running:
+        first, second = running.spawn(max_injections=3), running.spawn(max_injections=3)
+        with running.control(second) as control:  # shares of 2 and 1
+            check_fleet_cap(control, [first.url, second.url], workers=2, cap=3)
 
 
 def test_services_sharing_a_redis_do_not_see_each_other(redis: RedisServer) -> None:

@@ -3,9 +3,10 @@
 An experiment started through the control API (reaching one worker) is
 applied by all three; ``halt`` (again reaching one) stops injections in
 every one; a worker started after the experiment began applies it; status
-shows the three. The halt's reach is measured over a few trials here and
-over 20 in ``benchmarks/chaos.py`` (the test only bounds it generously:
-no wall-clock goal in a test).
+shows the three; ``max_injections`` caps the three together. The halt's
+reach is measured over a few trials here and over 20 in
+``benchmarks/chaos.py`` (the test only bounds it generously: no wall-clock
+goal in a test).
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from .fleet_support import EXPERIMENT, WAIT, Traffic, fleet, halt_to_last_injection, injected_by
+from .fleet_support import (
+    EXPERIMENT,
+    WAIT,
+    Traffic,
+    check_fleet_cap,
+    fleet,
+    halt_to_last_injection,
+    injected_by,
+)
 
 TRIALS = 2
 SETTLE = 3.0
@@ -65,3 +74,11 @@ def test_three_uvicorn_workers_follow_one_sqlite_store(tmp_path: Path) -> None:
             fleet_counts = experiment["fleet"]
             assert fleet_counts["injections"] >= len(fleet_counts["workers"]) >= 1
             assert control.post("/halt").json()["halted"] == 1
+
+
+def test_max_injections_caps_three_uvicorn_workers_together(tmp_path: Path) -> None:
+    pytest.importorskip("uvicorn")
+    with fleet(tmp_path, f"sqlite://{tmp_path / 'chaos.db'}") as running:
+        server = running.spawn(workers=3, max_injections=3)
+        with running.control(server) as control:
+            check_fleet_cap(control, [server.url], workers=3, cap=3)

@@ -219,8 +219,7 @@ def render_status(status: Mapping[str, Any], *, url: str, now: float | None = No
     lines = (
         [
             f"chaos {state} at {url} (seed {'random' if seed is None else seed}; "
-            f"injections in flight {status.get('injections_in_flight', 0)}"
-            f"/{status.get('max_injections', '?')}, skipped {status.get('injections_skipped', 0)})"
+            f"{_places(status)}, skipped {status.get('injections_skipped', 0)})"
         ]
         if "enabled" in status
         else [f"chaos experiments in the store {url}"]  # straight from the store: no worker
@@ -245,6 +244,20 @@ def render_status(status: Mapping[str, Any], *, url: str, now: float | None = No
     return "\n".join(lines)
 
 
+def _places(status: Mapping[str, Any]) -> str:
+    """This worker's injections in flight against its places (its share, in a fleet)."""
+    cap = status.get("max_injections", "?")
+    share = status.get("injection_share", cap)
+    said = f"injections in flight {status.get('injections_in_flight', 0)}/{share}"
+    fleet = status.get("fleet_injections")
+    if not fleet:
+        return said
+    cap, workers = fleet.get("max_injections", cap), fleet.get("workers", "?")
+    if share == 0:
+        return f"{said}: injects nothing, max_injections {cap} is shared by {workers} workers"
+    return f"{said}, its share of max_injections {cap} over {workers} workers"
+
+
 def _fleet(status: Mapping[str, Any], store: Mapping[str, Any]) -> list[str]:
     """The fleet part of a status: the store, its workers, those not following."""
     following = store.get("following")
@@ -252,11 +265,26 @@ def _fleet(status: Mapping[str, Any], store: Mapping[str, Any]) -> list[str]:
     lines = [f"store {store.get('url')} service {store.get('service')}{said}"]
     workers = status.get("workers", [])
     lines.append(f"workers: {len(workers)}")
+    fleet = status.get("fleet_injections")
+    if fleet:
+        lines.append(
+            f"injections across the fleet: {fleet.get('in_flight', 0)} in flight "
+            f"(max_injections {fleet.get('max_injections') or '?'}), "
+            f"skipped {fleet.get('skipped', 0)}"
+        )
     for worker in workers:
         age = worker.get("age")
         seen = f"{float(age):.1f} s ago" if isinstance(age, int | float) else "?"
         state = "following" if worker.get("following") else "NOT following"
-        lines.append(f"  {worker.get('worker')}  pid {worker.get('pid')}  {state}, seen {seen}")
+        share = worker.get("injection_share")
+        places = (
+            ""
+            if share is None
+            else f", injections in flight {worker.get('injections_in_flight', 0)}/{share}"
+        )
+        lines.append(
+            f"  {worker.get('worker')}  pid {worker.get('pid')}  {state}, seen {seen}{places}"
+        )
     lagging = status.get("not_following", [])
     if lagging:
         lines.append(f"not following: {', '.join(str(name) for name in lagging)}")

@@ -3,8 +3,9 @@
 A :class:`Follower` polls the store's version (cheap), reads everything when
 it changed, and hands the snapshot to the engine; it writes the engine's
 pending ends (a safeguard that tripped, a TTL seen first here) and a
-heartbeat with the injection counts. It never runs on a request or on the
-event loop: the seams only ever read the engine's ``armed``.
+heartbeat with the injection counts, and reads the others' heartbeats (from
+which the engine takes its share of ``max_injections``). It never runs on a
+request or on the event loop: the seams only ever read the engine's ``armed``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class Follower:
     ``apply(snapshot, read_at)`` gets every new snapshot (``read_at`` on
     ``clock``, taken before the read began); ``renew(read_at)`` every poll
     that found nothing new (False: read everything after all); ``lost()``
-    every poll that failed; ``info()`` the heartbeat to write.
+    every poll that failed; ``info()`` the heartbeat to write; ``seen(workers)``
+    every read of the fleet's heartbeats, the first before any snapshot.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class Follower:
         renew: Callable[[float], bool],
         lost: Callable[[], None],
         info: Callable[[], dict[str, Any]],
+        seen: Callable[[list[dict[str, Any]]], None],
     ) -> None:
         self.store = store
         self.worker = worker
@@ -54,6 +57,8 @@ class Follower:
         self._renew = renew
         self._lost = lost
         self._info = info
+        self._seen = seen
+        self._seen_fleet = False
         self._pending: deque[tuple[str | None, str, str, str | None]] = deque(maxlen=1024)
         self._closed = threading.Event()
         self._version: int | None = None
@@ -84,6 +89,10 @@ class Follower:
 
     def refresh(self) -> None:
         """Read the store now and apply it (raises :class:`StoreUnavailable`)."""
+        if not self._seen_fleet:
+            # Before the first experiment: so a worker that just started injects its
+            # share, not the fleet's whole cap.
+            self._read_fleet()
         read_at = self._clock()
         snapshot = self.store.read()
         self._version = snapshot.version
@@ -118,9 +127,15 @@ class Follower:
             self._next_heartbeat = now + HEARTBEAT
             try:
                 self.store.heartbeat(self.worker, self._info())
-                self.workers = self.store.workers()
+                self._read_fleet()
             except Exception:  # the next poll notices and says so
                 self._version = None
+
+    def _read_fleet(self) -> None:
+        workers = self.store.workers()
+        self.workers = workers
+        self._seen(workers)
+        self._seen_fleet = True
 
     def _flush(self) -> None:
         while self._pending:

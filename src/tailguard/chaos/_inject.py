@@ -78,7 +78,8 @@ class InjectionSlots:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        """At most this many calls under injection at once (``max_injections``)."""
+        """At most this many calls under injection at once (``max_injections``, or this
+        worker's share of it in a fleet)."""
         self.in_flight = 0
         """Calls under injection now."""
         self.skipped = 0
@@ -98,6 +99,26 @@ class InjectionSlots:
         """Give a place back (once per successful :meth:`take`)."""
         with self._lock:
             self.in_flight -= 1
+
+    def resize(self, limit: int) -> None:
+        """Set the cap to ``limit`` (``>= 0``), from any thread.
+
+        Calls already under injection are never cut short: below them, the
+        cap refuses new ones until enough have given their places back.
+
+        >>> slots = InjectionSlots(2)
+        >>> slots.take(), slots.take()
+        (True, True)
+        >>> slots.resize(1)
+        >>> slots.release()
+        >>> slots.take()
+        False
+        >>> slots.release()
+        >>> slots.take()
+        True
+        """
+        with self._lock:
+            self.limit = limit
 
 
 class Injector:

@@ -36,16 +36,32 @@ _STATUS: _Schema = {
         "enabled": {"type": "boolean"},
         "experiments": {"type": "array", "items": {"$ref": "#/components/schemas/Running"}},
         "stopped": {"type": "array", "items": {"type": "object"}},
+        "max_injections": {
+            "type": "integer",
+            "description": "The cap on calls under injection at once (the fleet's, with a store).",
+        },
+        "injection_share": {
+            "type": "integer",
+            "description": "This worker's places under max_injections: its share with a "
+            "fleet store (0: it injects nothing), else max_injections.",
+        },
         "store": {
             "type": "object",
             "description": "With a fleet store only: its url and service, this worker's "
             "name, whether it follows the store, and the lease.",
         },
+        "fleet_injections": {
+            "type": "object",
+            "description": "With a fleet store only: the cap the shares split, how many "
+            "workers split it, and injections in flight and skipped summed over their "
+            "heartbeats (max_injections, workers, in_flight, skipped).",
+        },
         "workers": {
             "type": "array",
             "items": {"type": "object"},
             "description": "With a fleet store only: every worker seen in the last minute "
-            "(worker, pid, host, last_heartbeat, age, following).",
+            "(worker, pid, host, last_heartbeat, age, following, max_injections, "
+            "injection_share, injections_in_flight, injections_skipped).",
         },
         "not_following": {
             "type": "array",

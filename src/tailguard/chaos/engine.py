@@ -44,7 +44,15 @@ from tailguard.chaos._run import Run
 from tailguard.chaos._status import ExperimentStatus
 from tailguard.chaos._ticker import Ticker
 from tailguard.chaos.experiment import Experiment
-from tailguard.chaos.fleet import fleet_counts, following, open_store
+from tailguard.chaos.fleet import (
+    Share,
+    fleet_counts,
+    fleet_injections,
+    following,
+    open_store,
+    share_of,
+    worker_entry,
+)
 from tailguard.chaos.schema import ExperimentError, experiment_from_dict, experiment_to_dict
 from tailguard.chaos.store import (
     STORE_ENV_VAR,
@@ -136,8 +144,12 @@ class Chaos:
       ``off``: disabled; anything else is an error). Disabled, nothing can be
       started and seams never look further than one attribute.
     * ``seed``: seeds the random draws (rates and delays), for replayable runs.
-    * ``max_injections``: at most this many calls under injection at once;
-      more are left alone and counted as skipped.
+    * ``max_injections``: at most this many calls under injection at once
+      (a cap on concurrency, not a total); more are left alone and counted
+      as skipped. With a store, the cap is the fleet's: each worker injects
+      at most its share, the cap split over the workers heartbeating in the
+      store (:func:`~tailguard.chaos.fleet.injection_share`; 0 when there are
+      more workers than places), updated by the follower thread.
     * ``max_experiments``: at most this many experiments running at once
       (:data:`MAX_EXPERIMENTS` by default); :meth:`start` refuses more.
     * ``clock``: the monotonic clock TTLs and the safeguard's window run on.
@@ -147,8 +159,9 @@ class Chaos:
       host, ``"redis://host:port/db"`` across hosts (``?service=name``
       namespaces them); or a :class:`~tailguard.chaos.store.Store`. With a
       store, a start, stop or halt on any worker reaches every worker, the
-      caps and safeguards act fleet-wide, and a worker that cannot read the
-      store for ``lease`` seconds stops injecting (docs/chaos-fleet.md).
+      caps (``max_experiments`` and ``max_injections``) and safeguards act
+      fleet-wide, and a worker that cannot read the store for ``lease``
+      seconds stops injecting (docs/chaos-fleet.md).
 
     Without a store, experiments are per process: with several workers,
     start them in each (the control API answers for the worker that served it).
@@ -206,6 +219,8 @@ class Chaos:
         self._lock = threading.RLock()
         self._ticker = Ticker(self.expire, "tailguard-chaos-ttl")
         self._slots = InjectionSlots(max_injections)
+        self._share = Share(max_injections, 1, max_injections)
+        """This worker's part of ``max_injections`` (all of it, until it sees a fleet)."""
         # Injections get what they need from here; they never call back into the engine.
         # It also holds the catalog the engine records into (see bind()).
         self._injector = Injector(self.rng, clock, self.expire, self._slots)
@@ -236,6 +251,7 @@ class Chaos:
                 renew=self._renew,
                 lost=self._store_failed,
                 info=self._heartbeat,
+                seen=self._take_share,
             )
             if self._enabled:  # a disabled engine injects nothing: nothing to follow
                 self._follower.start()
@@ -524,6 +540,7 @@ class Chaos:
             "injections_in_flight": self._slots.in_flight,
             "injections_skipped": self._slots.skipped,
             "max_injections": self.max_injections,
+            "injection_share": self._slots.limit,
             "max_experiments": self.max_experiments,
         }
         if self.store is not None and self._follower is not None:
@@ -541,20 +558,16 @@ class Chaos:
             "following": self._following,
             "lease": self.lease,
         }
-        out["workers"] = [
-            {
-                "worker": item.get("worker"),
-                "pid": item.get("pid"),
-                "host": item.get("host"),
-                "last_heartbeat": item.get("seen_at"),
-                "age": item.get("age"),
-                "following": bool(item.get("following")),
-            }
-            for item in workers
-        ]
+        out["workers"] = [worker_entry(item) for item in workers]
         out["not_following"] = [
             item["worker"] for item in out["workers"] if not following(item, self.lease)
         ]
+        share = self._share
+        out["fleet_injections"] = {
+            **fleet_injections(workers, self.lease),
+            "max_injections": share.cap,
+            "workers": share.workers,
+        }
         keys = {run.name: run.key for run in self._runs}
         for experiment in out["experiments"]:
             key = keys.get(experiment["experiment"]["name"])
@@ -710,15 +723,43 @@ class Chaos:
         if catalog is not None:
             catalog.chaos_store_following.set(value)
 
+    def _take_share(self, workers: list[dict[str, Any]]) -> None:
+        """Take this worker's share of ``max_injections`` from the fleet's heartbeats.
+
+        Called by the follower thread with every read of them, and before it
+        applies its first snapshot. Calls under injection beyond a lowered
+        share finish as they would have; new ones wait for places.
+        """
+        share = share_of(self.max_injections, self.worker, workers, self.lease)
+        with self._lock:
+            before, self._share = self._share, share
+            self._slots.resize(share.places)
+        if share != before:
+            log_event(
+                "share",
+                actor="follower",
+                reason=f"{share.places} of max_injections={share.cap} "
+                f"over {share.workers} worker{'s' if share.workers != 1 else ''}",
+                level=logging.WARNING if share.places == 0 else logging.INFO,
+                injection_share=share.places,
+                max_injections=share.cap,
+                workers=share.workers,
+            )
+
     def _heartbeat(self) -> dict[str, Any]:
         """What this worker tells the fleet: who it is, whether it follows, what it injected."""
         with self._lock:
             counted = list(self._counted.items())
+        slots = self._slots
         return {
             "pid": os.getpid(),
             "host": self.worker.rpartition(":")[0],
             "worker": self.worker,
             "following": self._following,
+            "max_injections": self.max_injections,
+            "injection_share": slots.limit,
+            "injections_in_flight": slots.in_flight,
+            "injections_skipped": slots.skipped,
             "counts": {
                 key: {
                     "experiment": run.name,

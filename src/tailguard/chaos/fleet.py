@@ -14,12 +14,25 @@ ValueError: store URL 'mysql://db/chaos': expected memory, sqlite:///path or red
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tailguard.chaos.store import DEFAULT_SERVICE, SQLiteStore, Store
 
-__all__ = ["fleet_counts", "following", "open_store", "store_status"]
+__all__ = [
+    "Share",
+    "fleet_counts",
+    "fleet_injections",
+    "following",
+    "injection_share",
+    "open_store",
+    "recent",
+    "share_of",
+    "store_status",
+    "worker_entry",
+]
 
 
 def _service(url: str, query: str) -> str:
@@ -55,10 +68,78 @@ def open_store(url: str, *, timeout: float = 0.5) -> Store:
     raise ValueError(f"store URL {url!r}: expected memory, sqlite:///path or redis://host:port/db")
 
 
+def recent(worker: dict[str, Any], lease: float) -> bool:
+    """Whether a worker's heartbeat is recent (within 2 leases): it may be injecting."""
+    age = worker.get("age")
+    return isinstance(age, int | float) and age <= 2 * lease
+
+
 def following(worker: dict[str, Any], lease: float) -> bool:
     """Whether a worker's heartbeat says it follows the store and is recent (within 2 leases)."""
-    age = worker.get("age")
-    return bool(worker.get("following")) and isinstance(age, int | float) and age <= 2 * lease
+    return bool(worker.get("following")) and recent(worker, lease)
+
+
+def injection_share(cap: int, worker: str, workers: Iterable[str]) -> int:
+    """``worker``'s places under a fleet-wide cap of ``cap`` injections shared with ``workers``.
+
+    The names, sorted, split ``cap`` so that the shares add up to it
+    exactly: each gets ``cap // n`` and the first ``cap % n`` one more.
+    ``worker`` counts itself in when ``workers`` does not list it yet (it
+    has just started). A worker joining never makes another's share grow,
+    nor one leaving make it shrink.
+
+    >>> [injection_share(5, name, ["a", "b", "c"]) for name in "abc"]
+    [2, 2, 1]
+    >>> [injection_share(2, name, ["a", "b", "c"]) for name in "abc"]  # more workers than places
+    [1, 1, 0]
+    >>> injection_share(4, "b", ["a"])  # b is not listed yet: it counts itself in
+    2
+    """
+    names = sorted({*workers, worker})
+    each, extra = divmod(cap, len(names))
+    return each + (names.index(worker) < extra)
+
+
+def _caps(workers: list[dict[str, Any]]) -> list[int]:
+    """The ``max_injections`` the heartbeats say (an older version's say nothing)."""
+    return [
+        cap
+        for item in workers
+        if isinstance(cap := item.get("max_injections"), int)
+        and not isinstance(cap, bool)
+        and cap >= 1
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """A worker's part of the fleet's ``max_injections``, as its latest read of the store says."""
+
+    cap: int
+    """The fleet's cap: the smallest ``max_injections`` among the workers sharing it."""
+    workers: int
+    """How many workers share it (this one included)."""
+    places: int
+    """This worker's share: calls it may have under injection at once (0: none)."""
+
+
+def share_of(cap: int, worker: str, workers: list[dict[str, Any]], lease: float) -> Share:
+    """``worker``'s :class:`Share` of ``cap``, given the store's heartbeats ``workers``.
+
+    Every worker with a recent heartbeat counts, following or not (one
+    that does not follow yet is about to). If they were given different
+    caps (a rolling deploy), the smallest applies to all.
+
+    >>> beats = [{"worker": "a", "age": 0.2, "max_injections": 5},
+    ...          {"worker": "b", "age": 0.1, "max_injections": 3},
+    ...          {"worker": "gone", "age": 60.0, "max_injections": 1}]
+    >>> share_of(10, "a", beats, lease=2.0)
+    Share(cap=3, workers=2, places=2)
+    """
+    live = [item for item in workers if recent(item, lease) and item.get("worker") is not None]
+    fleet_cap = min([cap, *_caps(live)])
+    names = {str(item["worker"]) for item in live} | {worker}
+    return Share(fleet_cap, len(names), injection_share(fleet_cap, worker, names))
 
 
 def fleet_counts(key: str, workers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -73,6 +154,47 @@ def fleet_counts(key: str, workers: list[dict[str, Any]]) -> dict[str, Any]:
             total[name] += int(counts.get(name, 0))
         by_worker[str(worker.get("worker"))] = int(counts.get("injections", 0))
     return {**total, "workers": by_worker}
+
+
+def worker_entry(worker: dict[str, Any]) -> dict[str, Any]:
+    """A worker's heartbeat as status shows it (``None`` for what an older version left out)."""
+    return {
+        "worker": worker.get("worker"),
+        "pid": worker.get("pid"),
+        "host": worker.get("host"),
+        "last_heartbeat": worker.get("seen_at"),
+        "age": worker.get("age"),
+        "following": bool(worker.get("following")),
+        "max_injections": worker.get("max_injections"),
+        "injection_share": worker.get("injection_share"),
+        "injections_in_flight": worker.get("injections_in_flight"),
+        "injections_skipped": worker.get("injections_skipped"),
+    }
+
+
+def fleet_injections(workers: list[dict[str, Any]], lease: float) -> dict[str, Any]:
+    """The fleet's injections as the recent heartbeats say: cap, workers, in flight, skipped.
+
+    ``max_injections`` is the smallest cap a worker was given (``None``
+    without heartbeats); the sums are half a second behind at most.
+
+    >>> beats = [{"worker": "a", "age": 0.2, "max_injections": 3, "injections_in_flight": 2},
+    ...          {"worker": "b", "age": 0.1, "max_injections": 3, "injections_in_flight": 1,
+    ...           "injections_skipped": 4}]
+    >>> fleet_injections(beats, lease=2.0)
+    {'max_injections': 3, 'workers': 2, 'in_flight': 3, 'skipped': 4}
+    """
+    live = [item for item in workers if recent(item, lease)]
+
+    def total(name: str) -> int:
+        return sum(int(item.get(name) or 0) for item in live)
+
+    return {
+        "max_injections": min(_caps(live), default=None),
+        "workers": len(live),
+        "in_flight": total("injections_in_flight"),
+        "skipped": total("injections_skipped"),
+    }
 
 
 def store_status(store: Store, *, lease: float = 2.0) -> dict[str, Any]:
@@ -100,19 +222,10 @@ def store_status(store: Store, *, lease: float = 2.0) -> dict[str, Any]:
                 "fleet": counts,
             }
         )
-    shown = [
-        {
-            "worker": item.get("worker"),
-            "pid": item.get("pid"),
-            "host": item.get("host"),
-            "last_heartbeat": item.get("seen_at"),
-            "age": item.get("age"),
-            "following": bool(item.get("following")),
-        }
-        for item in workers
-    ]
+    shown = [worker_entry(item) for item in workers]
     return {
         "store": {"url": store.url, "service": store.service},
+        "fleet_injections": fleet_injections(workers, lease),
         "experiments": experiments,
         "stopped": [
             {"experiment": entry["name"], **entry["ended"], "injections": None}
