@@ -181,6 +181,7 @@ class FleetModes:
         self._pending: deque[dict[str, Any]] = deque(maxlen=256)
         self._wake = threading.Event()
         self._closed = threading.Event()
+        self._stepping = threading.Lock()
         self.version: int | None = None
         """The version of the store's record applied here (``None``: none yet)."""
         self.error: str | None = None
@@ -221,6 +222,10 @@ class FleetModes:
 
     def step(self) -> None:
         """Write queued switches, then apply the store's record if its version changed."""
+        with self._stepping:  # one step at a time: each queued switch is written once
+            self._step()
+
+    def _step(self) -> None:
         modes = self._modes()
         if modes is None:
             self.close()
