@@ -25,7 +25,8 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 __all__ = [
@@ -180,6 +181,14 @@ class Enforcements:
         self.dependencies: dict[str, Enforcement] = {}
         self.changes: Callable[[str, Mode], None] | None = None
         """Called with (target kind, new mode) on every change (the guard counts them)."""
+        self.published: Callable[[dict[str, Any]], None] | None = None
+        """Called with each switch (``mode``, ``route``, ``dependency``, ``who``) once it is
+        applied here, under :attr:`lock` (a fleet's store shares it; see tailguard.fleet_modes)."""
+        self.fleet: Callable[[], dict[str, Any]] | None = None
+        """The fleet's view for :meth:`describe` (``None``: modes are this process's own)."""
+        self.lock = threading.RLock()
+        """Held while modes change (never by a request: requests only read them)."""
+        self._fleet_targets: dict[str, Mode] = {}
 
     def _new(self, mode: Mode | None) -> Enforcement:
         if mode is None:
@@ -192,6 +201,7 @@ class Enforcements:
         found = self.routes.get(name)
         if found is None:
             found = self.routes[name] = self._new(mode)
+            self._follow_fleet(f"route {name}", found)
         return found
 
     def dependency(self, name: str, mode: Mode | None) -> Enforcement:
@@ -199,15 +209,25 @@ class Enforcements:
         found = self.dependencies.get(name)
         if found is None:
             found = self.dependencies[name] = self._new(mode)
+            self._follow_fleet(f"dependency {name}", found)
         return found
+
+    def _follow_fleet(self, target: str, enforcement: Enforcement) -> None:
+        """A target made after the fleet switched it takes the fleet's mode."""
+        mode = self._fleet_targets.get(target)
+        if mode is not None:
+            enforcement.set(mode)
 
     def describe(self) -> dict[str, Any]:
         """Every mode, JSON-able: ``{"default": ..., "routes": {...}, "dependencies": {...}}``."""
-        return {
+        described: dict[str, Any] = {
             "default": self.default.mode,
             "routes": {key: e.mode for key, e in self.routes.items()},
             "dependencies": {name: e.mode for name, e in self.dependencies.items()},
         }
+        if self.fleet is not None:
+            described["fleet"] = self.fleet()
+        return described
 
     def switch(
         self,
@@ -225,6 +245,15 @@ class Enforcements:
         counted. Unknown names raise :class:`UnknownTarget` and change nothing.
         """
         mode = check_mode("mode", mode)
+        with self.lock:
+            changed = self._switch(mode, route, dependency, who)
+            if self.published is not None:
+                self.published({"mode": mode, "route": route, "dependency": dependency, "who": who})
+        return changed
+
+    def _switch(
+        self, mode: Mode, route: str | None, dependency: str | None, who: str
+    ) -> list[dict[str, Any]]:
         targets: list[tuple[str, str, Enforcement]] = []
         if route is not None:
             found = self.routes.get(route)
@@ -242,14 +271,47 @@ class Enforcements:
             targets.append(("guard", "guard", self.default))
             targets += [("route", f"route {k}", e) for k, e in self.routes.items()]
             targets += [("dependency", f"dependency {n}", e) for n, e in self.dependencies.items()]
-        changed = []
-        for kind, target, enforcement in targets:
-            before = enforcement.mode
-            enforcement.set(mode)
-            changed.append({"target": target, "from": before, "to": mode})
-            logger.warning(
-                "enforcement of %s changed from %s to %s by %s", target, before, mode, who
-            )
-            if self.changes is not None:
-                self.changes(kind, mode)
-        return changed
+        return [self._change(kind, target, e, mode, who) for kind, target, e in targets]
+
+    def _change(
+        self, kind: str, target: str, enforcement: Enforcement, mode: Mode, who: str
+    ) -> dict[str, Any]:
+        """Set one target's mode: logged (who, from what, to what) and counted."""
+        before = enforcement.mode
+        enforcement.set(mode)
+        logger.warning("enforcement of %s changed from %s to %s by %s", target, before, mode, who)
+        if self.changes is not None:
+            self.changes(kind, mode)
+        return {"target": target, "from": before, "to": mode}
+
+    def apply(
+        self, default: Mode | None, targets: Mapping[str, Mode], *, who: str
+    ) -> list[dict[str, Any]]:
+        """Make the modes what a fleet's record says; what changed (as :meth:`switch` says).
+
+        ``default``: the mode of the latest fleet-wide switch (``None``: none
+        yet), for the guard and every route and dependency the record does not
+        name; ``targets``: modes by target (``"route GET /a"``,
+        ``"dependency db"``), kept for those this process makes later. Only
+        modes that differ change, each logged and counted like a switch.
+
+        >>> modes = Enforcements("on", env={})
+        >>> slow = modes.route("GET /slow", None)
+        >>> [c["target"] for c in modes.apply("shadow", {"route GET /slow": "on"}, who="ops")]
+        ['guard']
+        >>> modes.dependency("db", None).mode, slow.mode
+        ('shadow', 'on')
+        """
+        with self.lock:
+            self._fleet_targets = dict(targets)
+            everything: list[tuple[str, str, Enforcement]] = [("guard", "guard", self.default)]
+            everything += [("route", f"route {k}", e) for k, e in self.routes.items()]
+            everything += [
+                ("dependency", f"dependency {n}", e) for n, e in self.dependencies.items()
+            ]
+            changed = []
+            for kind, target, enforcement in everything:
+                wanted = default if kind == "guard" else targets.get(target, default)
+                if wanted is not None and wanted != enforcement.mode:
+                    changed.append(self._change(kind, target, enforcement, wanted, who))
+            return changed

@@ -17,6 +17,7 @@ from tailguard.chaos.engine import Chaos
 from tailguard.deadlines import DEADLINE_HEADER
 from tailguard.dependency import Dependency
 from tailguard.enforcement import Enforcements, Mode, mode_label
+from tailguard.fleet_modes import FleetModes
 from tailguard.middleware.asgi import TailguardMiddleware
 from tailguard.middleware.responses import Responses
 from tailguard.middleware.runtime import Runtime
@@ -104,7 +105,9 @@ class Tailguard:
     requests enforced (picked per request, reproducibly with
     ``enforce_seed``). ``TAILGUARD_ENFORCE`` replaces it when set. Modes
     switch at run time with :meth:`enforce`, the control API or
-    ``tailguard enforce`` (see docs/rollout.md).
+    ``tailguard enforce``; with a fleet store (the chaos engine's), a
+    switch on any worker reaches every worker following it, and the store's
+    modes win over ``TAILGUARD_ENFORCE`` at start (see docs/rollout.md).
     """
 
     def __init__(
@@ -203,6 +206,13 @@ class Tailguard:
         )
         """What the middleware and each request read: built here, once."""
         self._app: object = None  # the app install() added tailguard to
+        self.fleet_modes: FleetModes | None = None
+        """With a fleet store (the chaos engine's): keeps the modes in step with the fleet's."""
+        if self.chaos.store is not None:
+            self.fleet_modes = FleetModes(
+                self.chaos.store, self.enforcements, worker=self.chaos.worker
+            )
+            self.fleet_modes.start()
 
     def dependency(
         self,

@@ -36,6 +36,7 @@ from tailguard.chaos.store import (
     StoreUnavailable,
     check_start,
     stamp,
+    versioned,
 )
 
 __all__ = ["RedisStore", "redacted"]
@@ -255,6 +256,41 @@ class RedisStore(Store):
                 raise
 
         self._call(work, budget=timeout + 4 * self._timeout)
+
+    def read_modes(self) -> dict[str, Any] | None:
+        async def work() -> dict[str, Any] | None:
+            body = await self._client.get(self._modes_key())
+            return json.loads(body) if body else None
+
+        return self._call(work)
+
+    def update_modes(
+        self, change: Callable[[dict[str, Any] | None, float], dict[str, Any]]
+    ) -> dict[str, Any]:
+        from redis.exceptions import WatchError
+
+        key = self._modes_key()
+
+        async def work() -> dict[str, Any]:
+            async with self._client.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        now = await self._now()
+                        body = await pipe.get(key)
+                        current = json.loads(body) if body else None
+                        updated = versioned(current, change(current, now))
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        pipe.set(key, json.dumps(updated))
+                        await pipe.execute()
+                        return updated
+                    except WatchError:
+                        continue
+
+        return self._call(work)
+
+    def _modes_key(self) -> str:
+        return self._channel.removesuffix("events") + "modes"
 
     def close(self) -> None:
         async def work() -> None:

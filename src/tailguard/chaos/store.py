@@ -45,6 +45,7 @@ __all__ = [
     "check_start",
     "record",
     "stamp",
+    "versioned",
     "worker_id",
 ]
 
@@ -158,6 +159,19 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for stores without resources
         """Release connections; the store is not used afterwards."""
+
+    def read_modes(self) -> dict[str, Any] | None:
+        """The fleet's enforcement modes (:mod:`tailguard.fleet_modes`); None: none written yet."""
+        raise StoreUnavailable(f"{self.url}: this store keeps no enforcement modes")
+
+    def update_modes(
+        self, change: Callable[[dict[str, Any] | None, float], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Replace the modes record by ``change(current, store clock)``, atomically; the new one.
+
+        The store sets its ``version``: one more than the current record's.
+        """
+        raise StoreUnavailable(f"{self.url}: this store keeps no enforcement modes")
 
 
 _SCHEMA = """
@@ -390,6 +404,39 @@ class SQLiteStore(Store):
                 self._connection.close()
                 self._connection = None
 
+    def read_modes(self) -> dict[str, Any] | None:
+        def work(connection: sqlite3.Connection) -> dict[str, Any] | None:
+            try:
+                row = connection.execute(
+                    "SELECT body FROM modes WHERE service = ?", (self.service,)
+                ).fetchone()
+            except sqlite3.OperationalError as error:  # no modes table: never written
+                if "no such table" in str(error):
+                    return None
+                raise
+            return json.loads(row[0]) if row else None
+
+        return self._run(work)  # type: ignore[no-any-return]
+
+    def update_modes(
+        self, change: Callable[[dict[str, Any] | None, float], dict[str, Any]]
+    ) -> dict[str, Any]:
+        def work(connection: sqlite3.Connection) -> dict[str, Any]:
+            connection.execute(_MODES_SCHEMA)
+            row = connection.execute(
+                "SELECT body FROM modes WHERE service = ?", (self.service,)
+            ).fetchone()
+            current = json.loads(row[0]) if row else None
+            updated = versioned(current, change(current, self.clock()))
+            connection.execute(
+                "INSERT INTO modes VALUES (?, ?) "
+                "ON CONFLICT(service) DO UPDATE SET body = excluded.body",
+                (self.service, json.dumps(updated)),
+            )
+            return updated
+
+        return self._run(work, write=True)  # type: ignore[no-any-return]
+
 
 def _ending(reason: str, actor: str, detail: str | None, now: float) -> dict[str, Any]:
     return {"reason": reason, "actor": actor, "detail": detail, "at": now}
@@ -415,3 +462,19 @@ def worker_id() -> str:
     number = next(_ENGINES)
     suffix = f"/{number}" if number > 1 else ""
     return f"{os.uname().nodename}:{os.getpid()}{suffix}"
+
+
+_MODES_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS modes (service TEXT PRIMARY KEY, body TEXT NOT NULL)"
+)
+
+
+def versioned(current: dict[str, Any] | None, updated: dict[str, Any]) -> dict[str, Any]:
+    """``updated`` with the version after ``current``'s (for stores' ``update_modes``).
+
+    >>> versioned({"version": 4}, {"default": "on"})
+    {'default': 'on', 'version': 5}
+    """
+    before = current.get("version") if isinstance(current, dict) else None
+    number = before if isinstance(before, int) and not isinstance(before, bool) else 0
+    return {**updated, "version": number + 1}
