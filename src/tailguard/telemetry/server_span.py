@@ -614,8 +614,8 @@ class ServerSpans:
     ) -> ServerSpan | None:
         """Start the span of an http ``scope`` and make it current; ``None``: not traced.
 
-        Not traced: instrumentation is suppressed in the current context, or
-        the URL is excluded. Otherwise the caller sends the response through
+        Not traced: instrumentation is suppressed in the current context, the
+        URL is excluded, or FastAPI's native telemetry made the server span. Otherwise the caller sends the response through
         :meth:`ServerSpan.send` (``send`` is the server's) when
         :attr:`ServerSpan.watches_messages`, and calls :meth:`ServerSpan.finish`
         once the request is over, in the same context.
@@ -635,6 +635,11 @@ class ServerSpans:
             or current.get(_SUPPRESS_PLAIN)
             or current.get(_SUPPRESS_HTTP_INSTRUMENTATION_KEY)
         ):
+            return None
+        native = scope.get("fastapi.telemetry")
+        if native is not None and getattr(native, "span", None) is not None:
+            # FastAPI's own telemetry (FastAPI >= 0.16x) made the request's server span
+            # and made it current: annotated, as the span of an instrumented app is.
             return None
         headers = _Headers(scope)
         excluded = self.excluded
