@@ -22,7 +22,7 @@ from tailguard import RoutePolicy, Tailguard
 
 pytest.importorskip("fastapi.telemetry")
 
-from fastapi import FastAPI  # noqa: E402 - only where FastAPI has native telemetry
+from fastapi import FastAPI
 
 pytestmark = pytest.mark.anyio
 

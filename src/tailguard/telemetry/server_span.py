@@ -615,7 +615,8 @@ class ServerSpans:
         """Start the span of an http ``scope`` and make it current; ``None``: not traced.
 
         Not traced: instrumentation is suppressed in the current context, the
-        URL is excluded, or FastAPI's native telemetry made the server span. Otherwise the caller sends the response through
+        URL is excluded, or FastAPI's native telemetry made the server span.
+        Otherwise the caller sends the response through
         :meth:`ServerSpan.send` (``send`` is the server's) when
         :attr:`ServerSpan.watches_messages`, and calls :meth:`ServerSpan.finish`
         once the request is over, in the same context.
