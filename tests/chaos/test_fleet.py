@@ -429,3 +429,15 @@ async def test_the_control_api_answers_503_when_the_store_cannot_be_reached(
         assert not engine.armed
         status = (await client.get("/_tailguard/status")).json()
         assert status["store"]["url"] == store.url
+
+
+def test_a_worker_bound_after_it_began_following_says_so_on_its_gauge(path: str) -> None:
+    # The follower thread starts with the engine; a guard binds its catalog later.
+    engine = Chaos(enabled=True, store=f"sqlite://{path}")
+    try:
+        eventually(lambda: engine.status()["store"]["following"])
+        catalog = Catalog(CollectorRegistry())
+        engine.bind(catalog)
+        assert catalog.registry.get_sample_value("tailguard_chaos_store_following") == 1.0
+    finally:
+        engine.close()

@@ -291,8 +291,11 @@ class Chaos:
         with self._lock:
             self._injector.catalog = catalog
             if catalog is not None:
-                # The gauge says what runs now, even if experiments started before binding.
+                # The gauges say what is true now, even if it became true before binding
+                # (the follower thread starts with the engine, before any guard binds it).
                 catalog.chaos_experiments_active.set(len(self._runs))
+                if self.store is not None:
+                    catalog.chaos_store_following.set(1 if self._following else 0)
 
     def describe_service(
         self,
