@@ -20,7 +20,9 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from tailguard import __version__
 
@@ -497,6 +499,20 @@ def _run_chaos(args: argparse.Namespace) -> int:
     return status_code
 
 
+def _missing_sqlite_file(url: str) -> str | None:
+    """The path of a ``sqlite:///path`` store URL whose file does not exist, else ``None``.
+
+    >>> _missing_sqlite_file("sqlite:///no/such/dir/chaos.db")
+    '/no/such/dir/chaos.db'
+    >>> _missing_sqlite_file("redis://127.0.0.1:6379/0") is None
+    True
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or not parts.path or Path(parts.path).exists():
+        return None
+    return parts.path
+
+
 def _run_chaos_store(args: argparse.Namespace) -> int:
     """``tailguard chaos --store URL ...``: straight to the store, no service asked."""
     import getpass
@@ -521,9 +537,17 @@ def _run_chaos_store(args: argparse.Namespace) -> int:
             experiment = experiment_from_dict(read_experiment_file(args.file))
         except (ExperimentError, OSError, ImportError) as exc:
             raise CommandError(f"{args.file}: {exc}") from None
+    missing = _missing_sqlite_file(args.store)
+    if missing is not None:
+        # Workers create their store file when they start: a file that is not there
+        # is a typo, and a halt into a new, empty store would stop nothing, silently.
+        raise CommandError(
+            f"no chaos store at {missing}: no worker has opened it (check the path; "
+            "workers create it when they start with that store)"
+        )
     try:
         store = open_store(args.store, timeout=min(args.timeout, 5.0))
-    except ValueError as exc:
+    except (ValueError, StoreUnavailable) as exc:
         raise CommandError(str(exc)) from None
     actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"
     answer: object
@@ -536,6 +560,8 @@ def _run_chaos_store(args: argparse.Namespace) -> int:
                 f"started {experiment.name} in {store.url} (service {store.service}): "
                 f"every worker following it applies it; stops by itself in {experiment.ttl:g} s"
             )
+            if not any(item.get("following") for item in store.workers()):
+                text += "\nwarning: no worker follows this store now (is TAILGUARD_CHAOS=1 set?)"
         elif args.action == "stop":
             found = store.end_name(args.name, "stopped", actor)
             if not found:

@@ -77,3 +77,33 @@ def test_store_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     file.write_text("{}")
     assert cli.main(["chaos", "start", str(file), "--store", url]) == 2
     assert "name" in capsys.readouterr().err
+
+
+def test_a_store_no_worker_opened_is_refused_not_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A typo in a kill switch's path must not "halt 0 experiments" in a new, empty store.
+    typo = tmp_path / "chaso.db"
+    assert cli.main(["chaos", "--store", f"sqlite://{typo}", "halt"]) == 2
+    assert f"no chaos store at {typo}" in capsys.readouterr().err
+    assert not typo.exists()
+    # A path that exists but cannot be opened: one line, no traceback.
+    assert cli.main(["chaos", "--store", f"sqlite://{tmp_path}", "status"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert str(tmp_path) in err
+
+
+def test_a_start_no_worker_follows_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tailguard.chaos.store import SQLiteStore
+
+    path = tmp_path / "chaos.db"
+    SQLiteStore(str(path)).close()  # a store a worker opened once, no worker following now
+    file = tmp_path / "exp.json"
+    file.write_text(json.dumps(EXPERIMENT))
+    url = f"sqlite://{path}"
+    assert cli.main(["chaos", "start", str(file), "--store", url]) == 0
+    assert "no worker follows this store" in capsys.readouterr().out
+    assert cli.main(["chaos", "--store", url, "halt"]) == 0
