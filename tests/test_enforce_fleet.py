@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,15 +100,25 @@ def slow_pids(url: str, want: Callable[[int], bool], workers: int) -> set[int]:
 
     Shadowed, ``/slow`` answers 200 with its pid; enforced, 504 (no pid): the
     enforced check uses the modes each worker reports (:func:`worker_modes`).
+    Requests go in concurrent batches on fresh connections: one at a time, the
+    worker that answered last (idle again in its event loop) tends to win the
+    next connection too, and on a loaded machine a worker could go unseen.
     """
     seen: set[int] = set()
     give_up = time.monotonic() + WAIT
-    with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+
+    def one(client: httpx.Client) -> None:
+        answer = client.get(f"{url}/slow")
+        if want(answer.status_code) and answer.status_code == 200:
+            seen.add(answer.json()["pid"])
+
+    with (
+        httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client,
+        ThreadPoolExecutor(max_workers=3 * workers) as pool,
+    ):
         while len(seen) < workers:
             assert time.monotonic() < give_up, f"only {sorted(seen)} answered as wanted"
-            answer = client.get(f"{url}/slow")
-            if want(answer.status_code) and answer.status_code == 200:
-                seen.add(answer.json()["pid"])
+            list(pool.map(one, [client] * (3 * workers)))
     return seen
 
 
