@@ -441,7 +441,8 @@ def _run_enforce(args: argparse.Namespace) -> int:
         print(json.dumps(answer, indent=2))
     else:
         for change in answer["changed"]:
-            print(f"{change['target']}: {change['from']} -> {change['to']}")
+            unchanged = " (unchanged)" if change.get("unchanged") else ""
+            print(f"{change['target']}: {change['from']} -> {change['to']}{unchanged}")
     return 0
 
 

@@ -276,8 +276,14 @@ class Enforcements:
     def _change(
         self, kind: str, target: str, enforcement: Enforcement, mode: Mode, who: str
     ) -> dict[str, Any]:
-        """Set one target's mode: logged (who, from what, to what) and counted."""
+        """Set one target's mode: logged (who, from what, to what) and counted, if it changed.
+
+        Asking for the mode a target has already changes nothing, so it is neither
+        logged nor counted (a "switches" alert would fire on a no-op otherwise).
+        """
         before = enforcement.mode
+        if before == mode:
+            return {"target": target, "from": before, "to": mode, "unchanged": True}
         enforcement.set(mode)
         logger.warning("enforcement of %s changed from %s to %s by %s", target, before, mode, who)
         if self.changes is not None:

@@ -440,7 +440,8 @@ async def test_a_switch_takes_effect_for_the_next_request(caplog: pytest.LogCapt
     assert "enforcement of route GET /slow changed from on to shadow by alice" in caplog.text
     changes = "tailguard_enforcement_changes_total"
     assert sample(guard, changes, target="route", mode="shadow") == 1.0
-    assert sample(guard, changes, target="guard", mode="on") == 1.0
+    assert sample(guard, changes, target="route", mode="on") == 1.0  # back: a change
+    assert sample(guard, changes, target="guard", mode="on") == 0.0  # "on" already: no change
 
 
 # -- chaos is independent of the mode ----------------------------------------------------------
