@@ -257,7 +257,7 @@ def test_validate_and_start_from_the_command_line(
     assert cli.main(["chaos", "validate", str(typo), "--url", url]) == 1
     out, _ = capsys.readouterr()
     assert out == (
-        f"{typo}: typo is valid (1 faults) for {url}\n"
+        f"{typo}: typo is valid (1 fault) for {url}\n"
         "  hang invntory rate=1.0\n"
         "names what the service does not have:\n"
         "  faults[0].target: no dependency matches 'invntory' (declared: inventory)\n"

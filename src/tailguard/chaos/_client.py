@@ -187,10 +187,13 @@ def describe_fault(fault: Mapping[str, Any]) -> str:
 def _running(entry: Mapping[str, Any], now: float) -> list[str]:
     experiment = entry.get("experiment", {})
     left = duration(float(entry.get("expires_at", now)) - now)
-    lines = [
-        f"  {experiment.get('name')}  expires in {left}  injections {entry.get('injections', 0)}"
-    ]
     fleet = entry.get("fleet")
+    # With a fleet, the count beside the name is the answering worker's own.
+    here = " on this worker" if fleet else ""
+    lines = [
+        f"  {experiment.get('name')}  expires in {left}  "
+        f"injections{here} {entry.get('injections', 0)}"
+    ]
     if fleet:
         by_worker = fleet.get("workers", {})
         lines.append(
@@ -295,7 +298,8 @@ def render_validation(answer: Mapping[str, Any], *, file: str, url: str) -> str:
     """``tailguard chaos validate`` as people read it."""
     experiment = answer.get("experiment", {})
     faults = experiment.get("faults", [])
-    lines = [f"{file}: {experiment.get('name')} is valid ({len(faults)} faults) for {url}"]
+    count = f"{len(faults)} fault{'s' if len(faults) != 1 else ''}"
+    lines = [f"{file}: {experiment.get('name')} is valid ({count}) for {url}"]
     lines.extend(f"  {describe_fault(fault)}" for fault in faults)
     unknown = answer.get("unknown", [])
     if unknown:
